@@ -1,0 +1,73 @@
+use std::path::PathBuf;
+
+use anyhow::Context;
+use strata_mount::exec::Kernel;
+use strata_mount::{mount_image, mount_overlay, OverlayPlan};
+
+use crate::config::Config;
+
+#[derive(clap::Args)]
+pub struct Args {
+    /// Image name, as `strata images` lists it.
+    image: String,
+    /// Directory to mount on.
+    target: PathBuf,
+    /// Add a scratch upper layer (discarded by `strata umount`).
+    #[arg(long)]
+    writable: bool,
+}
+
+/// The gc root that keeps a mounted image alive.
+pub fn root_name(target: &std::path::Path) -> String {
+    format!("mount:{}", target.display())
+}
+
+/// Where a writable mount keeps its upper and work dirs.
+pub fn scratch_dir(config: &Config, target: &std::path::Path) -> PathBuf {
+    let key = strata_tree::Digest::of(target.as_os_str().as_encoded_bytes());
+    config.root.join("rw").join(&key.to_hex()[..16])
+}
+
+pub fn run(config: &Config, args: Args) -> anyhow::Result<()> {
+    let store = config.open_store()?;
+    let record = store
+        .image(&args.image)?
+        .with_context(|| format!("no image named {:?} (see `strata images`)", args.image))?;
+    let target = args
+        .target
+        .canonicalize()
+        .with_context(|| format!("mount target {}", args.target.display()))?;
+    let id = record.erofs_id()?;
+    let root = root_name(&target);
+    if store.root_image(&root)?.is_some() {
+        anyhow::bail!("{} is already a strata mount; `strata umount` it first", target.display());
+    }
+    store.add_root(&root, &id, &store.image_objects(&id)?)?;
+    let result = (|| -> anyhow::Result<()> {
+        let meta = store.image_mount_path(&id);
+        mount_image(&Kernel, &store.image_path(&id), &meta)?;
+        let upper = if args.writable {
+            let dir = scratch_dir(config, &target);
+            let (upper, work) = (dir.join("upper"), dir.join("work"));
+            for d in [&upper, &work] {
+                std::fs::create_dir_all(d).with_context(|| format!("creating {}", d.display()))?;
+            }
+            Some((upper, work))
+        } else {
+            None
+        };
+        let plan = OverlayPlan {
+            meta,
+            data: store.objects_path(),
+            upper,
+        };
+        mount_overlay(&Kernel, &plan, &target)?;
+        Ok(())
+    })();
+    if let Err(e) = result {
+        store.remove_root(&root)?;
+        return Err(e);
+    }
+    println!("mounted {} on {}", args.image, target.display());
+    Ok(())
+}

@@ -1,0 +1,70 @@
+use std::sync::Arc;
+use std::time::Instant;
+
+use anyhow::Context;
+use strata_image::source::{LayoutSource, RegistryAuth, RegistrySource};
+use strata_image::{BlobSource, ImageRef, Platform, Progress, PullOptions};
+
+use crate::config::Config;
+use crate::draw::{human, Ticker};
+
+#[derive(clap::Args)]
+pub struct Args {
+    /// HOST[:PORT]/NAME[:TAG|@DIGEST] or oci:DIR[:TAG]
+    reference: String,
+    /// Record the image under this name instead of the reference.
+    #[arg(long)]
+    name: Option<String>,
+    /// Registry credentials USER:PASSWORD (basic; bearer tokens are fetched as needed).
+    #[arg(long, env = "STRATA_REGISTRY_CREDS", hide_env_values = true)]
+    creds: Option<String>,
+    /// Refuse a layer that decompresses to more than this many bytes.
+    #[arg(long)]
+    max_layer_bytes: Option<u64>,
+}
+
+pub fn run(config: &Config, args: Args) -> anyhow::Result<()> {
+    let reference: ImageRef = args.reference.parse()?;
+    let source: Box<dyn BlobSource> = match &reference {
+        ImageRef::Layout { dir, tag } => Box::new(LayoutSource::new(dir, tag.as_deref())),
+        ImageRef::Registry(r) => {
+            let auth = match &args.creds {
+                Some(creds) => {
+                    let (user, pass) = creds.split_once(':').context("--creds takes USER:PASSWORD")?;
+                    RegistryAuth::Basic(user.to_owned(), pass.to_owned())
+                }
+                None => RegistryAuth::Anonymous,
+            };
+            Box::new(RegistrySource::new(r.clone(), auth)?)
+        }
+    };
+    let store = config.open_store()?;
+    let mut limits = config.limits();
+    if let Some(max) = args.max_layer_bytes {
+        limits.max_layer_bytes = max;
+    }
+    let options = PullOptions {
+        name: args.name.unwrap_or_else(|| args.reference.clone()),
+        limits,
+        parallel_layers: config.limits.parallel_layers,
+        platform: Platform::host(),
+    };
+    let progress = Arc::new(Progress::default());
+    let started = Instant::now();
+    let outcome = {
+        let _ticker = Ticker::start(progress.clone());
+        strata_image::pull(&store, source.as_ref(), &options, &progress)
+            .with_context(|| format!("pulling {}", source.describe()))?
+    };
+    println!(
+        "pulled {} ({}) in {:.2}s: {} logical in {} files, image {}, {}",
+        outcome.record.name,
+        outcome.record.manifest_digest,
+        started.elapsed().as_secs_f64(),
+        human(outcome.record.logical_bytes),
+        outcome.record.files,
+        human(outcome.image_bytes),
+        Ticker::line(&progress),
+    );
+    Ok(())
+}

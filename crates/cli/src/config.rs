@@ -1,0 +1,78 @@
+//! `/etc/strata/config.toml`, overridden by flags.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::Context;
+use serde::Deserialize;
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    pub root: PathBuf,
+    pub log_level: String,
+    pub limits: LimitsConfig,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LimitsConfig {
+    /// Uncompressed bytes per layer.
+    pub max_layer_bytes: u64,
+    pub max_entries_per_layer: u64,
+    pub max_path_depth: usize,
+    /// Layers imported at once.
+    pub parallel_layers: usize,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            root: PathBuf::from("/var/lib/strata"),
+            log_level: "warn".into(),
+            limits: LimitsConfig::default(),
+        }
+    }
+}
+
+impl Default for LimitsConfig {
+    fn default() -> Self {
+        let defaults = strata_image::Limits::default();
+        LimitsConfig {
+            max_layer_bytes: defaults.max_layer_bytes,
+            max_entries_per_layer: defaults.max_entries,
+            max_path_depth: defaults.max_depth,
+            parallel_layers: std::thread::available_parallelism().map_or(2, |n| n.get()).clamp(2, 8),
+        }
+    }
+}
+
+impl Config {
+    /// Reads `path` if it exists (a missing default file is fine), then
+    /// applies flag overrides.
+    pub fn load(path: &Path, root: Option<PathBuf>, log_level: Option<String>) -> anyhow::Result<Config> {
+        let mut config = match std::fs::read_to_string(path) {
+            Ok(text) => toml::from_str(&text).with_context(|| format!("config {}", path.display()))?,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Config::default(),
+            Err(e) => return Err(e).with_context(|| format!("reading config {}", path.display())),
+        };
+        if let Some(root) = root {
+            config.root = root;
+        }
+        if let Some(level) = log_level {
+            config.log_level = level;
+        }
+        Ok(config)
+    }
+
+    pub fn limits(&self) -> strata_image::Limits {
+        strata_image::Limits {
+            max_layer_bytes: self.limits.max_layer_bytes,
+            max_entries: self.limits.max_entries_per_layer,
+            max_depth: self.limits.max_path_depth,
+        }
+    }
+
+    pub fn open_store(&self) -> anyhow::Result<strata_store::Store> {
+        strata_store::Store::open(&self.root).with_context(|| format!("opening the store at {}", self.root.display()))
+    }
+}

@@ -1,0 +1,80 @@
+//! `strata`: the command-line tool. Each verb lives in `cmd/` as one thin
+//! file; the work is done by the library crates.
+
+mod cmd;
+mod config;
+mod draw;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+/// Content-addressed container image store with composefs EROFS images.
+#[derive(Parser)]
+#[command(name = "strata", version, about, propagate_version = true)]
+struct Cli {
+    /// Store root (default: from the config, else /var/lib/strata).
+    #[arg(long, global = true, env = "STRATA_ROOT")]
+    root: Option<PathBuf>,
+    /// Config file.
+    #[arg(long, global = true, env = "STRATA_CONFIG", default_value = "/etc/strata/config.toml")]
+    config: PathBuf,
+    /// Log level or filter (error, warn, info, debug, trace).
+    #[arg(long, global = true, env = "STRATA_LOG")]
+    log_level: Option<String>,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Pull an image from a registry (HOST[:PORT]/NAME[:TAG|@DIGEST]) or an OCI layout (oci:DIR[:TAG]).
+    Pull(cmd::pull::Args),
+    /// List images.
+    Images(cmd::images::Args),
+    /// Remove an image name (its files go at the next gc).
+    Rmi(cmd::rmi::Args),
+    /// Mount an image on a directory.
+    Mount(cmd::mount::Args),
+    /// Unmount what `strata mount` mounted.
+    Umount(cmd::umount::Args),
+    /// Show logical and stored bytes and the dedup ratio.
+    Df(cmd::df::Args),
+    /// Remove objects and images nothing references.
+    Gc(cmd::gc::Args),
+    /// Verify objects and images; optionally repair.
+    Fsck(cmd::fsck::Args),
+    /// Show version and the kernel features in use.
+    Version(cmd::version::Args),
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let config = match config::Config::load(&cli.config, cli.root.clone(), cli.log_level.clone()) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("strata: {e:#}");
+            return ExitCode::from(2);
+        }
+    };
+    draw::init_logging(&config.log_level);
+    let result = match cli.command {
+        Command::Pull(args) => cmd::pull::run(&config, args),
+        Command::Images(args) => cmd::images::run(&config, args),
+        Command::Rmi(args) => cmd::rmi::run(&config, args),
+        Command::Mount(args) => cmd::mount::run(&config, args),
+        Command::Umount(args) => cmd::umount::run(&config, args),
+        Command::Df(args) => cmd::df::run(&config, args),
+        Command::Gc(args) => cmd::gc::run(&config, args),
+        Command::Fsck(args) => cmd::fsck::run(&config, args),
+        Command::Version(args) => cmd::version::run(&config, args),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("strata: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}

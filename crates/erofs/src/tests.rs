@@ -1,0 +1,63 @@
+use super::*;
+use strata_tree::Leaf;
+
+fn sample() -> Tree {
+    let mut tree = Tree::new(Stat::default_dir());
+    let big = Digest::of(&[7u8; 10_000]);
+    let file = tree.push_leaf(Leaf {
+        stat: Stat {
+            mode: 0o4755,
+            uid: 1,
+            gid: 2,
+            mtime_sec: 1_700_000_000,
+            mtime_nsec: 5,
+            xattrs: [(b"security.capability".to_vec(), vec![1, 2, 3])].into(),
+        },
+        content: Content::File(FileData::Object { digest: big, size: 10_000 }),
+    });
+    let small = tree.push_leaf(Leaf {
+        stat: Stat::default(),
+        content: Content::File(FileData::Inline(b"hi".to_vec())),
+    });
+    let link = tree.push_leaf(Leaf {
+        stat: Stat::default(),
+        content: Content::Symlink(b"../x".to_vec()),
+    });
+    let mut bin = Dir::new(Stat::default_dir());
+    bin.entries.insert(b"tool".to_vec(), Node::Leaf(file));
+    bin.entries.insert(b"tool-hardlink".to_vec(), Node::Leaf(file));
+    bin.entries.insert(b"small".to_vec(), Node::Leaf(small));
+    bin.entries.insert(b"sym".to_vec(), Node::Leaf(link));
+    tree.root.entries.insert(b"bin".to_vec(), Node::Dir(Box::new(bin)));
+    tree
+}
+
+#[test]
+fn deterministic_and_references_objects() {
+    let a = write_image(&sample()).unwrap();
+    let b = write_image(&sample()).unwrap();
+    assert_eq!(a, b);
+    assert_eq!(referenced_objects(&a).unwrap(), vec![Digest::of(&[7u8; 10_000])]);
+    assert!(a.len() < 16 * 1024, "metadata only, got {} bytes", a.len());
+}
+
+#[test]
+fn rejects_whiteouts_and_long_symlinks() {
+    let mut tree = sample();
+    tree.root.entries.insert(b"gone".to_vec(), Node::Whiteout);
+    assert!(matches!(write_image(&tree), Err(ErofsError::UnmergedWhiteout { .. })));
+    let mut tree = sample();
+    let id = tree.push_leaf(Leaf {
+        stat: Stat::default(),
+        content: Content::Symlink(vec![b'a'; SYMLINK_MAX + 1]),
+    });
+    tree.root.entries.insert(b"long".to_vec(), Node::Leaf(id));
+    assert!(matches!(write_image(&tree), Err(ErofsError::SymlinkTooLong { .. })));
+}
+
+#[test]
+fn corrupt_image_is_an_error() {
+    let mut image = write_image(&sample()).unwrap();
+    image.truncate(100);
+    assert!(referenced_objects(&image).is_err());
+}

@@ -1,0 +1,49 @@
+#[derive(Debug, thiserror::Error)]
+pub enum ImportError {
+    #[error("invalid image reference {reference:?}: {reason}")]
+    BadReference { reference: String, reason: String },
+    #[error("{what} {digest}: content hashes to {actual}")]
+    DigestMismatch {
+        what: &'static str,
+        digest: String,
+        actual: String,
+    },
+    #[error("invalid digest {digest:?}: only sha256:<64 hex> is supported")]
+    BadDigest { digest: String },
+    #[error("blob {digest} is missing from {source_name}")]
+    MissingBlob { digest: String, source_name: String },
+    #[error("tag {tag:?} is not in {source_name}")]
+    MissingTag { tag: String, source_name: String },
+    #[error("no manifest for platform {platform} in the image index")]
+    NoPlatform { platform: String },
+    #[error("unsupported media type {media_type:?}")]
+    UnsupportedMediaType { media_type: String },
+    #[error("malformed {what}: {reason}")]
+    Malformed { what: &'static str, reason: String },
+    #[error("layer {layer}: {reason}")]
+    Layer { layer: String, reason: String },
+    #[error("layer {layer}: {path:?}: {reason}")]
+    Entry {
+        layer: String,
+        path: String,
+        reason: String,
+    },
+    #[error("layer {layer} decompresses past the limit of {limit} bytes (raise --max-layer-bytes if it is genuine)")]
+    TooLarge { layer: String, limit: u64 },
+    #[error("layer {layer} has more than {limit} entries")]
+    TooManyEntries { layer: String, limit: u64 },
+    #[error("registry: {0}")]
+    Registry(String),
+    #[error("reading {what}: {source}")]
+    Io {
+        what: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error(transparent)]
+    Store(#[from] strata_store::StoreError),
+    #[error(transparent)]
+    Merge(#[from] strata_tree::MergeError),
+    #[error(transparent)]
+    Erofs(#[from] strata_erofs::ErofsError),
+}

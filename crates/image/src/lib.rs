@@ -1,0 +1,27 @@
+//! OCI images into the store: references, content sources (a registry or an
+//! OCI layout directory), digest-verified fetch, and the streaming tar import.
+//!
+//! The flow is one way: source → verified blob stream → decompress → tar
+//! entries → file bodies into the store's stager, metadata into a layer tree
+//! → merge of layer trees → EROFS image → DB commit. No file is ever created
+//! at a path named by an archive.
+
+#![forbid(unsafe_code)]
+
+mod channel;
+mod decompress;
+mod error;
+mod layer;
+mod manifest;
+mod progress;
+mod pull;
+mod reference;
+pub mod source;
+
+pub use error::ImportError;
+pub use layer::{import_layer, LayerImport, Limits};
+pub use manifest::{Descriptor, ImageConfig, Manifest, MediaKind, Platform};
+pub use progress::Progress;
+pub use pull::{pull, PullOptions, PullOutcome};
+pub use reference::{ImageRef, RegistryRef};
+pub use source::{BlobSource, ResolvedImage};

@@ -1,0 +1,149 @@
+//! A whole pull: resolve, import layers in parallel, merge, write the EROFS
+//! image, publish objects, commit to the DB. Nothing reaches the store's
+//! named areas until every digest has been checked, and nothing is named in
+//! the DB until every file it needs is durable.
+
+use std::collections::HashSet;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use strata_store::{ImageRecord, ObjectRef, Store};
+use strata_tree::{merge_layer, Content, Digest, FileData, Stat, Tree};
+
+use crate::source::{resolve, BlobSource};
+use crate::{import_layer, ImportError, LayerImport, Limits, Platform, Progress};
+
+#[derive(Clone, Debug)]
+pub struct PullOptions {
+    /// The name the image is recorded under.
+    pub name: String,
+    pub limits: Limits,
+    /// Layers imported at once.
+    pub parallel_layers: usize,
+    pub platform: Platform,
+}
+
+#[derive(Clone, Debug)]
+pub struct PullOutcome {
+    pub record: ImageRecord,
+    pub image_bytes: u64,
+    pub objects: u64,
+}
+
+pub fn pull(
+    store: &Store,
+    source: &dyn BlobSource,
+    options: &PullOptions,
+    progress: &Arc<Progress>,
+) -> Result<PullOutcome, ImportError> {
+    let _lock = store.lock_shared()?;
+    let resolved = resolve(source, &options.platform)?;
+    let layers = &resolved.manifest.layers;
+    Progress::add(&progress.layers_total, layers.len() as u64);
+    Progress::add(&progress.bytes_total, layers.iter().map(|l| l.size).sum());
+
+    let imports = import_all(store, source, &resolved, options, progress)?;
+
+    let mut tree = Tree::new(Stat::default_dir());
+    let mut stagers = Vec::with_capacity(imports.len());
+    for import in imports {
+        merge_layer(&mut tree, import.tree)?;
+        stagers.push(import.stager);
+    }
+    tree.compact();
+    let image = strata_erofs::write_image(&tree)?;
+    let objects = object_refs(&tree);
+    let referenced: HashSet<Digest> = objects.iter().map(|o| o.digest).collect();
+    for stager in stagers {
+        stager.publish_only(|d| referenced.contains(d))?;
+    }
+    let erofs = store.put_image(&image)?;
+
+    let stats = tree.stats();
+    let record = ImageRecord {
+        name: options.name.clone(),
+        manifest_digest: resolved.manifest_digest.clone(),
+        config_digest: resolved.config_digest.clone(),
+        erofs: erofs.to_hex(),
+        layers: layers.iter().map(|l| l.digest.clone()).collect(),
+        created_unix: SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs()),
+        logical_bytes: stats.logical_bytes,
+        files: stats.files,
+        inodes: stats.dirs + stats.leaves,
+    };
+    store.commit_image(&record, &objects)?;
+    Ok(PullOutcome {
+        record,
+        image_bytes: image.len() as u64,
+        objects: objects.len() as u64,
+    })
+}
+
+/// Imports every layer, `parallel_layers` at a time, in manifest order.
+/// Stops starting new layers after the first failure.
+fn import_all(
+    store: &Store,
+    source: &dyn BlobSource,
+    resolved: &crate::ResolvedImage,
+    options: &PullOptions,
+    progress: &Arc<Progress>,
+) -> Result<Vec<LayerImport>, ImportError> {
+    let layers = &resolved.manifest.layers;
+    let next = AtomicUsize::new(0);
+    let failed = AtomicBool::new(false);
+    let results: Mutex<Vec<Option<Result<LayerImport, ImportError>>>> =
+        Mutex::new((0..layers.len()).map(|_| None).collect());
+    let workers = options.parallel_layers.clamp(1, layers.len().max(1));
+    std::thread::scope(|scope| {
+        for _ in 0..workers {
+            scope.spawn(|| loop {
+                if failed.load(Ordering::Relaxed) {
+                    break;
+                }
+                let i = next.fetch_add(1, Ordering::Relaxed);
+                let Some(desc) = layers.get(i) else { break };
+                let diff_id = resolved.config.diff_ids.get(i).map(String::as_str);
+                let result = source
+                    .open_blob(desc)
+                    .and_then(|raw| import_layer(store, desc, diff_id, raw, &options.limits, progress));
+                if result.is_err() {
+                    failed.store(true, Ordering::Relaxed);
+                } else {
+                    Progress::add(&progress.layers_done, 1);
+                }
+                results.lock().expect("no worker panics holding the lock")[i] = Some(result);
+            });
+        }
+    });
+    let mut out = Vec::with_capacity(layers.len());
+    for result in results.into_inner().expect("workers are done") {
+        match result {
+            Some(Ok(import)) => out.push(import),
+            Some(Err(e)) => return Err(e),
+            None => {}
+        }
+    }
+    if out.len() != layers.len() {
+        return Err(ImportError::Layer {
+            layer: "?".into(),
+            reason: "a layer was not imported".into(),
+        });
+    }
+    Ok(out)
+}
+
+fn object_refs(tree: &Tree) -> Vec<ObjectRef> {
+    let mut out = Vec::new();
+    tree.for_each_leaf(|id| {
+        if let Content::File(FileData::Object { digest, size }) = &tree.leaf(id).content {
+            out.push(ObjectRef {
+                digest: *digest,
+                size: *size,
+            });
+        }
+    });
+    out.sort_unstable();
+    out.dedup();
+    out
+}

@@ -1,0 +1,109 @@
+//! An OCI image layout directory: `oci-layout`, `index.json`, `blobs/sha256/*`.
+
+use std::io::Read;
+use std::path::{Path, PathBuf};
+
+use super::{BlobSource, Fetched};
+use crate::manifest::{parse_document, Document};
+use crate::reference::check_digest;
+use crate::{Descriptor, ImportError};
+
+const REF_NAME: &str = "org.opencontainers.image.ref.name";
+
+pub struct LayoutSource {
+    dir: PathBuf,
+    tag: Option<String>,
+}
+
+impl LayoutSource {
+    pub fn new(dir: &Path, tag: Option<&str>) -> Self {
+        LayoutSource {
+            dir: dir.to_owned(),
+            tag: tag.map(str::to_owned),
+        }
+    }
+
+    fn blob_path(&self, digest: &str) -> Result<PathBuf, ImportError> {
+        let hex = check_digest(digest)?;
+        Ok(self.dir.join("blobs/sha256").join(hex))
+    }
+
+    fn open(&self, digest: &str) -> Result<std::fs::File, ImportError> {
+        let path = self.blob_path(digest)?;
+        std::fs::File::open(&path).map_err(|e| match e.kind() {
+            std::io::ErrorKind::NotFound => ImportError::MissingBlob {
+                digest: digest.to_owned(),
+                source_name: self.describe(),
+            },
+            _ => ImportError::Io {
+                what: path.display().to_string(),
+                source: e,
+            },
+        })
+    }
+}
+
+impl BlobSource for LayoutSource {
+    fn describe(&self) -> String {
+        match &self.tag {
+            Some(tag) => format!("oci:{}:{tag}", self.dir.display()),
+            None => format!("oci:{}", self.dir.display()),
+        }
+    }
+
+    fn root_document(&self) -> Result<Fetched, ImportError> {
+        let index_path = self.dir.join("index.json");
+        let bytes = std::fs::read(&index_path).map_err(|e| ImportError::Io {
+            what: index_path.display().to_string(),
+            source: e,
+        })?;
+        let Document::Index(entries) = parse_document(&bytes, Some(crate::manifest::OCI_INDEX))? else {
+            return Err(ImportError::Malformed {
+                what: "index.json",
+                reason: "not an image index".into(),
+            });
+        };
+        let entry = match &self.tag {
+            Some(tag) => entries
+                .iter()
+                .find(|e| e.annotations.get(REF_NAME) == Some(tag))
+                .ok_or_else(|| ImportError::MissingTag {
+                    tag: tag.clone(),
+                    source_name: self.dir.display().to_string(),
+                })?,
+            None if entries.len() == 1 => &entries[0],
+            None => {
+                return Err(ImportError::MissingTag {
+                    tag: String::new(),
+                    source_name: format!("{} (it holds {} images: name one with :TAG)", self.dir.display(), entries.len()),
+                })
+            }
+        };
+        self.document(entry)
+    }
+
+    fn document(&self, desc: &Descriptor) -> Result<Fetched, ImportError> {
+        Ok(Fetched {
+            bytes: self.blob_bytes(desc)?,
+            media_type: Some(desc.media_type.clone()),
+            expected_digest: Some(desc.digest.clone()),
+        })
+    }
+
+    fn blob_bytes(&self, desc: &Descriptor) -> Result<Vec<u8>, ImportError> {
+        const MAX_DOCUMENT: u64 = 16 << 20;
+        let mut out = Vec::new();
+        self.open(&desc.digest)?
+            .take(MAX_DOCUMENT)
+            .read_to_end(&mut out)
+            .map_err(|e| ImportError::Io {
+                what: desc.digest.clone(),
+                source: e,
+            })?;
+        Ok(out)
+    }
+
+    fn open_blob(&self, desc: &Descriptor) -> Result<Box<dyn Read + Send>, ImportError> {
+        Ok(Box::new(std::io::BufReader::with_capacity(256 * 1024, self.open(&desc.digest)?)))
+    }
+}

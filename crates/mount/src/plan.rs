@@ -1,0 +1,84 @@
+//! What to mount, as data: no system calls here.
+
+use std::path::PathBuf;
+
+use strata_sys::FsOption;
+
+/// How the data-only lower layer is passed to overlayfs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum LowerMode {
+    /// `lowerdir+=META`, `datadir+=OBJECTS` (Linux 6.8+; no length limit, no escaping).
+    Append,
+    /// `lowerdir=META::OBJECTS` (Linux 6.5+; one option string).
+    DoubleColon,
+}
+
+/// One overlay: metadata lower, data-only lower, optional upper.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct OverlayPlan {
+    /// Where the image's EROFS is mounted.
+    pub meta: PathBuf,
+    /// The object store directory.
+    pub data: PathBuf,
+    /// Upper and work dir, for a writable overlay.
+    pub upper: Option<(PathBuf, PathBuf)>,
+}
+
+impl OverlayPlan {
+    /// The `fsconfig` calls for this overlay.
+    pub fn fs_options(&self, mode: LowerMode) -> Vec<FsOption> {
+        let s = |k: &str, v: &std::path::Path| FsOption::String(k.to_owned(), v.display().to_string());
+        let mut out = match mode {
+            LowerMode::Append => vec![s("lowerdir+", &self.meta), s("datadir+", &self.data)],
+            LowerMode::DoubleColon => vec![FsOption::String(
+                "lowerdir".into(),
+                format!("{}::{}", self.meta.display(), self.data.display()),
+            )],
+        };
+        if let Some((upper, work)) = &self.upper {
+            out.push(s("upperdir", upper));
+            out.push(s("workdir", work));
+        }
+        out.push(FsOption::String("metacopy".into(), "on".into()));
+        out.push(FsOption::String("redirect_dir".into(), "on".into()));
+        out
+    }
+
+    /// The option strings of a mount(2)-style spec (for containerd).
+    pub fn mount_options(&self) -> Vec<String> {
+        self.fs_options(LowerMode::DoubleColon)
+            .into_iter()
+            .map(|o| match o {
+                FsOption::Flag(k) => k,
+                FsOption::String(k, v) => format!("{k}={v}"),
+            })
+            .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn options_per_mode() {
+        let plan = OverlayPlan {
+            meta: "/s/mnt/abc".into(),
+            data: "/s/objects".into(),
+            upper: Some(("/u".into(), "/w".into())),
+        };
+        assert_eq!(
+            plan.mount_options(),
+            vec![
+                "lowerdir=/s/mnt/abc::/s/objects",
+                "upperdir=/u",
+                "workdir=/w",
+                "metacopy=on",
+                "redirect_dir=on"
+            ]
+        );
+        let append = plan.fs_options(LowerMode::Append);
+        assert_eq!(append[0], FsOption::String("lowerdir+".into(), "/s/mnt/abc".into()));
+        assert_eq!(append[1], FsOption::String("datadir+".into(), "/s/objects".into()));
+    }
+}

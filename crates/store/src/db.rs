@@ -1,0 +1,230 @@
+//! The metadata DB (redb): image names, the objects each EROFS image
+//! references, and other gc roots (snapshots, mounts).
+
+use std::path::Path;
+
+use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
+use serde::{Deserialize, Serialize};
+use strata_tree::Digest;
+
+use crate::StoreError;
+
+/// name -> JSON [`ImageRecord`]
+const IMAGES: TableDefinition<&str, &[u8]> = TableDefinition::new("images");
+/// EROFS image id -> packed [`ObjectRef`]s (32-byte digest + u64 LE size each)
+const IMAGE_OBJECTS: TableDefinition<&[u8], &[u8]> = TableDefinition::new("image_objects");
+/// root owner (e.g. "snapshot/12", "mount//mnt/x") -> EROFS image id
+const ROOTS: TableDefinition<&str, &[u8]> = TableDefinition::new("roots");
+
+/// A named image in the store.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ImageRecord {
+    pub name: String,
+    pub manifest_digest: String,
+    pub config_digest: String,
+    /// Id (digest) of the EROFS metadata image.
+    pub erofs: String,
+    pub layers: Vec<String>,
+    pub created_unix: u64,
+    /// Bytes of regular-file content in the image (each inode once).
+    pub logical_bytes: u64,
+    pub files: u64,
+    pub inodes: u64,
+}
+
+impl ImageRecord {
+    pub fn erofs_id(&self) -> Result<Digest, StoreError> {
+        self.erofs.parse().map_err(|e: strata_tree::DigestParseError| StoreError::BadRecord {
+            key: self.name.clone(),
+            reason: e.to_string(),
+        })
+    }
+}
+
+/// One object an image references.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct ObjectRef {
+    pub digest: Digest,
+    pub size: u64,
+}
+
+fn pack(objects: &[ObjectRef]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(objects.len() * 40);
+    for object in objects {
+        out.extend_from_slice(&object.digest.0);
+        out.extend_from_slice(&object.size.to_le_bytes());
+    }
+    out
+}
+
+fn unpack(key: &str, bytes: &[u8]) -> Result<Vec<ObjectRef>, StoreError> {
+    if bytes.len() % 40 != 0 {
+        return Err(StoreError::BadRecord {
+            key: key.to_owned(),
+            reason: format!("object list of {} bytes is not a multiple of 40", bytes.len()),
+        });
+    }
+    Ok(bytes
+        .chunks_exact(40)
+        .map(|chunk| {
+            let (digest, size) = chunk.split_at(32);
+            ObjectRef {
+                digest: Digest(digest.try_into().expect("32 bytes")),
+                size: u64::from_le_bytes(size.try_into().expect("8 bytes")),
+            }
+        })
+        .collect())
+}
+
+pub(crate) struct Db {
+    db: Database,
+}
+
+impl Db {
+    pub fn open(path: &Path) -> Result<Self, StoreError> {
+        let db = Database::create(path)?;
+        let txn = db.begin_write()?;
+        txn.open_table(IMAGES)?;
+        txn.open_table(IMAGE_OBJECTS)?;
+        txn.open_table(ROOTS)?;
+        txn.commit()?;
+        Ok(Db { db })
+    }
+
+    pub fn raw(&self) -> &Database {
+        &self.db
+    }
+
+    pub fn commit_image(&self, record: &ImageRecord, objects: &[ObjectRef]) -> Result<(), StoreError> {
+        let id = record.erofs_id()?;
+        let json = serde_json::to_vec(record).expect("records serialize");
+        let txn = self.db.begin_write()?;
+        {
+            txn.open_table(IMAGE_OBJECTS)?.insert(id.0.as_slice(), pack(objects).as_slice())?;
+            txn.open_table(IMAGES)?.insert(record.name.as_str(), json.as_slice())?;
+        }
+        txn.commit()?;
+        Ok(())
+    }
+
+    pub fn image(&self, name: &str) -> Result<Option<ImageRecord>, StoreError> {
+        let txn = self.db.begin_read()?;
+        let table = txn.open_table(IMAGES)?;
+        let Some(value) = table.get(name)? else {
+            return Ok(None);
+        };
+        decode(name, value.value()).map(Some)
+    }
+
+    pub fn images(&self) -> Result<Vec<ImageRecord>, StoreError> {
+        let txn = self.db.begin_read()?;
+        let table = txn.open_table(IMAGES)?;
+        let mut out = Vec::new();
+        for row in table.iter()? {
+            let (key, value) = row?;
+            out.push(decode(key.value(), value.value())?);
+        }
+        Ok(out)
+    }
+
+    pub fn remove_image(&self, name: &str) -> Result<bool, StoreError> {
+        let txn = self.db.begin_write()?;
+        let removed = txn.open_table(IMAGES)?.remove(name)?.is_some();
+        txn.commit()?;
+        Ok(removed)
+    }
+
+    pub fn image_objects(&self, id: &Digest) -> Result<Vec<ObjectRef>, StoreError> {
+        let txn = self.db.begin_read()?;
+        let table = txn.open_table(IMAGE_OBJECTS)?;
+        match table.get(id.0.as_slice())? {
+            Some(value) => unpack(&id.to_hex(), value.value()),
+            None => Ok(Vec::new()),
+        }
+    }
+
+    pub fn add_root(&self, owner: &str, id: &Digest, objects: &[ObjectRef]) -> Result<(), StoreError> {
+        let txn = self.db.begin_write()?;
+        {
+            let mut refs = txn.open_table(IMAGE_OBJECTS)?;
+            if refs.get(id.0.as_slice())?.is_none() {
+                refs.insert(id.0.as_slice(), pack(objects).as_slice())?;
+            }
+            txn.open_table(ROOTS)?.insert(owner, id.0.as_slice())?;
+        }
+        txn.commit()?;
+        Ok(())
+    }
+
+    pub fn remove_root(&self, owner: &str) -> Result<bool, StoreError> {
+        let txn = self.db.begin_write()?;
+        let removed = txn.open_table(ROOTS)?.remove(owner)?.is_some();
+        txn.commit()?;
+        Ok(removed)
+    }
+
+    pub fn root_image(&self, owner: &str) -> Result<Option<Digest>, StoreError> {
+        let txn = self.db.begin_read()?;
+        let table = txn.open_table(ROOTS)?;
+        let Some(value) = table.get(owner)? else {
+            return Ok(None);
+        };
+        let bytes: [u8; 32] = value.value().try_into().map_err(|_| StoreError::BadRecord {
+            key: owner.to_owned(),
+            reason: "root does not hold a 32-byte image id".into(),
+        })?;
+        Ok(Some(Digest(bytes)))
+    }
+
+    /// Every EROFS image id that an image name or a root keeps alive.
+    pub fn live_images(&self) -> Result<Vec<Digest>, StoreError> {
+        let mut out = Vec::new();
+        for record in self.images()? {
+            out.push(record.erofs_id()?);
+        }
+        let txn = self.db.begin_read()?;
+        for row in txn.open_table(ROOTS)?.iter()? {
+            let (key, value) = row?;
+            let bytes: [u8; 32] = value.value().try_into().map_err(|_| StoreError::BadRecord {
+                key: key.value().to_owned(),
+                reason: "root does not hold a 32-byte image id".into(),
+            })?;
+            out.push(Digest(bytes));
+        }
+        out.sort_unstable();
+        out.dedup();
+        Ok(out)
+    }
+
+    /// Every image id that has an object list.
+    pub fn recorded_images(&self) -> Result<Vec<Digest>, StoreError> {
+        let txn = self.db.begin_read()?;
+        let mut out = Vec::new();
+        for row in txn.open_table(IMAGE_OBJECTS)?.iter()? {
+            let (key, _) = row?;
+            if let Ok(bytes) = <[u8; 32]>::try_from(key.value()) {
+                out.push(Digest(bytes));
+            }
+        }
+        Ok(out)
+    }
+
+    pub fn forget_images(&self, ids: &[Digest]) -> Result<(), StoreError> {
+        let txn = self.db.begin_write()?;
+        {
+            let mut refs = txn.open_table(IMAGE_OBJECTS)?;
+            for id in ids {
+                refs.remove(id.0.as_slice())?;
+            }
+        }
+        txn.commit()?;
+        Ok(())
+    }
+}
+
+fn decode(key: &str, bytes: &[u8]) -> Result<ImageRecord, StoreError> {
+    serde_json::from_slice(bytes).map_err(|e| StoreError::BadRecord {
+        key: key.to_owned(),
+        reason: e.to_string(),
+    })
+}

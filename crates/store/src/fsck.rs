@@ -1,0 +1,216 @@
+//! Store verification: re-hashes every object, checks every image against
+//! the DB, and lists orphans. `repair` removes corrupt objects and orphans.
+
+use std::collections::HashSet;
+use std::io::Read;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Mutex;
+
+use strata_tree::{Digest, VerityHasher};
+
+use crate::gc::{for_each_object, list_images, live_set};
+use crate::{Store, StoreError};
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum FsckProblem {
+    /// The object's bytes no longer hash to its name.
+    CorruptObject { digest: Digest, actual: Digest },
+    /// A live image references an object that is not in the store.
+    MissingObject { digest: Digest, image: Digest },
+    /// A live image's file is gone.
+    MissingImage { image: Digest },
+    /// A live image's bytes do not hash to its name, or do not parse.
+    CorruptImage { image: Digest, reason: String },
+    /// The objects an image references differ from what the DB recorded.
+    ImageRefsMismatch { image: Digest },
+    /// A file under `objects/` or `images/` with a name that is no digest.
+    StrayFile { path: String },
+}
+
+impl std::fmt::Display for FsckProblem {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            FsckProblem::CorruptObject { digest, actual } => {
+                write!(f, "object {digest} is corrupt: its content hashes to {actual}")
+            }
+            FsckProblem::MissingObject { digest, image } => {
+                write!(f, "object {digest} is missing (used by image {image})")
+            }
+            FsckProblem::MissingImage { image } => write!(f, "image {image} is missing"),
+            FsckProblem::CorruptImage { image, reason } => write!(f, "image {image} is corrupt: {reason}"),
+            FsckProblem::ImageRefsMismatch { image } => {
+                write!(f, "image {image} references other objects than the DB recorded")
+            }
+            FsckProblem::StrayFile { path } => write!(f, "stray file {path}"),
+        }
+    }
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct FsckReport {
+    pub objects_checked: u64,
+    pub images_checked: u64,
+    pub problems: Vec<FsckProblem>,
+    /// Objects and images nothing references: harmless, freed by gc.
+    pub orphan_objects: u64,
+    pub orphan_images: u64,
+    /// What `repair` removed.
+    pub repaired: u64,
+}
+
+impl FsckReport {
+    pub fn is_clean(&self) -> bool {
+        self.problems.is_empty()
+    }
+}
+
+pub(crate) fn run(store: &Store, repair: bool) -> Result<FsckReport, StoreError> {
+    let _lock = if repair { Some(store.lock_exclusive()?) } else { None };
+    let live = live_set(store)?;
+    let mut report = FsckReport::default();
+
+    let mut objects = Vec::new();
+    for_each_object(store, |fan, name, digest| {
+        match digest {
+            Some(d) => objects.push(d),
+            None => report.problems.push(FsckProblem::StrayFile {
+                path: format!("objects/{fan}/{name}"),
+            }),
+        }
+        Ok(())
+    })?;
+    report.objects_checked = objects.len() as u64;
+    let present: HashSet<Digest> = objects.iter().copied().collect();
+
+    for (digest, actual) in rehash_all(store, &objects)? {
+        report.problems.push(FsckProblem::CorruptObject { digest, actual });
+        if repair {
+            store.inner.objects.unlink(&digest.object_path())?;
+            report.repaired += 1;
+        }
+    }
+    for digest in &objects {
+        if !live.objects.contains(digest) {
+            report.orphan_objects += 1;
+            if repair {
+                store.inner.objects.unlink(&digest.object_path())?;
+                report.repaired += 1;
+            }
+        }
+    }
+
+    let files = list_images(store)?;
+    let on_disk: HashSet<Digest> = files.iter().filter_map(|(_, id)| *id).collect();
+    for (name, id) in &files {
+        match id {
+            None => report.problems.push(FsckProblem::StrayFile {
+                path: format!("images/{name}"),
+            }),
+            Some(id) if !live.images.contains(id) => {
+                report.orphan_images += 1;
+                if repair {
+                    store.inner.images.unlink(name)?;
+                    report.repaired += 1;
+                }
+            }
+            Some(_) => {}
+        }
+    }
+
+    let mut live_images: Vec<Digest> = live.images.iter().copied().collect();
+    live_images.sort_unstable();
+    for image in live_images {
+        report.images_checked += 1;
+        if !on_disk.contains(&image) {
+            report.problems.push(FsckProblem::MissingImage { image });
+            continue;
+        }
+        check_image(store, image, &present, &mut report.problems)?;
+    }
+    Ok(report)
+}
+
+fn check_image(
+    store: &Store,
+    image: Digest,
+    present: &HashSet<Digest>,
+    problems: &mut Vec<FsckProblem>,
+) -> Result<(), StoreError> {
+    let bytes = store.read_image(&image)?;
+    let actual = Digest::of(&bytes);
+    if actual != image {
+        problems.push(FsckProblem::CorruptImage {
+            image,
+            reason: format!("its bytes hash to {actual}"),
+        });
+        return Ok(());
+    }
+    let referenced = match strata_erofs::referenced_objects(&bytes) {
+        Ok(r) => r,
+        Err(e) => {
+            problems.push(FsckProblem::CorruptImage {
+                image,
+                reason: e.to_string(),
+            });
+            return Ok(());
+        }
+    };
+    let mut recorded: Vec<Digest> = store.image_objects(&image)?.into_iter().map(|o| o.digest).collect();
+    recorded.sort_unstable();
+    recorded.dedup();
+    if recorded != referenced {
+        problems.push(FsckProblem::ImageRefsMismatch { image });
+    }
+    for digest in referenced {
+        if !present.contains(&digest) {
+            problems.push(FsckProblem::MissingObject { digest, image });
+        }
+    }
+    Ok(())
+}
+
+/// Re-hashes objects on two threads; returns (name, actual) for mismatches.
+fn rehash_all(store: &Store, objects: &[Digest]) -> Result<Vec<(Digest, Digest)>, StoreError> {
+    let next = AtomicUsize::new(0);
+    let bad = Mutex::new(Vec::new());
+    let error = Mutex::new(None);
+    let workers = std::thread::available_parallelism().map_or(2, |n| n.get()).min(8);
+    std::thread::scope(|scope| {
+        for _ in 0..workers {
+            scope.spawn(|| {
+                let mut buf = vec![0u8; 1 << 20];
+                loop {
+                    let i = next.fetch_add(1, Ordering::Relaxed);
+                    let Some(digest) = objects.get(i) else { break };
+                    match hash_object(store, digest, &mut buf) {
+                        Ok(actual) if actual != *digest => bad.lock().unwrap().push((*digest, actual)),
+                        Ok(_) => {}
+                        Err(e) => {
+                            error.lock().unwrap().get_or_insert(e);
+                            break;
+                        }
+                    }
+                }
+            });
+        }
+    });
+    if let Some(e) = error.into_inner().unwrap() {
+        return Err(e);
+    }
+    let mut bad = bad.into_inner().unwrap();
+    bad.sort_unstable();
+    Ok(bad)
+}
+
+fn hash_object(store: &Store, digest: &Digest, buf: &mut [u8]) -> Result<Digest, StoreError> {
+    let path = store.objects_path().join(digest.object_path());
+    let mut file = std::fs::File::open(&path).map_err(|e| StoreError::io("open object", &path, e))?;
+    let mut hasher = VerityHasher::new();
+    loop {
+        let n = file.read(buf).map_err(|e| StoreError::io("read object", &path, e))?;
+        if n == 0 {
+            return Ok(hasher.finish());
+        }
+        hasher.update(&buf[..n]);
+    }
+}

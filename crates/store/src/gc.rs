@@ -1,0 +1,141 @@
+//! Garbage collection: removes images and objects that no image name and no
+//! root references, and whatever crashed imports left in `tmp/`.
+
+use std::collections::HashSet;
+use std::os::unix::fs::MetadataExt;
+
+use strata_tree::Digest;
+
+use crate::{Store, StoreError};
+
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct GcReport {
+    pub objects_removed: u64,
+    pub images_removed: u64,
+    pub tmp_removed: u64,
+    /// Allocated bytes given back to the filesystem.
+    pub bytes_freed: u64,
+}
+
+/// The object and image sets that must be kept.
+pub(crate) struct LiveSet {
+    pub images: HashSet<Digest>,
+    pub objects: HashSet<Digest>,
+}
+
+pub(crate) fn live_set(store: &Store) -> Result<LiveSet, StoreError> {
+    let images: HashSet<Digest> = store.inner.db.live_images()?.into_iter().collect();
+    let mut objects = HashSet::new();
+    for id in &images {
+        objects.extend(store.inner.db.image_objects(id)?.into_iter().map(|o| o.digest));
+    }
+    Ok(LiveSet { images, objects })
+}
+
+pub(crate) fn run(store: &Store) -> Result<GcReport, StoreError> {
+    let _lock = store.lock_exclusive()?;
+    let live = live_set(store)?;
+    let mut report = GcReport::default();
+
+    let dead: Vec<Digest> = store
+        .inner
+        .db
+        .recorded_images()?
+        .into_iter()
+        .filter(|id| !live.images.contains(id))
+        .collect();
+
+    for (name, id) in list_images(store)? {
+        if id.is_none_or(|id| !live.images.contains(&id)) {
+            report.bytes_freed += remove_counted(&store.inner.images, &name)?;
+            report.images_removed += 1;
+        }
+    }
+    store.inner.db.forget_images(&dead)?;
+
+    for_each_object(store, |fan, name, digest| {
+        if digest.is_none_or(|d| !live.objects.contains(&d)) {
+            let dir = store.inner.objects.open_dir(fan)?;
+            report.bytes_freed += remove_counted(&dir, name)?;
+            report.objects_removed += 1;
+        }
+        Ok(())
+    })?;
+
+    let tmp = store.inner.tmp.path().to_owned();
+    for entry in read_dir(&tmp)? {
+        let path = entry.path();
+        let meta = entry.metadata().map_err(|e| StoreError::io("stat", &path, e))?;
+        report.bytes_freed += allocated_tree(&path);
+        let result = if meta.is_dir() {
+            std::fs::remove_dir_all(&path)
+        } else {
+            std::fs::remove_file(&path)
+        };
+        result.map_err(|e| StoreError::io("remove", &path, e))?;
+        report.tmp_removed += 1;
+    }
+    store.inner.objects.syncfs()?;
+    Ok(report)
+}
+
+fn allocated_tree(path: &std::path::Path) -> u64 {
+    let Ok(meta) = std::fs::symlink_metadata(path) else {
+        return 0;
+    };
+    let mut total = meta.blocks() * 512;
+    if meta.is_dir() {
+        if let Ok(entries) = std::fs::read_dir(path) {
+            for entry in entries.flatten() {
+                total += allocated_tree(&entry.path());
+            }
+        }
+    }
+    total
+}
+
+fn remove_counted(dir: &crate::dirfd::DirFd, name: &str) -> Result<u64, StoreError> {
+    let bytes = rustix::fs::statat(dir.fd(), name, rustix::fs::AtFlags::SYMLINK_NOFOLLOW)
+        .map(|st| u64::try_from(st.st_blocks).unwrap_or(0) * 512)
+        .unwrap_or(0);
+    dir.unlink(name)?;
+    Ok(bytes)
+}
+
+pub(crate) fn read_dir(path: &std::path::Path) -> Result<Vec<std::fs::DirEntry>, StoreError> {
+    let entries = std::fs::read_dir(path).map_err(|e| StoreError::io("list", path, e))?;
+    let mut out = Vec::new();
+    for entry in entries {
+        out.push(entry.map_err(|e| StoreError::io("list", path, e))?);
+    }
+    out.sort_by_key(|e| e.file_name());
+    Ok(out)
+}
+
+/// Image files as (file name, id if the name parses).
+pub(crate) fn list_images(store: &Store) -> Result<Vec<(String, Option<Digest>)>, StoreError> {
+    let mut out = Vec::new();
+    for entry in read_dir(store.inner.images.path())? {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        let id = name.strip_suffix(".erofs").and_then(|hex| hex.parse().ok());
+        out.push((name, id));
+    }
+    Ok(out)
+}
+
+/// Calls `visit(fan dir, file name, digest if the name is valid)` for every
+/// file under `objects/`.
+pub(crate) fn for_each_object(
+    store: &Store,
+    mut visit: impl FnMut(&str, &str, Option<Digest>) -> Result<(), StoreError>,
+) -> Result<(), StoreError> {
+    for fan in read_dir(store.inner.objects.path())? {
+        let fan_name = fan.file_name().to_string_lossy().into_owned();
+        for entry in read_dir(&fan.path())? {
+            let name = entry.file_name().to_string_lossy().into_owned();
+            let digest = Digest::from_object_path(&fan_name, &name).ok();
+            visit(&fan_name, &name, digest)?;
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,209 @@
+//! The content-addressed store on one directory:
+//!
+//! ```text
+//! ROOT/version            layout version ("1")
+//! ROOT/lock               flock: imports share it, gc and repair take it alone
+//! ROOT/objects/XX/REST    file contents, named by fs-verity digest, read-only
+//! ROOT/images/ID.erofs    EROFS metadata images, named by their own digest
+//! ROOT/tmp/               staging; whatever is here after a crash is garbage
+//! ROOT/mnt/ID             where each image's EROFS is mounted, once
+//! ROOT/db/strata.redb     the metadata DB
+//! ```
+//!
+//! Every change is staged in `tmp/`, synced, renamed into place, and only
+//! then recorded in the DB, so a crash at any point leaves at worst
+//! unreferenced files that `gc` removes. This crate knows nothing of OCI,
+//! tar, mounts or containerd.
+
+#![forbid(unsafe_code)]
+
+mod db;
+mod dirfd;
+mod error;
+mod fsck;
+mod gc;
+mod images;
+mod lock;
+mod objects;
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+pub use db::{ImageRecord, ObjectRef};
+pub use error::StoreError;
+pub use fsck::{FsckProblem, FsckReport};
+pub use gc::GcReport;
+pub use lock::{ExclusiveGuard, SharedGuard};
+pub use objects::{ObjectStager, StagedObject};
+
+use dirfd::DirFd;
+
+pub const LAYOUT_VERSION: &str = "1";
+
+/// An open store. Cheap to share between threads.
+#[derive(Clone)]
+pub struct Store {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    root: PathBuf,
+    root_dir: DirFd,
+    objects: DirFd,
+    images: DirFd,
+    tmp: DirFd,
+    db: db::Db,
+}
+
+impl Store {
+    /// Opens the store at `root`, creating an empty one if needed.
+    pub fn open(root: &Path) -> Result<Store, StoreError> {
+        std::fs::create_dir_all(root).map_err(|e| StoreError::io("create store root", root, e))?;
+        let root = root
+            .canonicalize()
+            .map_err(|e| StoreError::io("resolve store root", root, e))?;
+        let root_dir = DirFd::open(&root)?;
+        check_version(&root_dir, &root)?;
+        for sub in ["objects", "images", "tmp", "mnt", "db"] {
+            root_dir.ensure_dir(sub, 0o700)?;
+        }
+        let objects = root_dir.open_dir("objects")?;
+        let images = root_dir.open_dir("images")?;
+        let tmp = root_dir.open_dir("tmp")?;
+        let db = db::Db::open(&root.join("db/strata.redb"))?;
+        Ok(Store {
+            inner: Arc::new(Inner {
+                root,
+                root_dir,
+                objects,
+                images,
+                tmp,
+                db,
+            }),
+        })
+    }
+
+    pub fn root(&self) -> &Path {
+        &self.inner.root
+    }
+
+    /// The directory overlayfs uses as the data-only lower layer.
+    pub fn objects_path(&self) -> PathBuf {
+        self.inner.root.join("objects")
+    }
+
+    pub fn image_path(&self, id: &strata_tree::Digest) -> PathBuf {
+        self.inner.root.join("images").join(images::file_name(id))
+    }
+
+    /// Where the EROFS image `id` is mounted, shared by all its users.
+    pub fn image_mount_path(&self, id: &strata_tree::Digest) -> PathBuf {
+        self.inner.root.join("mnt").join(id.to_hex())
+    }
+
+    /// The metadata DB, for higher layers that keep their own tables.
+    pub fn database(&self) -> &redb::Database {
+        self.inner.db.raw()
+    }
+
+    /// Taken by every import for its whole duration; gc waits for it.
+    pub fn lock_shared(&self) -> Result<SharedGuard, StoreError> {
+        lock::shared(&self.inner.root_dir, &self.inner.root)
+    }
+
+    /// Taken by gc and repair, so they never race with an import.
+    pub fn lock_exclusive(&self) -> Result<ExclusiveGuard, StoreError> {
+        lock::exclusive(&self.inner.root_dir, &self.inner.root)
+    }
+
+    pub fn has_object(&self, digest: &strata_tree::Digest) -> Result<bool, StoreError> {
+        self.inner.objects.exists(&digest.object_path())
+    }
+
+    /// A stager for one import (one layer): objects are written under `tmp/`
+    /// and enter the store only at [`ObjectStager::publish`].
+    pub fn stager(&self) -> Result<ObjectStager, StoreError> {
+        ObjectStager::new(self.clone())
+    }
+
+    /// Writes an EROFS image durably and returns its id (its own digest).
+    pub fn put_image(&self, bytes: &[u8]) -> Result<strata_tree::Digest, StoreError> {
+        images::put(self, bytes)
+    }
+
+    pub fn read_image(&self, id: &strata_tree::Digest) -> Result<Vec<u8>, StoreError> {
+        let path = self.image_path(id);
+        std::fs::read(&path).map_err(|e| StoreError::io("read image", &path, e))
+    }
+
+    /// Records an image under its name, atomically with its object refs.
+    /// Replaces any earlier image of that name.
+    pub fn commit_image(&self, record: &ImageRecord, objects: &[ObjectRef]) -> Result<(), StoreError> {
+        self.inner.db.commit_image(record, objects)
+    }
+
+    pub fn image(&self, name: &str) -> Result<Option<ImageRecord>, StoreError> {
+        self.inner.db.image(name)
+    }
+
+    pub fn images(&self) -> Result<Vec<ImageRecord>, StoreError> {
+        self.inner.db.images()
+    }
+
+    /// Forgets an image name. Its files stay until `gc`.
+    pub fn remove_image(&self, name: &str) -> Result<bool, StoreError> {
+        self.inner.db.remove_image(name)
+    }
+
+    /// The objects an EROFS image references, as recorded at commit.
+    pub fn image_objects(&self, id: &strata_tree::Digest) -> Result<Vec<ObjectRef>, StoreError> {
+        self.inner.db.image_objects(id)
+    }
+
+    /// Records that `id` is referenced by something other than an image name
+    /// (a snapshot, a mount). Roots keep images and their objects from gc.
+    pub fn add_root(&self, owner: &str, id: &strata_tree::Digest, objects: &[ObjectRef]) -> Result<(), StoreError> {
+        self.inner.db.add_root(owner, id, objects)
+    }
+
+    pub fn remove_root(&self, owner: &str) -> Result<bool, StoreError> {
+        self.inner.db.remove_root(owner)
+    }
+
+    /// The image a root keeps alive.
+    pub fn root_image(&self, owner: &str) -> Result<Option<strata_tree::Digest>, StoreError> {
+        self.inner.db.root_image(owner)
+    }
+
+    /// Every EROFS image an image name or a root keeps alive.
+    pub fn live_images(&self) -> Result<Vec<strata_tree::Digest>, StoreError> {
+        self.inner.db.live_images()
+    }
+
+    pub fn gc(&self) -> Result<GcReport, StoreError> {
+        gc::run(self)
+    }
+
+    pub fn fsck(&self, repair: bool) -> Result<FsckReport, StoreError> {
+        fsck::run(self, repair)
+    }
+}
+
+fn check_version(root_dir: &DirFd, root: &Path) -> Result<(), StoreError> {
+    match root_dir.read_small("version")? {
+        Some(found) => {
+            let found = String::from_utf8_lossy(&found).trim().to_owned();
+            if found != LAYOUT_VERSION {
+                return Err(StoreError::LayoutVersion {
+                    root: root.to_owned(),
+                    found,
+                });
+            }
+            Ok(())
+        }
+        None => root_dir.write_atomic("version", format!("{LAYOUT_VERSION}\n").as_bytes(), 0o644),
+    }
+}
+
+#[cfg(test)]
+mod tests;

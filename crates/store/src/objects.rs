@@ -1,0 +1,212 @@
+//! Staging objects: contents are written under `tmp/`, and enter
+//! `objects/XX/REST` only at [`ObjectStager::publish`], after one filesystem
+//! sync. A content already in the store is never written a second time.
+
+use std::collections::HashSet;
+use std::io::Write;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use strata_tree::{Digest, VerityHasher};
+
+use crate::dirfd::DirFd;
+use crate::{Store, StoreError};
+
+static STAGE_COUNTER: AtomicU64 = AtomicU64::new(0);
+
+/// What happened to one content handed to the stager.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct StagedObject {
+    pub digest: Digest,
+    pub size: u64,
+    /// False when the store (or this stager) already had the content.
+    pub new: bool,
+}
+
+/// Collects the objects of one import. Dropping it unpublished removes
+/// everything it wrote.
+pub struct ObjectStager {
+    store: Store,
+    dir: DirFd,
+    dir_name: String,
+    pending: Vec<(String, Digest)>,
+    seen: HashSet<Digest>,
+    next_file: u64,
+}
+
+/// A large content being streamed into a staging file.
+pub struct ObjectWriter {
+    file: std::fs::File,
+    name: String,
+    hasher: VerityHasher,
+}
+
+impl ObjectWriter {
+    pub fn write(&mut self, data: &[u8]) -> Result<(), StoreError> {
+        self.hasher.update(data);
+        self.file
+            .write_all(data)
+            .map_err(|e| StoreError::io("write object", &self.name, e))
+    }
+}
+
+impl ObjectStager {
+    pub(crate) fn new(store: Store) -> Result<Self, StoreError> {
+        let dir_name = format!(
+            "stage-{}-{}",
+            std::process::id(),
+            STAGE_COUNTER.fetch_add(1, Ordering::Relaxed)
+        );
+        store.inner.tmp.ensure_dir(&dir_name, 0o700)?;
+        let dir = store.inner.tmp.open_dir(&dir_name)?;
+        Ok(ObjectStager {
+            store,
+            dir,
+            dir_name,
+            pending: Vec::new(),
+            seen: HashSet::new(),
+            next_file: 0,
+        })
+    }
+
+    fn known(&mut self, digest: &Digest) -> Result<bool, StoreError> {
+        if self.seen.contains(digest) {
+            return Ok(true);
+        }
+        let found = self.store.has_object(digest)?;
+        if found {
+            self.seen.insert(*digest);
+        }
+        Ok(found)
+    }
+
+    fn next_name(&mut self) -> String {
+        self.next_file += 1;
+        self.next_file.to_string()
+    }
+
+    /// Stages a content held in memory; writes nothing if it is known.
+    pub fn add_bytes(&mut self, data: &[u8]) -> Result<StagedObject, StoreError> {
+        let digest = Digest::of(data);
+        let size = data.len() as u64;
+        if self.known(&digest)? {
+            return Ok(StagedObject { digest, size, new: false });
+        }
+        let name = self.next_name();
+        let mut file = self.dir.create_file(&name, 0o444)?;
+        file.write_all(data)
+            .map_err(|e| StoreError::io("write object", self.dir.path().join(&name), e))?;
+        self.seen.insert(digest);
+        self.pending.push((name, digest));
+        Ok(StagedObject { digest, size, new: true })
+    }
+
+    /// Starts streaming a content too large to hold in memory.
+    pub fn writer(&mut self) -> Result<ObjectWriter, StoreError> {
+        let name = self.next_name();
+        let file = self.dir.create_file(&name, 0o444)?;
+        Ok(ObjectWriter {
+            file,
+            name,
+            hasher: VerityHasher::new(),
+        })
+    }
+
+    /// Finishes a streamed content; drops the file if the content is known.
+    pub fn finish(&mut self, writer: ObjectWriter) -> Result<StagedObject, StoreError> {
+        let ObjectWriter { file, name, hasher } = writer;
+        drop(file);
+        let size = hasher.len();
+        let digest = hasher.finish();
+        if self.known(&digest)? {
+            self.dir.unlink(&name)?;
+            return Ok(StagedObject { digest, size, new: false });
+        }
+        self.seen.insert(digest);
+        self.pending.push((name, digest));
+        Ok(StagedObject { digest, size, new: true })
+    }
+
+    /// Moves a file that already exists (e.g. in a snapshot's upper dir on
+    /// the same filesystem) into the stage, hashing it in place.
+    pub fn adopt(&mut self, from_dir: &std::path::Path, name: &str) -> Result<StagedObject, StoreError> {
+        let source = from_dir.join(name);
+        let mut file = std::fs::File::open(&source).map_err(|e| StoreError::io("open", &source, e))?;
+        let mut hasher = VerityHasher::new();
+        let mut buf = vec![0u8; 256 * 1024];
+        loop {
+            let n = std::io::Read::read(&mut file, &mut buf).map_err(|e| StoreError::io("read", &source, e))?;
+            if n == 0 {
+                break;
+            }
+            hasher.update(&buf[..n]);
+        }
+        let size = hasher.len();
+        let digest = hasher.finish();
+        if self.known(&digest)? {
+            return Ok(StagedObject { digest, size, new: false });
+        }
+        let staged = self.next_name();
+        let from = DirFd::open(from_dir)?;
+        rustix::fs::renameat(from.fd(), name, self.dir.fd(), staged.as_str())
+            .map_err(|e| StoreError::io("move into store", &source, e))?;
+        rustix::fs::chmodat(
+            self.dir.fd(),
+            staged.as_str(),
+            rustix::fs::Mode::from_raw_mode(0o444),
+            rustix::fs::AtFlags::empty(),
+        )
+        .map_err(|e| StoreError::io("chmod", self.dir.path().join(&staged), e))?;
+        self.seen.insert(digest);
+        self.pending.push((staged, digest));
+        Ok(StagedObject { digest, size, new: true })
+    }
+
+    /// Syncs every staged file, then renames each into `objects/`.
+    /// Returns how many objects entered the store.
+    pub fn publish(self) -> Result<usize, StoreError> {
+        self.publish_only(|_| true)
+    }
+
+    /// Like [`publish`](Self::publish), but drops staged contents `keep`
+    /// rejects (e.g. files a later layer deleted), so they never land.
+    pub fn publish_only(mut self, keep: impl Fn(&Digest) -> bool) -> Result<usize, StoreError> {
+        for (name, _) in self.pending.iter().filter(|(_, d)| !keep(d)) {
+            self.dir.unlink(name)?;
+        }
+        self.pending.retain(|(_, d)| keep(d));
+        if self.pending.is_empty() {
+            return Ok(0);
+        }
+        self.dir.syncfs()?;
+        let objects = &self.store.inner.objects;
+        let mut fanout_ready = [false; 256];
+        let mut added = 0;
+        for (name, digest) in std::mem::take(&mut self.pending) {
+            let fan = digest.0[0] as usize;
+            if !fanout_ready[fan] {
+                objects.ensure_dir(&format!("{:02x}", digest.0[0]), 0o755)?;
+                fanout_ready[fan] = true;
+            }
+            if self.dir.rename_noreplace(&name, objects, &digest.object_path())? {
+                added += 1;
+            } else {
+                self.dir.unlink(&name)?;
+            }
+        }
+        objects.syncfs()?;
+        Ok(added)
+    }
+}
+
+impl Drop for ObjectStager {
+    fn drop(&mut self) {
+        for (name, _) in &self.pending {
+            let _ = self.dir.unlink(name);
+        }
+        let _ = rustix::fs::unlinkat(
+            self.store.inner.tmp.fd(),
+            self.dir_name.as_str(),
+            rustix::fs::AtFlags::REMOVEDIR,
+        );
+    }
+}

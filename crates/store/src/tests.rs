@@ -1,0 +1,114 @@
+use super::*;
+use strata_tree::Digest;
+
+fn record(name: &str, erofs: &Digest) -> ImageRecord {
+    ImageRecord {
+        name: name.into(),
+        manifest_digest: "sha256:m".into(),
+        config_digest: "sha256:c".into(),
+        erofs: erofs.to_hex(),
+        layers: vec![],
+        created_unix: 0,
+        logical_bytes: 0,
+        files: 0,
+        inodes: 0,
+    }
+}
+
+/// Stages contents, writes a (fake) image referencing them and commits it.
+fn add_image(store: &Store, name: &str, contents: &[&[u8]]) -> Digest {
+    let mut stager = store.stager().unwrap();
+    let mut refs = Vec::new();
+    for c in contents {
+        let staged = stager.add_bytes(c).unwrap();
+        refs.push(ObjectRef {
+            digest: staged.digest,
+            size: staged.size,
+        });
+    }
+    stager.publish().unwrap();
+    let mut tree = strata_tree::Tree::new(strata_tree::Stat::default_dir());
+    for (i, r) in refs.iter().enumerate() {
+        let id = tree.push_leaf(strata_tree::Leaf {
+            stat: Default::default(),
+            content: strata_tree::Content::File(strata_tree::FileData::Object {
+                digest: r.digest,
+                size: r.size,
+            }),
+        });
+        tree.root.entries.insert(format!("f{i}").into_bytes(), strata_tree::Node::Leaf(id));
+    }
+    let image = store.put_image(&strata_erofs::write_image(&tree).unwrap()).unwrap();
+    refs.sort();
+    refs.dedup();
+    store.commit_image(&record(name, &image), &refs).unwrap();
+    image
+}
+
+#[test]
+fn dedup_gc_and_fsck() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path()).unwrap();
+    add_image(&store, "a", &[b"shared content", b"only in a"]);
+    add_image(&store, "b", &[b"shared content", b"only in b", b"only in b"]);
+    let count = || {
+        let mut n = 0;
+        crate::gc::for_each_object(&store, |_, _, _| {
+            n += 1;
+            Ok(())
+        })
+        .unwrap();
+        n
+    };
+    assert_eq!(count(), 3, "shared and repeated contents are stored once");
+    assert!(store.fsck(false).unwrap().is_clean());
+
+    assert!(store.remove_image("a").unwrap());
+    let report = store.gc().unwrap();
+    assert_eq!((report.objects_removed, report.images_removed), (1, 1));
+    assert_eq!(count(), 2);
+    assert!(store.has_object(&Digest::of(b"shared content")).unwrap());
+    let report = store.fsck(false).unwrap();
+    assert!(report.is_clean(), "{:?}", report.problems);
+    assert_eq!(report.orphan_objects, 0);
+}
+
+#[test]
+fn fsck_finds_corrupt_and_missing_objects() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path()).unwrap();
+    add_image(&store, "a", &[b"first", b"second"]);
+    let first = store.objects_path().join(Digest::of(b"first").object_path());
+    std::fs::set_permissions(&first, std::os::unix::fs::PermissionsExt::from_mode(0o644)).unwrap();
+    std::fs::write(&first, b"tampered").unwrap();
+    std::fs::remove_file(store.objects_path().join(Digest::of(b"second").object_path())).unwrap();
+    let report = store.fsck(false).unwrap();
+    assert!(matches!(report.problems[0], FsckProblem::CorruptObject { .. }), "{:?}", report.problems);
+    assert!(report
+        .problems
+        .iter()
+        .any(|p| matches!(p, FsckProblem::MissingObject { digest, .. } if *digest == Digest::of(b"second"))));
+    let repaired = store.fsck(true).unwrap();
+    assert_eq!(repaired.repaired, 1);
+    assert!(!first.exists());
+}
+
+#[test]
+fn unpublished_stage_leaves_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path()).unwrap();
+    {
+        let mut stager = store.stager().unwrap();
+        stager.add_bytes(b"never published").unwrap();
+    }
+    assert!(!store.has_object(&Digest::of(b"never published")).unwrap());
+    assert_eq!(std::fs::read_dir(dir.path().join("tmp")).unwrap().count(), 0);
+}
+
+#[test]
+fn version_mismatch_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("version"), "99\n").unwrap();
+    let err = Store::open(dir.path()).err().unwrap();
+    assert!(err.to_string().contains("layout version"), "{err}");
+}

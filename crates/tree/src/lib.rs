@@ -1,0 +1,18 @@
+//! Pure data for strata: content digests, file metadata and directory trees,
+//! plus the overlay merge of layer trees (whiteouts, opaque directories, hard
+//! links).
+//!
+//! This crate does no I/O. Parsers (tar import, containerd diffs) build
+//! [`Tree`]s; the EROFS writer turns a merged tree into bytes.
+
+#![forbid(unsafe_code)]
+
+mod digest;
+mod merge;
+mod node;
+mod path;
+
+pub use digest::{Digest, DigestParseError, VerityHasher};
+pub use merge::{merge_layer, MergeError};
+pub use node::{Content, Dir, FileData, Leaf, LeafId, Node, Stat, Tree, TreeStats};
+pub use path::{split_path, PathError, MAX_NAME_LEN};
