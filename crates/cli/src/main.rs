@@ -18,7 +18,12 @@ struct Cli {
     #[arg(long, global = true, env = "STRATA_ROOT")]
     root: Option<PathBuf>,
     /// Config file.
-    #[arg(long, global = true, env = "STRATA_CONFIG", default_value = "/etc/strata/config.toml")]
+    #[arg(
+        long,
+        global = true,
+        env = "STRATA_CONFIG",
+        default_value = "/etc/strata/config.toml"
+    )]
     config: PathBuf,
     /// Log level or filter (error, warn, info, debug, trace).
     #[arg(long, global = true, env = "STRATA_LOG")]

@@ -60,9 +60,7 @@ pub fn write_image(tree: &Tree) -> Result<Vec<u8>, ErofsError> {
 
 /// The object digests an image's files point at.
 pub fn referenced_objects(image: &[u8]) -> Result<Vec<Digest>, ErofsError> {
-    let set = collect_objects::<Sha256HashValue>(image).map_err(|e| ErofsError::Corrupt {
-        reason: e.to_string(),
-    })?;
+    let set = collect_objects::<Sha256HashValue>(image).map_err(|e| ErofsError::Corrupt { reason: e.to_string() })?;
     let mut out: Vec<Digest> = set
         .iter()
         .map(|id| {

@@ -13,7 +13,10 @@ fn sample() -> Tree {
             mtime_nsec: 5,
             xattrs: [(b"security.capability".to_vec(), vec![1, 2, 3])].into(),
         },
-        content: Content::File(FileData::Object { digest: big, size: 10_000 }),
+        content: Content::File(FileData::Object {
+            digest: big,
+            size: 10_000,
+        }),
     });
     let small = tree.push_leaf(Leaf {
         stat: Stat::default(),

@@ -110,10 +110,9 @@ fn run(
         let mut decoder: Box<dyn Read + '_> = match compression {
             Compression::None => Box::new(&mut hashing),
             Compression::Gzip => Box::new(flate2::read::MultiGzDecoder::new(&mut hashing)),
-            Compression::Zstd => Box::new(
-                zstd::stream::read::Decoder::new(&mut hashing)
-                    .map_err(|e| layer_err(format!("zstd: {e}")))?,
-            ),
+            Compression::Zstd => {
+                Box::new(zstd::stream::read::Decoder::new(&mut hashing).map_err(|e| layer_err(format!("zstd: {e}")))?)
+            }
         };
         loop {
             let mut chunk = vec![0u8; CHUNK];
@@ -180,8 +179,14 @@ mod tests {
             ("application/vnd.oci.image.layer.v1.tar+gzip", Some(Compression::Gzip)),
             ("application/vnd.oci.image.layer.v1.tar+zstd", Some(Compression::Zstd)),
             ("application/vnd.oci.image.layer.v1.tar", Some(Compression::None)),
-            ("application/vnd.docker.image.rootfs.diff.tar.gzip", Some(Compression::Gzip)),
-            ("application/vnd.oci.image.layer.nondistributable.v1.tar+gzip", Some(Compression::Gzip)),
+            (
+                "application/vnd.docker.image.rootfs.diff.tar.gzip",
+                Some(Compression::Gzip),
+            ),
+            (
+                "application/vnd.oci.image.layer.nondistributable.v1.tar+gzip",
+                Some(Compression::Gzip),
+            ),
             ("application/vnd.oci.image.layer.v1.tar+bzip2", None),
             ("application/json", None),
         ];

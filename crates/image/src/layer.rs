@@ -253,7 +253,11 @@ impl<'a> LayerBuilder<'a> {
         Ok(stat)
     }
 
-    fn read_body(&mut self, entry: &mut tar::Entry<'_, &mut dyn Read>, raw_path: &[u8]) -> Result<FileData, ImportError> {
+    fn read_body(
+        &mut self,
+        entry: &mut tar::Entry<'_, &mut dyn Read>,
+        raw_path: &[u8],
+    ) -> Result<FileData, ImportError> {
         let size = entry.size();
         let io_err = |s: &Self, e: std::io::Error| s.entry_err(raw_path, format!("reading file body: {e}"));
         if size <= IN_MEMORY_MAX {
@@ -413,7 +417,9 @@ impl<'a> LayerBuilder<'a> {
             Some(Node::Leaf(id)) => {
                 let id = *id;
                 let (name, parents) = path.split_last().expect("not the root");
-                self.parent_dir(parents, raw_path)?.entries.insert(name.clone(), Node::Leaf(id));
+                self.parent_dir(parents, raw_path)?
+                    .entries
+                    .insert(name.clone(), Node::Leaf(id));
                 Ok(())
             }
             Some(Node::Dir(_)) => Err(self.entry_err(raw_path, "hard link to a directory")),

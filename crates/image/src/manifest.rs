@@ -233,7 +233,9 @@ mod tests {
             d('a'),
             d('b')
         );
-        let Document::Index(entries) = parse_document(json.as_bytes(), None).unwrap() else { panic!() };
+        let Document::Index(entries) = parse_document(json.as_bytes(), None).unwrap() else {
+            panic!()
+        };
         let amd = Platform {
             architecture: "amd64".into(),
             os: "linux".into(),
@@ -244,7 +246,10 @@ mod tests {
             architecture: "s390x".into(),
             ..amd
         };
-        assert!(matches!(select_platform(&entries, &s390), Err(ImportError::NoPlatform { .. })));
+        assert!(matches!(
+            select_platform(&entries, &s390),
+            Err(ImportError::NoPlatform { .. })
+        ));
     }
 
     #[test]

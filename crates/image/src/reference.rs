@@ -23,7 +23,10 @@ pub struct RegistryRef {
 impl RegistryRef {
     /// Plain http only for loopback; https everywhere else.
     pub fn is_loopback(&self) -> bool {
-        let host = self.registry.rsplit_once(':').map_or(self.registry.as_str(), |(h, _)| h);
+        let host = self
+            .registry
+            .rsplit_once(':')
+            .map_or(self.registry.as_str(), |(h, _)| h);
         matches!(host, "localhost" | "127.0.0.1" | "[::1]")
     }
 }
@@ -81,9 +84,9 @@ fn valid_repository(repo: &str) -> bool {
 }
 
 pub(crate) fn check_digest(digest: &str) -> Result<&str, ImportError> {
-    let hex = digest.strip_prefix("sha256:").filter(|h| {
-        h.len() == 64 && h.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
-    });
+    let hex = digest
+        .strip_prefix("sha256:")
+        .filter(|h| h.len() == 64 && h.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b)));
     hex.ok_or_else(|| ImportError::BadDigest {
         digest: digest.to_owned(),
     })
@@ -123,7 +126,10 @@ impl std::str::FromStr for ImageRef {
             .split_once('/')
             .ok_or_else(|| bad(text, "expected HOST[:PORT]/NAME[:TAG] or oci:DIR[:TAG]"))?;
         if !(registry.contains('.') || registry.contains(':') || registry == "localhost") {
-            return Err(bad(text, "the first part must be a registry host (e.g. 127.0.0.1:5000)"));
+            return Err(bad(
+                text,
+                "the first part must be a registry host (e.g. 127.0.0.1:5000)",
+            ));
         }
         let (repository, tag) = match path.rsplit_once(':') {
             Some((repo, tag)) => {
@@ -159,7 +165,10 @@ mod tests {
     fn parses() {
         let r: ImageRef = "127.0.0.1:5000/strata/minbase:latest".parse().unwrap();
         let ImageRef::Registry(r) = r else { panic!() };
-        assert_eq!((r.registry.as_str(), r.repository.as_str()), ("127.0.0.1:5000", "strata/minbase"));
+        assert_eq!(
+            (r.registry.as_str(), r.repository.as_str()),
+            ("127.0.0.1:5000", "strata/minbase")
+        );
         assert!(r.is_loopback());
         let d = format!("sha256:{}", "a".repeat(64));
         let r: ImageRef = format!("registry.example.com/x@{d}").parse().unwrap();

@@ -93,17 +93,29 @@ mod tests {
     }
 
     impl Mounter for Recorder {
-        fn mount(&self, fstype: &str, options: &[FsOption], flags: MountFlags, target: &Path) -> Result<(), MountError> {
-            if self.old_kernel && options.iter().any(|o| matches!(o, FsOption::String(k, _) if k == "lowerdir+")) {
+        fn mount(
+            &self,
+            fstype: &str,
+            options: &[FsOption],
+            flags: MountFlags,
+            target: &Path,
+        ) -> Result<(), MountError> {
+            if self.old_kernel
+                && options
+                    .iter()
+                    .any(|o| matches!(o, FsOption::String(k, _) if k == "lowerdir+"))
+            {
                 return Err(MountError::Option {
                     fstype: fstype.into(),
                     option: "lowerdir+".into(),
                     errno: std::io::Error::from_raw_os_error(22),
                 });
             }
-            self.calls
-                .borrow_mut()
-                .push(format!("mount {fstype} ro={} {} {options:?}", flags.read_only, target.display()));
+            self.calls.borrow_mut().push(format!(
+                "mount {fstype} ro={} {} {options:?}",
+                flags.read_only,
+                target.display()
+            ));
             Ok(())
         }
         fn unmount(&self, target: &Path) -> Result<(), MountError> {
@@ -126,7 +138,10 @@ mod tests {
             old_kernel: true,
             ..Default::default()
         };
-        assert_eq!(mount_overlay(&old, &plan, Path::new("/t")).unwrap(), LowerMode::DoubleColon);
+        assert_eq!(
+            mount_overlay(&old, &plan, Path::new("/t")).unwrap(),
+            LowerMode::DoubleColon
+        );
         assert!(old.calls.borrow()[0].contains("\"lowerdir\", \"/m::/o\""));
         assert!(old.calls.borrow()[0].contains("ro=true"));
         let new = Recorder::default();

@@ -34,10 +34,12 @@ pub struct ImageRecord {
 
 impl ImageRecord {
     pub fn erofs_id(&self) -> Result<Digest, StoreError> {
-        self.erofs.parse().map_err(|e: strata_tree::DigestParseError| StoreError::BadRecord {
-            key: self.name.clone(),
-            reason: e.to_string(),
-        })
+        self.erofs
+            .parse()
+            .map_err(|e: strata_tree::DigestParseError| StoreError::BadRecord {
+                key: self.name.clone(),
+                reason: e.to_string(),
+            })
     }
 }
 
@@ -58,7 +60,7 @@ fn pack(objects: &[ObjectRef]) -> Vec<u8> {
 }
 
 fn unpack(key: &str, bytes: &[u8]) -> Result<Vec<ObjectRef>, StoreError> {
-    if bytes.len() % 40 != 0 {
+    if !bytes.len().is_multiple_of(40) {
         return Err(StoreError::BadRecord {
             key: key.to_owned(),
             reason: format!("object list of {} bytes is not a multiple of 40", bytes.len()),
@@ -100,7 +102,8 @@ impl Db {
         let json = serde_json::to_vec(record).expect("records serialize");
         let txn = self.db.begin_write()?;
         {
-            txn.open_table(IMAGE_OBJECTS)?.insert(id.0.as_slice(), pack(objects).as_slice())?;
+            txn.open_table(IMAGE_OBJECTS)?
+                .insert(id.0.as_slice(), pack(objects).as_slice())?;
             txn.open_table(IMAGES)?.insert(record.name.as_str(), json.as_slice())?;
         }
         txn.commit()?;

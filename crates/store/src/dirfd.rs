@@ -17,8 +17,12 @@ pub(crate) struct DirFd {
 
 impl DirFd {
     pub fn open(path: &Path) -> Result<Self, StoreError> {
-        let fd = rustix::fs::open(path, OFlags::DIRECTORY | OFlags::RDONLY | OFlags::CLOEXEC, Mode::empty())
-            .map_err(|e| StoreError::io("open directory", path, e))?;
+        let fd = rustix::fs::open(
+            path,
+            OFlags::DIRECTORY | OFlags::RDONLY | OFlags::CLOEXEC,
+            Mode::empty(),
+        )
+        .map_err(|e| StoreError::io("open directory", path, e))?;
         Ok(DirFd {
             fd,
             path: path.to_owned(),
@@ -75,7 +79,12 @@ impl DirFd {
     }
 
     pub fn read_small(&self, name: &str) -> Result<Option<Vec<u8>>, StoreError> {
-        match rustix::fs::openat(&self.fd, name, OFlags::RDONLY | OFlags::CLOEXEC | OFlags::NOFOLLOW, Mode::empty()) {
+        match rustix::fs::openat(
+            &self.fd,
+            name,
+            OFlags::RDONLY | OFlags::CLOEXEC | OFlags::NOFOLLOW,
+            Mode::empty(),
+        ) {
             Ok(fd) => {
                 let mut out = Vec::new();
                 std::io::Read::read_to_end(&mut std::fs::File::from(fd), &mut out)

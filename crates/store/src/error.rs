@@ -13,7 +13,10 @@ pub enum StoreError {
     Db(#[from] redb::Error),
     #[error("metadata DB holds an unreadable record for {key:?}: {reason}")]
     BadRecord { key: String, reason: String },
-    #[error("store at {root} has layout version {found:?}; this strata reads version {}", crate::LAYOUT_VERSION)]
+    #[error(
+        "store at {root} has layout version {found:?}; this strata reads version {}",
+        crate::LAYOUT_VERSION
+    )]
     LayoutVersion { root: PathBuf, found: String },
 }
 

@@ -30,7 +30,6 @@ pub(crate) fn shared(dir: &DirFd, root: &Path) -> Result<SharedGuard, StoreError
 
 pub(crate) fn exclusive(dir: &DirFd, root: &Path) -> Result<ExclusiveGuard, StoreError> {
     let fd = open(dir, root)?;
-    rustix::fs::flock(&fd, FlockOperation::LockExclusive)
-        .map_err(|e| StoreError::io("lock", root.join("lock"), e))?;
+    rustix::fs::flock(&fd, FlockOperation::LockExclusive).map_err(|e| StoreError::io("lock", root.join("lock"), e))?;
     Ok(ExclusiveGuard(fd))
 }

@@ -29,6 +29,8 @@ pub struct ObjectStager {
     dir: DirFd,
     dir_name: String,
     pending: Vec<(String, Digest)>,
+    /// Files of writers not yet finished; removed if the import fails.
+    in_flight: HashSet<String>,
     seen: HashSet<Digest>,
     next_file: u64,
 }
@@ -63,6 +65,7 @@ impl ObjectStager {
             dir,
             dir_name,
             pending: Vec::new(),
+            in_flight: HashSet::new(),
             seen: HashSet::new(),
             next_file: 0,
         })
@@ -89,7 +92,11 @@ impl ObjectStager {
         let digest = Digest::of(data);
         let size = data.len() as u64;
         if self.known(&digest)? {
-            return Ok(StagedObject { digest, size, new: false });
+            return Ok(StagedObject {
+                digest,
+                size,
+                new: false,
+            });
         }
         let name = self.next_name();
         let mut file = self.dir.create_file(&name, 0o444)?;
@@ -97,13 +104,18 @@ impl ObjectStager {
             .map_err(|e| StoreError::io("write object", self.dir.path().join(&name), e))?;
         self.seen.insert(digest);
         self.pending.push((name, digest));
-        Ok(StagedObject { digest, size, new: true })
+        Ok(StagedObject {
+            digest,
+            size,
+            new: true,
+        })
     }
 
     /// Starts streaming a content too large to hold in memory.
     pub fn writer(&mut self) -> Result<ObjectWriter, StoreError> {
         let name = self.next_name();
         let file = self.dir.create_file(&name, 0o444)?;
+        self.in_flight.insert(name.clone());
         Ok(ObjectWriter {
             file,
             name,
@@ -115,15 +127,24 @@ impl ObjectStager {
     pub fn finish(&mut self, writer: ObjectWriter) -> Result<StagedObject, StoreError> {
         let ObjectWriter { file, name, hasher } = writer;
         drop(file);
+        self.in_flight.remove(&name);
         let size = hasher.len();
         let digest = hasher.finish();
         if self.known(&digest)? {
             self.dir.unlink(&name)?;
-            return Ok(StagedObject { digest, size, new: false });
+            return Ok(StagedObject {
+                digest,
+                size,
+                new: false,
+            });
         }
         self.seen.insert(digest);
         self.pending.push((name, digest));
-        Ok(StagedObject { digest, size, new: true })
+        Ok(StagedObject {
+            digest,
+            size,
+            new: true,
+        })
     }
 
     /// Moves a file that already exists (e.g. in a snapshot's upper dir on
@@ -143,7 +164,11 @@ impl ObjectStager {
         let size = hasher.len();
         let digest = hasher.finish();
         if self.known(&digest)? {
-            return Ok(StagedObject { digest, size, new: false });
+            return Ok(StagedObject {
+                digest,
+                size,
+                new: false,
+            });
         }
         let staged = self.next_name();
         let from = DirFd::open(from_dir)?;
@@ -158,7 +183,11 @@ impl ObjectStager {
         .map_err(|e| StoreError::io("chmod", self.dir.path().join(&staged), e))?;
         self.seen.insert(digest);
         self.pending.push((staged, digest));
-        Ok(StagedObject { digest, size, new: true })
+        Ok(StagedObject {
+            digest,
+            size,
+            new: true,
+        })
     }
 
     /// Syncs every staged file, then renames each into `objects/`.
@@ -200,7 +229,7 @@ impl ObjectStager {
 
 impl Drop for ObjectStager {
     fn drop(&mut self) {
-        for (name, _) in &self.pending {
+        for name in self.pending.iter().map(|(name, _)| name).chain(&self.in_flight) {
             let _ = self.dir.unlink(name);
         }
         let _ = rustix::fs::unlinkat(

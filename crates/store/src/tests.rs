@@ -36,7 +36,9 @@ fn add_image(store: &Store, name: &str, contents: &[&[u8]]) -> Digest {
                 size: r.size,
             }),
         });
-        tree.root.entries.insert(format!("f{i}").into_bytes(), strata_tree::Node::Leaf(id));
+        tree.root
+            .entries
+            .insert(format!("f{i}").into_bytes(), strata_tree::Node::Leaf(id));
     }
     let image = store.put_image(&strata_erofs::write_image(&tree).unwrap()).unwrap();
     refs.sort();
@@ -83,7 +85,11 @@ fn fsck_finds_corrupt_and_missing_objects() {
     std::fs::write(&first, b"tampered").unwrap();
     std::fs::remove_file(store.objects_path().join(Digest::of(b"second").object_path())).unwrap();
     let report = store.fsck(false).unwrap();
-    assert!(matches!(report.problems[0], FsckProblem::CorruptObject { .. }), "{:?}", report.problems);
+    assert!(
+        matches!(report.problems[0], FsckProblem::CorruptObject { .. }),
+        "{:?}",
+        report.problems
+    );
     assert!(report
         .problems
         .iter()
@@ -100,6 +106,8 @@ fn unpublished_stage_leaves_nothing() {
     {
         let mut stager = store.stager().unwrap();
         stager.add_bytes(b"never published").unwrap();
+        let mut writer = stager.writer().unwrap();
+        writer.write(b"abandoned half way").unwrap();
     }
     assert!(!store.has_object(&Digest::of(b"never published")).unwrap());
     assert_eq!(std::fs::read_dir(dir.path().join("tmp")).unwrap().count(), 0);

@@ -14,5 +14,5 @@ mod path;
 
 pub use digest::{Digest, DigestParseError, VerityHasher};
 pub use merge::{merge_layer, MergeError};
-pub use node::{Content, Dir, FileData, Leaf, LeafId, Node, Stat, Tree, TreeStats};
+pub use node::{Content, Dir, FileData, Leaf, LeafId, Node, Stat, Tree, TreePath, TreeStats};
 pub use path::{split_path, PathError, MAX_NAME_LEN};

@@ -156,7 +156,9 @@ mod tests {
         insert(&mut layer, "etc/gone", Node::Whiteout);
         insert(&mut layer, "doc", Node::Whiteout);
         file(&mut layer, "opt/b", b"b");
-        let Some(Node::Dir(opt)) = layer.root.entries.get_mut(b"opt".as_slice()) else { panic!() };
+        let Some(Node::Dir(opt)) = layer.root.entries.get_mut(b"opt".as_slice()) else {
+            panic!()
+        };
         opt.opaque = true;
         file(&mut layer, "etc/passwd", b"new");
         layer.lower_links.push((p("etc/link"), p("etc/passwd")));
@@ -190,14 +192,20 @@ mod tests {
     #[test]
     fn implicit_dir_keeps_lower_stat() {
         let mut lower = Tree::new(Stat::default_dir());
-        let mut etc = Dir::new(Stat { mode: 0o700, uid: 7, ..Stat::default() });
+        let mut etc = Dir::new(Stat {
+            mode: 0o700,
+            uid: 7,
+            ..Stat::default()
+        });
         etc.entries.clear();
         lower.root.entries.insert(b"etc".to_vec(), Node::Dir(Box::new(etc)));
         let mut layer = Tree::new(Stat::default_dir());
         layer.root.implicit = true;
         file(&mut layer, "etc/new", b"n");
         merge_layer(&mut lower, layer).unwrap();
-        let Some(Node::Dir(etc)) = lower.lookup(&p("etc")) else { panic!() };
+        let Some(Node::Dir(etc)) = lower.lookup(&p("etc")) else {
+            panic!()
+        };
         assert_eq!((etc.stat.mode, etc.stat.uid), (0o700, 7));
         assert_eq!(etc.entries.len(), 1);
     }

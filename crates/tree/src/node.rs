@@ -64,6 +64,9 @@ pub struct Leaf {
     pub content: Content,
 }
 
+/// A validated path as its names, root first.
+pub type TreePath = Vec<Vec<u8>>;
+
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct LeafId(pub usize);
 
@@ -107,7 +110,7 @@ pub struct Tree {
     pub leaves: Vec<Leaf>,
     /// Hard links whose target is not in this layer: (link path, target path).
     /// They are resolved against the lower tree by the merge.
-    pub lower_links: Vec<(Vec<Vec<u8>>, Vec<Vec<u8>>)>,
+    pub lower_links: Vec<(TreePath, TreePath)>,
 }
 
 /// Counts over the reachable part of a tree.

@@ -81,14 +81,21 @@ pub fn run(config: &Config, args: Args) -> anyhow::Result<()> {
         object_bytes,
         erofs_bytes: erofs_total,
         objects: sizes.len() as u64,
-        dedup_ratio: if stored == 0 { 1.0 } else { logical as f64 / stored as f64 },
+        dedup_ratio: if stored == 0 {
+            1.0
+        } else {
+            logical as f64 / stored as f64
+        },
         images: rows,
     };
     if args.json {
         println!("{}", serde_json::to_string_pretty(&usage)?);
         return Ok(());
     }
-    println!("{:<50} {:>10} {:>10} {:>10} {:>9}", "IMAGE", "LOGICAL", "STORED", "EXCLUSIVE", "EROFS");
+    println!(
+        "{:<50} {:>10} {:>10} {:>10} {:>9}",
+        "IMAGE", "LOGICAL", "STORED", "EXCLUSIVE", "EROFS"
+    );
     for r in &usage.images {
         println!(
             "{:<50} {:>10} {:>10} {:>10} {:>9}",

@@ -27,7 +27,9 @@ pub fn run(config: &Config, args: Args) -> anyhow::Result<()> {
         }
     );
     if !report.is_clean() && !args.repair {
-        anyhow::bail!("the store has problems; `strata fsck --repair` removes corrupt objects, then re-pull the affected images");
+        anyhow::bail!(
+            "the store has problems; `strata fsck --repair` removes corrupt objects, then re-pull the affected images"
+        );
     }
     Ok(())
 }

@@ -40,7 +40,10 @@ pub fn run(config: &Config, args: Args) -> anyhow::Result<()> {
     let id = record.erofs_id()?;
     let root = root_name(&target);
     if store.root_image(&root)?.is_some() {
-        anyhow::bail!("{} is already a strata mount; `strata umount` it first", target.display());
+        anyhow::bail!(
+            "{} is already a strata mount; `strata umount` it first",
+            target.display()
+        );
     }
     store.add_root(&root, &id, &store.image_objects(&id)?)?;
     let result = (|| -> anyhow::Result<()> {

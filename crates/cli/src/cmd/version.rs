@@ -5,7 +5,11 @@ pub struct Args {}
 
 pub fn run(config: &Config, _args: Args) -> anyhow::Result<()> {
     println!("strata {}", env!("CARGO_PKG_VERSION"));
-    println!("store: {} (layout {})", config.root.display(), strata_store::LAYOUT_VERSION);
+    println!(
+        "store: {} (layout {})",
+        config.root.display(),
+        strata_store::LAYOUT_VERSION
+    );
     let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
     println!("kernel: {}", kernel.trim());
     let filesystems = std::fs::read_to_string("/proc/filesystems").unwrap_or_default();

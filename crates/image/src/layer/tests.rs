@@ -34,7 +34,14 @@ fn import(tar: Vec<u8>, limits: &Limits) -> Result<(LayerImport, tempfile::TempD
         annotations: Default::default(),
     };
     let progress = Arc::new(Progress::default());
-    let result = import_layer(&store, &desc, None, Box::new(std::io::Cursor::new(tar)), limits, &progress);
+    let result = import_layer(
+        &store,
+        &desc,
+        None,
+        Box::new(std::io::Cursor::new(tar)),
+        limits,
+        &progress,
+    );
     result.map(|r| (r, dir))
 }
 
@@ -63,7 +70,9 @@ fn builds_tree_with_objects_links_and_whiteouts() {
     let p = |s: &str| s.split('/').map(|n| n.as_bytes().to_vec()).collect::<Vec<_>>();
     assert_eq!(tree.lookup(&p("etc/big")), tree.lookup(&p("etc/hard")));
     assert_eq!(tree.lookup(&p("etc/gone")), Some(&Node::Whiteout));
-    let Some(Node::Dir(opt)) = tree.lookup(&p("opt")) else { panic!() };
+    let Some(Node::Dir(opt)) = tree.lookup(&p("opt")) else {
+        panic!()
+    };
     assert!(opt.opaque && opt.implicit);
     assert_eq!(tree.lower_links, vec![(p("lib/lower-link"), p("usr/lib/x"))]);
     assert_eq!(import.objects.len(), 1, "only the big file is an object");
@@ -111,7 +120,10 @@ fn truncated_and_oversized_streams_fail() {
     entry(&mut tar, b"f", T::Regular, b"", &[1u8; 4096]);
     let cut = tar[..512 + 1000].to_vec();
     let msg = err(cut);
-    assert!(msg.contains("f") && (msg.contains("body") || msg.contains("tar")), "{msg}");
+    assert!(
+        msg.contains("f") && (msg.contains("body") || msg.contains("tar")),
+        "{msg}"
+    );
 
     let mut tar = Vec::new();
     entry(&mut tar, b"f", T::Regular, b"", &[1u8; 100_000]);
@@ -138,7 +150,14 @@ fn digest_mismatch_publishes_nothing() {
         annotations: Default::default(),
     };
     let progress = Arc::new(Progress::default());
-    let result = import_layer(&store, &desc, None, Box::new(std::io::Cursor::new(tar)), &Limits::default(), &progress);
+    let result = import_layer(
+        &store,
+        &desc,
+        None,
+        Box::new(std::io::Cursor::new(tar)),
+        &Limits::default(),
+        &progress,
+    );
     assert!(matches!(result, Err(ImportError::DigestMismatch { .. })));
     assert!(!store.has_object(&strata_tree::Digest::of(&[3u8; 5000])).unwrap());
 }
@@ -164,8 +183,14 @@ fn overlay_xattrs_are_dropped_and_pax_read() {
     let tar = builder.into_inner().unwrap();
     let (import, _dir) = import(tar, &Limits::default()).unwrap();
     let leaf = &import.tree.leaves[0];
-    assert_eq!(leaf.stat.xattrs.keys().collect::<Vec<_>>(), vec![&b"security.capability".to_vec()]);
-    assert_eq!((leaf.stat.mtime_sec, leaf.stat.mtime_nsec), (1_700_000_000, 250_000_000));
+    assert_eq!(
+        leaf.stat.xattrs.keys().collect::<Vec<_>>(),
+        vec![&b"security.capability".to_vec()]
+    );
+    assert_eq!(
+        (leaf.stat.mtime_sec, leaf.stat.mtime_nsec),
+        (1_700_000_000, 250_000_000)
+    );
     assert_eq!((leaf.stat.uid, leaf.stat.mode), (4_000_000, 0o4755));
 }
 

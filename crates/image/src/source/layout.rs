@@ -75,7 +75,11 @@ impl BlobSource for LayoutSource {
             None => {
                 return Err(ImportError::MissingTag {
                     tag: String::new(),
-                    source_name: format!("{} (it holds {} images: name one with :TAG)", self.dir.display(), entries.len()),
+                    source_name: format!(
+                        "{} (it holds {} images: name one with :TAG)",
+                        self.dir.display(),
+                        entries.len()
+                    ),
                 })
             }
         };
@@ -104,6 +108,9 @@ impl BlobSource for LayoutSource {
     }
 
     fn open_blob(&self, desc: &Descriptor) -> Result<Box<dyn Read + Send>, ImportError> {
-        Ok(Box::new(std::io::BufReader::with_capacity(256 * 1024, self.open(&desc.digest)?)))
+        Ok(Box::new(std::io::BufReader::with_capacity(
+            256 * 1024,
+            self.open(&desc.digest)?,
+        )))
     }
 }

@@ -96,10 +96,12 @@ impl BlobSource for RegistrySource {
 
     fn blob_bytes(&self, desc: &Descriptor) -> Result<Vec<u8>, ImportError> {
         let mut out = Vec::new();
-        self.open_blob(desc)?.read_to_end(&mut out).map_err(|e| ImportError::Io {
-            what: desc.digest.clone(),
-            source: e,
-        })?;
+        self.open_blob(desc)?
+            .read_to_end(&mut out)
+            .map_err(|e| ImportError::Io {
+                what: desc.digest.clone(),
+                source: e,
+            })?;
         Ok(out)
     }
 

@@ -1,0 +1,164 @@
+//! Pulls the real image family from the local registry and from the OCI
+//! layout, mounts every image, and checks it against the independent oracle;
+//! then dedup, determinism, image size and gc.
+
+use strata_tests::*;
+
+fn registry_ref(tag: &str) -> String {
+    format!("{}/strata/{tag}:latest", registry())
+}
+
+fn layout_ref(tag: &str) -> String {
+    format!("oci:{}:{tag}", family_layout().display())
+}
+
+/// Every image, from both sources, mounts as exactly the oracle's tree; the
+/// whole family is stored once; pulling again into a fresh store gives the
+/// same EROFS bytes.
+#[test]
+fn family_is_faithful_deduplicated_and_deterministic() {
+    let store = TestStore::new();
+    let scratch = store.dir.path();
+    let mut distinct = std::collections::BTreeMap::new();
+    let mut paths = 0;
+    for tag in FAMILY_TAGS {
+        let expected = expected_tree(tag, scratch);
+        distinct.extend(distinct_contents(&expected, 64));
+        paths += path_count(&expected);
+        for reference in [registry_ref(tag), layout_ref(tag)] {
+            let out = store.ok(&["pull", &reference]);
+            eprintln!("{}", out.trim());
+            let mounted = store.mount(&reference);
+            assert_tree_matches(&expected, &mounted, scratch);
+            store.umount(&mounted);
+        }
+    }
+
+    // Dedup: one object per distinct content above the inline limit.
+    let objects = store.objects();
+    let object_names = set(objects.keys().cloned());
+    assert_eq!(objects.len(), distinct.len(), "objects vs distinct file contents");
+    let distinct_bytes: u64 = distinct.values().sum();
+    let object_bytes: u64 = objects.values().sum();
+    let images = store.images();
+    let image_bytes: u64 = images.values().map(|b| b.len() as u64).sum();
+    assert!(
+        (object_bytes as f64) <= 1.02 * distinct_bytes as f64,
+        "objects {object_bytes} vs distinct {distinct_bytes}"
+    );
+    assert_eq!(
+        images.len(),
+        FAMILY_TAGS.len(),
+        "registry and layout pulls share images"
+    );
+    eprintln!(
+        "family: {} distinct contents, {distinct_bytes} bytes; store objects {object_bytes} bytes + EROFS {image_bytes} bytes; {:.1} EROFS bytes per path over {paths} paths",
+        distinct.len(),
+        image_bytes as f64 / paths as f64
+    );
+    assert!(
+        image_bytes as f64 / paths as f64 <= 300.0,
+        "EROFS images average more than 300 bytes per file"
+    );
+    let df = store.ok(&["df", "--json"]);
+    let df: serde_json::Value = serde_json::from_str(&df).unwrap();
+    assert_eq!(df["object_bytes"].as_u64(), Some(object_bytes));
+    assert!(df["dedup_ratio"].as_f64().unwrap() > 1.5, "{df}");
+    store.fsck_clean();
+
+    // Determinism: a fresh store pulling in another order gets the same images.
+    let other = TestStore::new();
+    for tag in FAMILY_TAGS.iter().rev() {
+        other.ok(&["pull", &registry_ref(tag)]);
+    }
+    assert_eq!(other.images(), images, "EROFS images differ between stores");
+    assert_eq!(set(other.objects().into_keys()), object_names);
+}
+
+/// gc after rmi frees exactly the objects only the removed image used.
+#[test]
+fn gc_frees_exactly_the_unshared_objects() {
+    let store = TestStore::new();
+    let scratch = store.dir.path();
+    store.ok(&["pull", &layout_ref("minbase")]);
+    store.ok(&["pull", &layout_ref("variant")]);
+    let minbase = set(distinct_contents(&expected_tree("minbase", scratch), 64).into_keys());
+    let variant = set(distinct_contents(&expected_tree("variant", scratch), 64).into_keys());
+    let only_variant = variant.difference(&minbase).count();
+    assert!(only_variant > 0 && only_variant < variant.len());
+
+    let before = store.objects().len();
+    store.ok(&["rmi", &layout_ref("variant")]);
+    assert_eq!(store.objects().len(), before, "rmi alone deletes nothing");
+    let report = store.ok(&["gc"]);
+    assert!(
+        report.contains(&format!("removed {only_variant} objects, 1 images")),
+        "{report}"
+    );
+    assert_eq!(store.objects().len(), before - only_variant);
+    store.fsck_clean();
+    let mounted = store.mount(&layout_ref("minbase"));
+    assert_tree_matches(&expected_tree("minbase", scratch), &mounted, scratch);
+    store.umount(&mounted);
+
+    // A mounted image survives rmi + gc until it is unmounted.
+    let mounted = store.mount(&layout_ref("minbase"));
+    store.ok(&["rmi", &layout_ref("minbase")]);
+    let report = store.ok(&["gc"]);
+    assert!(report.contains("removed 0 objects"), "{report}");
+    assert!(mounted.join("usr/bin/bash").exists() || mounted.join("bin/bash").exists());
+    store.umount(&mounted);
+    store.ok(&["gc"]);
+    assert_eq!(store.objects().len(), 0);
+    assert!(store.images().is_empty());
+}
+
+/// A writable mount gets an upper layer; the image itself is unchanged.
+#[test]
+fn writable_mount_keeps_the_image_intact() {
+    let store = TestStore::new();
+    let reference = layout_ref("minbase");
+    store.ok(&["pull", &reference]);
+    let target = store.dir.path().join("rw");
+    std::fs::create_dir_all(&target).unwrap();
+    store.ok(&["mount", "--writable", &reference, target.to_str().unwrap()]);
+    std::fs::write(target.join("etc/hostname"), "changed\n").unwrap();
+    std::fs::write(target.join("new-file"), "new\n").unwrap();
+    assert_eq!(
+        std::fs::read_to_string(target.join("etc/hostname")).unwrap(),
+        "changed\n"
+    );
+    store.ok(&["umount", target.to_str().unwrap()]);
+    store.fsck_clean();
+    let mounted = store.mount(&reference);
+    assert!(!mounted.join("new-file").exists());
+    assert_tree_matches(&expected_tree("minbase", store.dir.path()), &mounted, store.dir.path());
+}
+
+/// fsck notices an object whose bytes changed and an object that is gone.
+#[test]
+fn fsck_detects_tampered_and_missing_objects() {
+    let store = TestStore::new();
+    store.ok(&["pull", &layout_ref("minbase")]);
+    store.fsck_clean();
+    let objects: Vec<String> = store.objects().into_keys().collect();
+    let path = |name: &str| store.root().join("objects").join(&name[..2]).join(&name[2..]);
+    let tampered = path(&objects[0]);
+    std::fs::set_permissions(&tampered, std::os::unix::fs::PermissionsExt::from_mode(0o644)).unwrap();
+    let mut bytes = std::fs::read(&tampered).unwrap();
+    bytes[0] ^= 0xff;
+    std::fs::write(&tampered, bytes).unwrap();
+    std::fs::remove_file(path(&objects[1])).unwrap();
+
+    let out = store.run(&["fsck"]);
+    assert_eq!(out.status.code(), Some(1));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        stdout.contains(&format!("object {} is corrupt", objects[0])),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains(&format!("object {} is missing", objects[1])),
+        "{stdout}"
+    );
+}

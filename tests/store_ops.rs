@@ -1,0 +1,49 @@
+//! CLI behaviour that needs no image family: usage errors, exit codes,
+//! messages.
+
+use strata_tests::*;
+
+#[test]
+fn usage_errors_exit_2_and_failures_exit_1() {
+    let store = TestStore::new();
+    let out = store.run(&["pull"]);
+    assert_eq!(out.status.code(), Some(2), "missing argument is a usage error");
+    let out = store.run(&["no-such-verb"]);
+    assert_eq!(out.status.code(), Some(2));
+
+    let stderr = store.fails(&["pull", "not a reference"]);
+    assert!(stderr.contains("invalid image reference"), "{stderr}");
+    let stderr = store.fails(&["rmi", "nothing"]);
+    assert!(stderr.contains("no image named"), "{stderr}");
+    let target = store.dir.path().join("t");
+    std::fs::create_dir_all(&target).unwrap();
+    let stderr = store.fails(&["mount", "nothing", target.to_str().unwrap()]);
+    assert!(stderr.contains("no image named"), "{stderr}");
+    let stderr = store.fails(&["umount", target.to_str().unwrap()]);
+    assert!(stderr.contains("not a strata mount"), "{stderr}");
+    let stderr = store.fails(&["pull", "oci:/nonexistent-layout:x"]);
+    assert!(stderr.contains("index.json"), "{stderr}");
+}
+
+#[test]
+fn empty_store_reports_cleanly() {
+    let store = TestStore::new();
+    store.fsck_clean();
+    let df: serde_json::Value = serde_json::from_str(&store.ok(&["df", "--json"])).unwrap();
+    assert_eq!(df["objects"].as_u64(), Some(0));
+    assert!(store.ok(&["gc"]).contains("removed 0 objects"));
+    assert!(store.ok(&["version"]).contains("erofs: available"));
+}
+
+#[test]
+fn bad_config_is_a_usage_error() {
+    let store = TestStore::new();
+    let config = store.dir.path().join("bad.toml");
+    std::fs::write(&config, "no_such_key = 1\n").unwrap();
+    let out = std::process::Command::new(strata_bin())
+        .args(["--config", config.to_str().unwrap(), "images"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("unknown field"));
+}
