@@ -51,6 +51,15 @@ fn family_is_faithful_deduplicated_and_deterministic() {
         FAMILY_TAGS.len(),
         "registry and layout pulls share images"
     );
+    for name in images.keys() {
+        let path = store.root().join("images").join(name);
+        let check = std::process::Command::new("fsck.erofs")
+            .arg("--extract")
+            .arg(&path)
+            .output()
+            .expect("fsck.erofs (erofs-utils) is installed");
+        assert!(check.status.success(), "fsck.erofs rejects {name}: {check:?}");
+    }
     eprintln!(
         "family: {} distinct contents, {distinct_bytes} bytes; store objects {object_bytes} bytes + EROFS {image_bytes} bytes; {:.1} EROFS bytes per path over {paths} paths",
         distinct.len(),
@@ -161,4 +170,132 @@ fn fsck_detects_tampered_and_missing_objects() {
         stdout.contains(&format!("object {} is missing", objects[1])),
         "{stdout}"
     );
+}
+
+/// Builds a layout whose tag `multi` is an image index: arm64 -> variant,
+/// amd64 -> minbase. Blobs are symlinks into the family layout.
+fn multi_arch_layout(dir: &std::path::Path) -> std::path::PathBuf {
+    let family = family_layout();
+    let family_index: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(family.join("index.json")).unwrap()).unwrap();
+    let entry = |tag: &str| {
+        family_index["manifests"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|m| m["annotations"]["org.opencontainers.image.ref.name"] == tag)
+            .unwrap()
+            .clone()
+    };
+    let layout = dir.join("multi-arch");
+    let blobs = layout.join("blobs/sha256");
+    std::fs::create_dir_all(&blobs).unwrap();
+    for file in std::fs::read_dir(family.join("blobs/sha256")).unwrap() {
+        let file = file.unwrap();
+        std::os::unix::fs::symlink(file.path(), blobs.join(file.file_name())).unwrap();
+    }
+    let platform_entry = |tag: &str, arch: &str| {
+        let e = entry(tag);
+        serde_json::json!({
+            "mediaType": e["mediaType"], "digest": e["digest"], "size": e["size"],
+            "platform": {"architecture": arch, "os": "linux"}
+        })
+    };
+    let index = serde_json::json!({
+        "schemaVersion": 2,
+        "mediaType": "application/vnd.oci.image.index.v1+json",
+        "manifests": [platform_entry("variant", "arm64"), platform_entry("minbase", "amd64")]
+    });
+    let index_bytes = serde_json::to_vec(&index).unwrap();
+    let digest = sha256_hex(&index_bytes);
+    std::fs::write(blobs.join(&digest), &index_bytes).unwrap();
+    let top = serde_json::json!({
+        "schemaVersion": 2,
+        "manifests": [{
+            "mediaType": "application/vnd.oci.image.index.v1+json",
+            "digest": format!("sha256:{digest}"), "size": index_bytes.len(),
+            "annotations": {"org.opencontainers.image.ref.name": "multi"}
+        }]
+    });
+    std::fs::write(layout.join("index.json"), serde_json::to_vec(&top).unwrap()).unwrap();
+    std::fs::write(layout.join("oci-layout"), br#"{"imageLayoutVersion":"1.0.0"}"#).unwrap();
+    layout
+}
+
+fn sha256_hex(data: &[u8]) -> String {
+    let out = std::process::Command::new("sha256sum")
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .and_then(|mut child| {
+            use std::io::Write;
+            child.stdin.take().unwrap().write_all(data)?;
+            child.wait_with_output()
+        })
+        .unwrap();
+    String::from_utf8_lossy(&out.stdout)[..64].to_owned()
+}
+
+fn skopeo_copy(extra: &[&str], from: &str, to: &str) {
+    let out = std::process::Command::new("skopeo")
+        .args(["copy", "--quiet", "--dest-tls-verify=false"])
+        .args(extra)
+        .args([from, to])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "skopeo copy {from} {to}: {out:?}");
+}
+
+/// An index (multi-platform) resolves to the host's manifest, from a layout
+/// and from the registry; a Docker v2 schema 2 image imports the same tree.
+#[test]
+fn index_and_docker_media_types() {
+    let store = TestStore::new();
+    let scratch = store.dir.path();
+    let expected = expected_tree("minbase", scratch);
+    let layout = multi_arch_layout(scratch);
+    let minbase_manifest = std::fs::read_to_string(family_layout().join("../images.txt"))
+        .unwrap()
+        .lines()
+        .find_map(|l| l.strip_prefix("minbase ").map(str::to_owned))
+        .unwrap();
+
+    let from_layout = format!("oci:{}:multi", layout.display());
+    let out = store.ok(&["pull", &from_layout]);
+    assert!(out.contains(&minbase_manifest), "picked the amd64 entry: {out}");
+
+    let registry = registry();
+    let index_ref = format!("{registry}/strata/multi-arch:latest");
+    skopeo_copy(
+        &["--all", "--preserve-digests"],
+        &format!("oci:{}:multi", layout.display()),
+        &format!("docker://{index_ref}"),
+    );
+    let out = store.ok(&["pull", &index_ref]);
+    assert!(out.contains(&minbase_manifest), "picked the amd64 entry: {out}");
+
+    let docker_ref = format!("{registry}/strata/minbase-docker:latest");
+    skopeo_copy(
+        &["--format", "v2s2"],
+        &layout_ref("minbase"),
+        &format!("docker://{docker_ref}"),
+    );
+    store.ok(&["pull", &docker_ref]);
+    let inspect = std::process::Command::new("skopeo")
+        .args([
+            "inspect",
+            "--raw",
+            "--tls-verify=false",
+            &format!("docker://{docker_ref}"),
+        ])
+        .output()
+        .unwrap();
+    assert!(String::from_utf8_lossy(&inspect.stdout).contains("application/vnd.docker.distribution.manifest.v2+json"));
+
+    for reference in [&from_layout, &index_ref, &docker_ref] {
+        let mounted = store.mount(reference);
+        assert_tree_matches(&expected, &mounted, scratch);
+        store.umount(&mounted);
+    }
+    assert_eq!(store.images().len(), 1, "all three are the same tree");
 }

@@ -32,6 +32,8 @@ pub enum ImportError {
     TooLarge { layer: String, limit: u64 },
     #[error("layer {layer} has more than {limit} entries")]
     TooManyEntries { layer: String, limit: u64 },
+    #[error("registry refused the credentials for {url} (pass --creds USER:PASSWORD, or check them)")]
+    Unauthorized { url: String },
     #[error("registry: {0}")]
     Registry(String),
     #[error("reading {what}: {source}")]

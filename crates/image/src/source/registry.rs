@@ -22,8 +22,13 @@ pub struct RegistrySource {
     runtime: Arc<tokio::runtime::Runtime>,
 }
 
-fn registry_err(e: impl std::fmt::Display) -> ImportError {
-    ImportError::Registry(e.to_string())
+fn registry_err(e: oci_client::errors::OciDistributionError) -> ImportError {
+    use oci_client::errors::OciDistributionError as E;
+    match e {
+        E::UnauthorizedError { url } => ImportError::Unauthorized { url },
+        E::AuthenticationFailure(reason) => ImportError::Unauthorized { url: reason },
+        other => ImportError::Registry(other.to_string()),
+    }
 }
 
 impl RegistrySource {
