@@ -25,6 +25,7 @@ mod gc;
 mod images;
 mod lock;
 mod objects;
+mod recover;
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -70,6 +71,7 @@ impl Store {
         let objects = root_dir.open_dir("objects")?;
         let images = root_dir.open_dir("images")?;
         let tmp = root_dir.open_dir("tmp")?;
+        recover::remove_dead_staging(&tmp)?;
         let db = db::Db::open(&root.join("db/strata.redb"))?;
         Ok(Store {
             inner: Arc::new(Inner {
