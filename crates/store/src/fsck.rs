@@ -2,11 +2,10 @@
 //! the DB, and lists orphans. `repair` removes corrupt objects and orphans.
 
 use std::collections::HashSet;
-use std::io::Read;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Mutex;
 
-use strata_tree::{Digest, VerityHasher};
+use strata_tree::Digest;
 
 use crate::gc::{for_each_object, list_images, live_set};
 use crate::{Store, StoreError};
@@ -177,18 +176,15 @@ fn rehash_all(store: &Store, objects: &[Digest]) -> Result<Vec<(Digest, Digest)>
     let workers = std::thread::available_parallelism().map_or(2, |n| n.get()).min(8);
     std::thread::scope(|scope| {
         for _ in 0..workers {
-            scope.spawn(|| {
-                let mut buf = vec![0u8; 1 << 20];
-                loop {
-                    let i = next.fetch_add(1, Ordering::Relaxed);
-                    let Some(digest) = objects.get(i) else { break };
-                    match hash_object(store, digest, &mut buf) {
-                        Ok(actual) if actual != *digest => bad.lock().unwrap().push((*digest, actual)),
-                        Ok(_) => {}
-                        Err(e) => {
-                            error.lock().unwrap().get_or_insert(e);
-                            break;
-                        }
+            scope.spawn(|| loop {
+                let i = next.fetch_add(1, Ordering::Relaxed);
+                let Some(digest) = objects.get(i) else { break };
+                match hash_object(store, digest) {
+                    Ok(actual) if actual != *digest => bad.lock().unwrap().push((*digest, actual)),
+                    Ok(_) => {}
+                    Err(e) => {
+                        error.lock().unwrap().get_or_insert(e);
+                        break;
                     }
                 }
             });
@@ -202,15 +198,7 @@ fn rehash_all(store: &Store, objects: &[Digest]) -> Result<Vec<(Digest, Digest)>
     Ok(bad)
 }
 
-fn hash_object(store: &Store, digest: &Digest, buf: &mut [u8]) -> Result<Digest, StoreError> {
+fn hash_object(store: &Store, digest: &Digest) -> Result<Digest, StoreError> {
     let path = store.objects_path().join(digest.object_path());
-    let mut file = std::fs::File::open(&path).map_err(|e| StoreError::io("open object", &path, e))?;
-    let mut hasher = VerityHasher::new();
-    loop {
-        let n = file.read(buf).map_err(|e| StoreError::io("read object", &path, e))?;
-        if n == 0 {
-            return Ok(hasher.finish());
-        }
-        hasher.update(&buf[..n]);
-    }
+    crate::objects::hash_file(&path).map(|(actual, _)| actual)
 }

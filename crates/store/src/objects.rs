@@ -87,10 +87,14 @@ impl ObjectStager {
         self.next_file.to_string()
     }
 
-    /// Stages a content held in memory; writes nothing if it is known.
-    pub fn add_bytes(&mut self, data: &[u8]) -> Result<StagedObject, StoreError> {
-        let digest = Digest::of(data);
-        let size = data.len() as u64;
+    /// Records `digest` as a new staged object unless it is known; `place`
+    /// puts the bytes at the staging name it is given.
+    fn stage_new(
+        &mut self,
+        digest: Digest,
+        size: u64,
+        place: impl FnOnce(&DirFd, &str) -> Result<(), StoreError>,
+    ) -> Result<StagedObject, StoreError> {
         if self.known(&digest)? {
             return Ok(StagedObject {
                 digest,
@@ -99,15 +103,22 @@ impl ObjectStager {
             });
         }
         let name = self.next_name();
-        let mut file = self.dir.create_file(&name, 0o444)?;
-        file.write_all(data)
-            .map_err(|e| StoreError::io("write object", self.dir.path().join(&name), e))?;
+        place(&self.dir, &name)?;
         self.seen.insert(digest);
         self.pending.push((name, digest));
         Ok(StagedObject {
             digest,
             size,
             new: true,
+        })
+    }
+
+    /// Stages a content held in memory; writes nothing if it is known.
+    pub fn add_bytes(&mut self, data: &[u8]) -> Result<StagedObject, StoreError> {
+        self.stage_new(Digest::of(data), data.len() as u64, |dir, name| {
+            let mut file = dir.create_file(name, 0o444)?;
+            file.write_all(data)
+                .map_err(|e| StoreError::io("write object", dir.path().join(name), e))
         })
     }
 
@@ -148,45 +159,22 @@ impl ObjectStager {
     }
 
     /// Moves a file that already exists (e.g. in a snapshot's upper dir on
-    /// the same filesystem) into the stage, hashing it in place.
+    /// the same filesystem) into the stage, hashing it in place: a rename,
+    /// never a copy. A known content is left where it is.
     pub fn adopt(&mut self, from_dir: &std::path::Path, name: &str) -> Result<StagedObject, StoreError> {
         let source = from_dir.join(name);
-        let mut file = std::fs::File::open(&source).map_err(|e| StoreError::io("open", &source, e))?;
-        let mut hasher = VerityHasher::new();
-        let mut buf = vec![0u8; 256 * 1024];
-        loop {
-            let n = std::io::Read::read(&mut file, &mut buf).map_err(|e| StoreError::io("read", &source, e))?;
-            if n == 0 {
-                break;
-            }
-            hasher.update(&buf[..n]);
-        }
-        let size = hasher.len();
-        let digest = hasher.finish();
-        if self.known(&digest)? {
-            return Ok(StagedObject {
-                digest,
-                size,
-                new: false,
-            });
-        }
-        let staged = self.next_name();
-        let from = DirFd::open(from_dir)?;
-        rustix::fs::renameat(from.fd(), name, self.dir.fd(), staged.as_str())
-            .map_err(|e| StoreError::io("move into store", &source, e))?;
-        rustix::fs::chmodat(
-            self.dir.fd(),
-            staged.as_str(),
-            rustix::fs::Mode::from_raw_mode(0o444),
-            rustix::fs::AtFlags::empty(),
-        )
-        .map_err(|e| StoreError::io("chmod", self.dir.path().join(&staged), e))?;
-        self.seen.insert(digest);
-        self.pending.push((staged, digest));
-        Ok(StagedObject {
-            digest,
-            size,
-            new: true,
+        let (digest, size) = hash_file(&source)?;
+        self.stage_new(digest, size, |dir, staged| {
+            let from = DirFd::open(from_dir)?;
+            rustix::fs::renameat(from.fd(), name, dir.fd(), staged)
+                .map_err(|e| StoreError::io("move into store", &source, e))?;
+            rustix::fs::chmodat(
+                dir.fd(),
+                staged,
+                rustix::fs::Mode::from_raw_mode(0o444),
+                rustix::fs::AtFlags::empty(),
+            )
+            .map_err(|e| StoreError::io("chmod", dir.path().join(staged), e))
         })
     }
 
@@ -237,5 +225,20 @@ impl Drop for ObjectStager {
             self.dir_name.as_str(),
             rustix::fs::AtFlags::REMOVEDIR,
         );
+    }
+}
+
+/// The fs-verity digest and size of a file's content.
+pub(crate) fn hash_file(path: &std::path::Path) -> Result<(Digest, u64), StoreError> {
+    let mut file = std::fs::File::open(path).map_err(|e| StoreError::io("open", path, e))?;
+    let mut hasher = VerityHasher::new();
+    let mut buf = vec![0u8; 1 << 20];
+    loop {
+        let n = std::io::Read::read(&mut file, &mut buf).map_err(|e| StoreError::io("read", path, e))?;
+        if n == 0 {
+            let size = hasher.len();
+            return Ok((hasher.finish(), size));
+        }
+        hasher.update(&buf[..n]);
     }
 }

@@ -94,19 +94,6 @@ impl BlobSource for LayoutSource {
         })
     }
 
-    fn blob_bytes(&self, desc: &Descriptor) -> Result<Vec<u8>, ImportError> {
-        const MAX_DOCUMENT: u64 = 16 << 20;
-        let mut out = Vec::new();
-        self.open(&desc.digest)?
-            .take(MAX_DOCUMENT)
-            .read_to_end(&mut out)
-            .map_err(|e| ImportError::Io {
-                what: desc.digest.clone(),
-                source: e,
-            })?;
-        Ok(out)
-    }
-
     fn open_blob(&self, desc: &Descriptor) -> Result<Box<dyn Read + Send>, ImportError> {
         Ok(Box::new(std::io::BufReader::with_capacity(
             256 * 1024,

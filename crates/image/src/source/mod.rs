@@ -28,8 +28,19 @@ pub trait BlobSource: Send + Sync {
     fn root_document(&self) -> Result<Fetched, ImportError>;
     /// A manifest named by digest (from an index).
     fn document(&self, desc: &Descriptor) -> Result<Fetched, ImportError>;
-    /// A whole small blob (the config).
-    fn blob_bytes(&self, desc: &Descriptor) -> Result<Vec<u8>, ImportError>;
+    /// A whole small blob (a config), read up to 16 MiB; the caller verifies it.
+    fn blob_bytes(&self, desc: &Descriptor) -> Result<Vec<u8>, ImportError> {
+        const MAX_DOCUMENT: u64 = 16 << 20;
+        let mut out = Vec::new();
+        self.open_blob(desc)?
+            .take(MAX_DOCUMENT)
+            .read_to_end(&mut out)
+            .map_err(|e| ImportError::Io {
+                what: desc.digest.clone(),
+                source: e,
+            })?;
+        Ok(out)
+    }
     /// A blob as a stream; the caller verifies it.
     fn open_blob(&self, desc: &Descriptor) -> Result<Box<dyn Read + Send>, ImportError>;
 }

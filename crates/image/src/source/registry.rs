@@ -99,17 +99,6 @@ impl BlobSource for RegistrySource {
         self.fetch_document(Some(&desc.digest))
     }
 
-    fn blob_bytes(&self, desc: &Descriptor) -> Result<Vec<u8>, ImportError> {
-        let mut out = Vec::new();
-        self.open_blob(desc)?
-            .read_to_end(&mut out)
-            .map_err(|e| ImportError::Io {
-                what: desc.digest.clone(),
-                source: e,
-            })?;
-        Ok(out)
-    }
-
     fn open_blob(&self, desc: &Descriptor) -> Result<Box<dyn Read + Send>, ImportError> {
         let reference = self.oci_reference(None);
         let client = self.client.clone();
