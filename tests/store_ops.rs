@@ -47,3 +47,17 @@ fn bad_config_is_a_usage_error() {
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("unknown field"));
 }
+
+#[test]
+fn pulling_an_unchanged_image_again_fetches_nothing() {
+    let store = TestStore::new();
+    let reference = format!("oci:{}:minbase", family_layout().display());
+    assert!(store.ok(&["pull", &reference]).starts_with("pulled"));
+    assert!(store.ok(&["pull", &reference]).contains("is up to date"));
+    // A deleted image file is not "up to date": it is pulled again.
+    for image in store.images().keys() {
+        std::fs::remove_file(store.root().join("images").join(image)).unwrap();
+    }
+    assert!(store.ok(&["pull", &reference]).starts_with("pulled"));
+    store.fsck_clean();
+}

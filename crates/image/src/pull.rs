@@ -29,6 +29,8 @@ pub struct PullOutcome {
     pub record: ImageRecord,
     pub image_bytes: u64,
     pub objects: u64,
+    /// The store already had this manifest under this name; nothing was fetched.
+    pub up_to_date: bool,
 }
 
 pub fn pull(
@@ -39,6 +41,19 @@ pub fn pull(
 ) -> Result<PullOutcome, ImportError> {
     let _lock = store.lock_shared()?;
     let resolved = resolve(source, &options.platform)?;
+    if let Some(existing) = store.image(&options.name)? {
+        let id = existing.erofs_id()?;
+        if existing.manifest_digest == resolved.manifest_digest && store.image_path(&id).exists() {
+            let objects = store.image_objects(&id)?.len() as u64;
+            let image_bytes = std::fs::metadata(store.image_path(&id)).map_or(0, |m| m.len());
+            return Ok(PullOutcome {
+                record: existing,
+                image_bytes,
+                objects,
+                up_to_date: true,
+            });
+        }
+    }
     let layers = &resolved.manifest.layers;
     Progress::add(&progress.layers_total, layers.len() as u64);
     Progress::add(&progress.bytes_total, layers.iter().map(|l| l.size).sum());
@@ -77,6 +92,7 @@ pub fn pull(
         record,
         image_bytes: image.len() as u64,
         objects: objects.len() as u64,
+        up_to_date: false,
     })
 }
 

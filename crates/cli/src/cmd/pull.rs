@@ -56,6 +56,13 @@ pub fn run(config: &Config, args: Args) -> anyhow::Result<()> {
         strata_image::pull(&store, source.as_ref(), &options, &progress)
             .with_context(|| format!("pulling {}", source.describe()))?
     };
+    if outcome.up_to_date {
+        println!(
+            "{} is up to date ({})",
+            outcome.record.name, outcome.record.manifest_digest
+        );
+        return Ok(());
+    }
     println!(
         "pulled {} ({}) in {:.2}s: {} logical in {} files, image {}, {}",
         outcome.record.name,
