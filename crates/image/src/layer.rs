@@ -361,28 +361,29 @@ impl<'a> LayerBuilder<'a> {
                 NewNode::Leaf(_) => Err(self.entry_err(raw_path, "the root must be a directory")),
             };
         };
-        let leaf_id = match node {
-            NewNode::Leaf(leaf) => Some((self.tree.push_leaf(leaf), None)),
-            NewNode::Dir(stat) => Some((strata_tree::LeafId(usize::MAX), Some(stat))),
-        };
-        let (id, dir_stat) = leaf_id.expect("set above");
-        let dir = self.parent_dir(parents, raw_path)?;
-        match dir_stat {
-            None => {
+        let stat = match node {
+            NewNode::Leaf(leaf) => {
+                let id = self.tree.push_leaf(leaf);
+                let dir = self.parent_dir(parents, raw_path)?;
                 dir.entries.insert(name.clone(), Node::Leaf(id));
+                return Ok(());
             }
-            Some(stat) => match dir.entries.get_mut(name) {
-                Some(Node::Dir(existing)) => {
-                    existing.stat = stat;
-                    existing.implicit = false;
-                }
-                existing => {
-                    let opaque = matches!(existing, Some(Node::Whiteout));
-                    let mut fresh = Dir::new(stat);
-                    fresh.opaque = opaque;
-                    dir.entries.insert(name.clone(), Node::Dir(Box::new(fresh)));
-                }
-            },
+            NewNode::Dir(stat) => stat,
+        };
+        let dir = self.parent_dir(parents, raw_path)?;
+        match dir.entries.get_mut(name) {
+            // A directory named again: new metadata, same children.
+            Some(Node::Dir(existing)) => {
+                existing.stat = stat;
+                existing.implicit = false;
+            }
+            existing => {
+                // Replacing a whiteout of this layer hides the lower directory.
+                let opaque = matches!(existing, Some(Node::Whiteout));
+                let mut fresh = Dir::new(stat);
+                fresh.opaque = opaque;
+                dir.entries.insert(name.clone(), Node::Dir(Box::new(fresh)));
+            }
         }
         Ok(())
     }

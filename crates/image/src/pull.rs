@@ -132,21 +132,23 @@ fn import_all(
             });
         }
     });
+    // Every layer has a result unless an earlier failure stopped the
+    // workers; that failure is returned first.
+    let results = results.into_inner().expect("workers are done");
     let mut out = Vec::with_capacity(layers.len());
-    for result in results.into_inner().expect("workers are done") {
+    let mut first_error = None;
+    for result in results.into_iter().flatten() {
         match result {
-            Some(Ok(import)) => out.push(import),
-            Some(Err(e)) => return Err(e),
-            None => {}
+            Ok(import) => out.push(import),
+            Err(e) => {
+                first_error.get_or_insert(e);
+            }
         }
     }
-    if out.len() != layers.len() {
-        return Err(ImportError::Layer {
-            layer: "?".into(),
-            reason: "a layer was not imported".into(),
-        });
+    match first_error {
+        Some(e) => Err(e),
+        None => Ok(out),
     }
-    Ok(out)
 }
 
 fn object_refs(tree: &Tree) -> Vec<ObjectRef> {
