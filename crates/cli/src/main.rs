@@ -79,7 +79,19 @@ fn main() -> ExitCode {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("strata: {e:#}");
+            if disk_full(&e) {
+                eprintln!("strata: the filesystem holding the store is full: free space or run `strata gc`");
+            }
             ExitCode::FAILURE
         }
     }
+}
+
+/// True when any cause in the chain is ENOSPC.
+fn disk_full(e: &anyhow::Error) -> bool {
+    e.chain().any(|cause| {
+        cause
+            .downcast_ref::<std::io::Error>()
+            .is_some_and(|io| io.raw_os_error() == Some(28))
+    })
 }

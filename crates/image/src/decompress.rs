@@ -130,7 +130,9 @@ fn run(
             chunk.truncate(n);
             diff_hasher.update(&chunk);
             if tx.send(Ok(chunk)).is_err() {
-                return Err(layer_err("import stopped".into()));
+                // The tar side stopped on an error of its own; that error is
+                // the one to report.
+                return Ok(());
             }
         }
     }

@@ -65,11 +65,9 @@ pub fn import_layer(
     let (mut reader, verdict) = decompress::spawn(raw, compression, expected, progress.clone());
     let mut builder = LayerBuilder::new(store, &desc.digest, limits, progress)?;
     let parsed = builder.read_archive(&mut reader);
-    if parsed.is_ok() {
-        // The tar end marker may come before the stream's end: read the rest
-        // so the digests cover every byte.
-        let _ = std::io::copy(&mut reader, &mut std::io::sink());
-    }
+    // Read the rest, even after a tar error, so the digests cover every byte
+    // (the tar end marker may also come before the stream's end).
+    let _ = std::io::copy(&mut reader, &mut std::io::sink());
     drop(reader);
     let verified = verdict.join().unwrap_or_else(|_| {
         Err(ImportError::Layer {

@@ -201,3 +201,35 @@ fn pax_time_table() {
     assert_eq!(parse_pax_time("-1.5"), Some((-2, 500_000_000)));
     assert_eq!(parse_pax_time("1.x"), None);
 }
+
+#[test]
+fn digest_mismatch_wins_over_the_tar_error_it_causes() {
+    let mut tar = Vec::new();
+    entry(&mut tar, b"f", T::Regular, b"", &[3u8; 2000]);
+    let tar = finish(tar);
+    let mut corrupt = tar.clone();
+    corrupt[148] ^= 0x55; // the header checksum: the tar parser fails first
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path()).unwrap();
+    let desc = Descriptor {
+        media_type: "application/vnd.oci.image.layer.v1.tar".into(),
+        digest: sha256_digest(&tar),
+        size: tar.len() as u64,
+        platform: None,
+        annotations: Default::default(),
+    };
+    let progress = Arc::new(Progress::default());
+    let result = import_layer(
+        &store,
+        &desc,
+        None,
+        Box::new(std::io::Cursor::new(corrupt)),
+        &Limits::default(),
+        &progress,
+    );
+    assert!(
+        matches!(result, Err(ImportError::DigestMismatch { .. })),
+        "{:?}",
+        result.err()
+    );
+}
