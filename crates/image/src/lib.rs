@@ -20,7 +20,7 @@ pub mod source;
 
 pub use error::ImportError;
 pub use layer::{import_layer, LayerImport, Limits};
-pub use manifest::{Descriptor, ImageConfig, Manifest, MediaKind, Platform};
+pub use manifest::{parse_config, parse_document, Descriptor, Document, ImageConfig, Manifest, MediaKind, Platform};
 pub use progress::Progress;
 pub use pull::{pull, PullOptions, PullOutcome};
 pub use reference::{ImageRef, RegistryRef};
