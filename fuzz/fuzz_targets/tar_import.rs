@@ -20,7 +20,9 @@ fn store() -> &'static (Store, std::path::PathBuf) {
 }
 
 fuzz_target!(|data: &[u8]| {
-    let Some((&selector, blob)) = data.split_first() else { return };
+    let Some((&selector, blob)) = data.split_first() else {
+        return;
+    };
     let media_type = match selector % 3 {
         0 => "application/vnd.oci.image.layer.v1.tar",
         1 => "application/vnd.oci.image.layer.v1.tar+gzip",
