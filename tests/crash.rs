@@ -8,10 +8,6 @@ use std::time::Instant;
 
 use strata_tests::*;
 
-fn layout_ref(tag: &str) -> String {
-    format!("oci:{}:{tag}", family_layout().display())
-}
-
 #[test]
 fn kill_9_during_pull_loses_nothing() {
     let store = TestStore::new();

@@ -39,8 +39,8 @@ fn full_disk_during_pull_is_a_clean_error() {
             .unwrap()
     };
 
-    let minbase = format!("oci:{}:minbase", family_layout().display());
-    let devel = format!("oci:{}:devel", family_layout().display());
+    let minbase = layout_ref("minbase");
+    let devel = layout_ref("devel");
     assert!(strata(&["pull", &minbase]).status.success());
     let objects_before = std::fs::read_dir(root.join("objects")).unwrap().count();
 

@@ -24,6 +24,16 @@ pub fn family_layout() -> PathBuf {
     env_path("STRATA_FAMILY").join("oci")
 }
 
+/// `oci:LAYOUT:TAG` for an image of the family.
+pub fn layout_ref(tag: &str) -> String {
+    format!("oci:{}:{tag}", family_layout().display())
+}
+
+/// `HOST:PORT/strata/TAG:latest` for an image of the family in the registry.
+pub fn registry_ref(tag: &str) -> String {
+    format!("{}/strata/{tag}:latest", registry())
+}
+
 /// The directory of hostile OCI layouts, one per case.
 pub fn hostile_dir() -> PathBuf {
     env_path("STRATA_HOSTILE")

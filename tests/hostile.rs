@@ -55,7 +55,7 @@ fn hostile_layers_are_refused_and_nothing_escapes() {
     }
 
     let store = TestStore::new();
-    let minbase = format!("oci:{}:minbase", family_layout().display());
+    let minbase = layout_ref("minbase");
     store.ok(&["pull", &minbase]);
     let objects_before = store.objects();
     let images_before = store.images();

@@ -4,14 +4,6 @@
 
 use strata_tests::*;
 
-fn registry_ref(tag: &str) -> String {
-    format!("{}/strata/{tag}:latest", registry())
-}
-
-fn layout_ref(tag: &str) -> String {
-    format!("oci:{}:{tag}", family_layout().display())
-}
-
 /// Every image, from both sources, mounts as exactly the oracle's tree; the
 /// whole family is stored once; pulling again into a fresh store gives the
 /// same EROFS bytes.

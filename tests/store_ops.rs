@@ -51,7 +51,7 @@ fn bad_config_is_a_usage_error() {
 #[test]
 fn pulling_an_unchanged_image_again_fetches_nothing() {
     let store = TestStore::new();
-    let reference = format!("oci:{}:minbase", family_layout().display());
+    let reference = layout_ref("minbase");
     assert!(store.ok(&["pull", &reference]).starts_with("pulled"));
     assert!(store.ok(&["pull", &reference]).contains("is up to date"));
     // A deleted image file is not "up to date": it is pulled again.

@@ -23,13 +23,18 @@ fn finish(mut tar: Vec<u8>) -> Vec<u8> {
     tar
 }
 
-fn import(tar: Vec<u8>, limits: &Limits) -> Result<(LayerImport, tempfile::TempDir), ImportError> {
+/// Imports `blob` announced under `digest` into a fresh store.
+fn import_as(
+    blob: Vec<u8>,
+    digest: String,
+    limits: &Limits,
+) -> (Result<LayerImport, ImportError>, Store, tempfile::TempDir) {
     let dir = tempfile::tempdir().unwrap();
     let store = Store::open(dir.path()).unwrap();
     let desc = Descriptor {
         media_type: "application/vnd.oci.image.layer.v1.tar".into(),
-        digest: sha256_digest(&tar),
-        size: tar.len() as u64,
+        digest,
+        size: blob.len() as u64,
         platform: None,
         annotations: Default::default(),
     };
@@ -38,10 +43,16 @@ fn import(tar: Vec<u8>, limits: &Limits) -> Result<(LayerImport, tempfile::TempD
         &store,
         &desc,
         None,
-        Box::new(std::io::Cursor::new(tar)),
+        Box::new(std::io::Cursor::new(blob)),
         limits,
         &progress,
     );
+    (result, store, dir)
+}
+
+fn import(tar: Vec<u8>, limits: &Limits) -> Result<(LayerImport, tempfile::TempDir), ImportError> {
+    let digest = sha256_digest(&tar);
+    let (result, _store, dir) = import_as(tar, digest, limits);
     result.map(|r| (r, dir))
 }
 
@@ -139,25 +150,7 @@ fn truncated_and_oversized_streams_fail() {
 fn digest_mismatch_publishes_nothing() {
     let mut tar = Vec::new();
     entry(&mut tar, b"f", T::Regular, b"", &[3u8; 5000]);
-    let tar = finish(tar);
-    let dir = tempfile::tempdir().unwrap();
-    let store = Store::open(dir.path()).unwrap();
-    let desc = Descriptor {
-        media_type: "application/vnd.oci.image.layer.v1.tar".into(),
-        digest: sha256_digest(b"something else"),
-        size: tar.len() as u64,
-        platform: None,
-        annotations: Default::default(),
-    };
-    let progress = Arc::new(Progress::default());
-    let result = import_layer(
-        &store,
-        &desc,
-        None,
-        Box::new(std::io::Cursor::new(tar)),
-        &Limits::default(),
-        &progress,
-    );
+    let (result, store, _dir) = import_as(finish(tar), sha256_digest(b"something else"), &Limits::default());
     assert!(matches!(result, Err(ImportError::DigestMismatch { .. })));
     assert!(!store.has_object(&strata_tree::Digest::of(&[3u8; 5000])).unwrap());
 }
@@ -207,26 +200,10 @@ fn digest_mismatch_wins_over_the_tar_error_it_causes() {
     let mut tar = Vec::new();
     entry(&mut tar, b"f", T::Regular, b"", &[3u8; 2000]);
     let tar = finish(tar);
-    let mut corrupt = tar.clone();
+    let digest = sha256_digest(&tar);
+    let mut corrupt = tar;
     corrupt[148] ^= 0x55; // the header checksum: the tar parser fails first
-    let dir = tempfile::tempdir().unwrap();
-    let store = Store::open(dir.path()).unwrap();
-    let desc = Descriptor {
-        media_type: "application/vnd.oci.image.layer.v1.tar".into(),
-        digest: sha256_digest(&tar),
-        size: tar.len() as u64,
-        platform: None,
-        annotations: Default::default(),
-    };
-    let progress = Arc::new(Progress::default());
-    let result = import_layer(
-        &store,
-        &desc,
-        None,
-        Box::new(std::io::Cursor::new(corrupt)),
-        &Limits::default(),
-        &progress,
-    );
+    let (result, _store, _dir) = import_as(corrupt, digest, &Limits::default());
     assert!(
         matches!(result, Err(ImportError::DigestMismatch { .. })),
         "{:?}",
