@@ -1,0 +1,16 @@
+//! Writable scratch layers for containers, with the semantics of containerd's
+//! LCOW snapshotter labels done strictly: a size label gives the container its
+//! own filesystem of that size, cloned from a template formatted once; a
+//! location label moves it, but only inside the operator's allow-list; a
+//! reuse label shares another container's scratch.
+//!
+//! [`labels`] is pure: labels in, a validated [`ScratchRequest`] out.
+//! [`template`] does the file work: format once, clone cheaply.
+
+#![forbid(unsafe_code)]
+
+pub mod labels;
+pub mod template;
+
+pub use labels::{parse_labels, FsKind, LabelError, ScratchPolicy, ScratchRequest};
+pub use template::{clone_file, ensure_template, CloneMethod, TemplateError};
