@@ -1,0 +1,97 @@
+//! The one error type of the snapshotter. Its [`ErrorKind`] is what
+//! transports map to containerd's error classes.
+
+/// containerd's error classes that a snapshotter can return.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ErrorKind {
+    NotFound,
+    AlreadyExists,
+    FailedPrecondition,
+    InvalidArgument,
+    Internal,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum SnapshotError {
+    #[error("snapshot {key:?} not found")]
+    NotFound { key: String },
+    #[error("parent snapshot {parent:?} not found")]
+    ParentNotFound { parent: String },
+    #[error("snapshot {key:?} already exists")]
+    AlreadyExists { key: String },
+    #[error("snapshot {key:?} has children; remove them first")]
+    HasChildren { key: String },
+    #[error("snapshot {key:?} is {actual}, but this needs {wanted}")]
+    WrongKind {
+        key: String,
+        actual: crate::Kind,
+        wanted: &'static str,
+    },
+    #[error("parent {parent:?} is {actual}; only a committed snapshot can be a parent")]
+    ParentNotCommitted { parent: String, actual: crate::Kind },
+    #[error("cannot update field {field:?} of snapshot {key:?}")]
+    ImmutableField { key: String, field: String },
+    #[error("bad filter {filter:?}: {reason}")]
+    BadFilter { filter: String, reason: String },
+    #[error("{path}: {reason}")]
+    Unsupported { path: String, reason: String },
+    #[error("{op} {path}: {source}")]
+    Io {
+        op: &'static str,
+        path: std::path::PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("metadata DB: {0}")]
+    Db(#[from] redb::Error),
+    #[error("snapshot record {key:?} is unreadable: {reason}")]
+    BadRecord { key: String, reason: String },
+    #[error(transparent)]
+    Store(#[from] strata_store::StoreError),
+    #[error(transparent)]
+    Erofs(#[from] strata_erofs::ErofsError),
+    #[error(transparent)]
+    Merge(#[from] strata_tree::MergeError),
+    #[error(transparent)]
+    Mount(#[from] strata_mount::MountError),
+}
+
+impl SnapshotError {
+    pub fn kind(&self) -> ErrorKind {
+        use SnapshotError::*;
+        match self {
+            NotFound { .. } | ParentNotFound { .. } => ErrorKind::NotFound,
+            AlreadyExists { .. } => ErrorKind::AlreadyExists,
+            HasChildren { .. } | WrongKind { .. } => ErrorKind::FailedPrecondition,
+            ParentNotCommitted { .. } | ImmutableField { .. } | BadFilter { .. } => ErrorKind::InvalidArgument,
+            Unsupported { .. } | Io { .. } | Db(_) | BadRecord { .. } | Store(_) | Erofs(_) | Merge(_) | Mount(_) => {
+                ErrorKind::Internal
+            }
+        }
+    }
+
+    pub(crate) fn io(op: &'static str, path: impl AsRef<std::path::Path>, source: impl Into<std::io::Error>) -> Self {
+        SnapshotError::Io {
+            op,
+            path: path.as_ref().to_owned(),
+            source: source.into(),
+        }
+    }
+}
+
+macro_rules! db_err {
+    ($($t:ty),*) => {$(
+        impl From<$t> for SnapshotError {
+            fn from(e: $t) -> Self {
+                SnapshotError::Db(e.into())
+            }
+        }
+    )*};
+}
+db_err!(
+    redb::DatabaseError,
+    redb::TransactionError,
+    redb::TableError,
+    redb::StorageError,
+    redb::CommitError
+);

@@ -1,0 +1,27 @@
+//! containerd snapshot semantics over the strata store.
+//!
+//! This crate owns snapshots: their keys, kinds, parents, labels and
+//! timestamps (redb tables in the store's DB), their directories
+//! (`ROOT/snapshots/<id>/{fs,work,tree}`, named by numeric id, never by key),
+//! committing an upper directory into the store as one flattened EROFS
+//! image, and the mounts containerd is handed. It has its own [`Info`],
+//! [`Mount`] and [`SnapshotError`] types and must not depend on gRPC.
+//!
+//! Every state change touches directories first and commits the DB last;
+//! [`Snapshotter::open`] removes directories the DB does not know, so a
+//! kill -9 at any point leaves nothing that a restart does not clean up.
+
+#![forbid(unsafe_code)]
+
+mod codec;
+mod db;
+mod diff;
+mod error;
+mod filter;
+mod ops;
+mod types;
+
+pub use error::{ErrorKind, SnapshotError};
+pub use filter::Filter;
+pub use ops::Snapshotter;
+pub use types::{Info, Kind, Mount, Usage};

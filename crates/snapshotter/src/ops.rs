@@ -1,0 +1,456 @@
+//! The snapshot operations.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+
+use strata_mount::exec::{Kernel, Mounter};
+use strata_mount::{mount_image, OverlayPlan};
+use strata_store::{ObjectRef, Store};
+use strata_tree::{Content, Digest, FileData, Stat, Tree};
+
+use crate::db::{self, Record};
+use crate::types::Stamp;
+use crate::{codec, diff, Filter, Info, Kind, Mount, SnapshotError, Usage};
+
+/// containerd's snapshotter over one store. Operations are serialized.
+pub struct Snapshotter {
+    store: Store,
+    dir: PathBuf,
+    lock: Mutex<()>,
+}
+
+fn root_name(id: u64) -> String {
+    format!("snapshot:{id}")
+}
+
+impl Snapshotter {
+    /// Opens the snapshotter on `store`, reconciling its directories with
+    /// the DB: directories of snapshots the DB does not know are removed.
+    pub fn open(store: Store) -> Result<Snapshotter, SnapshotError> {
+        db::init(store.database())?;
+        let dir = store.root().join("snapshots");
+        std::fs::create_dir_all(&dir).map_err(|e| SnapshotError::io("create", &dir, e))?;
+        let sn = Snapshotter {
+            store,
+            dir,
+            lock: Mutex::new(()),
+        };
+        let removed = sn.remove_unknown_dirs()?;
+        if removed > 0 {
+            tracing::info!(removed, "removed snapshot directories the DB does not know");
+        }
+        Ok(sn)
+    }
+
+    pub fn store(&self) -> &Store {
+        &self.store
+    }
+
+    fn guard(&self) -> std::sync::MutexGuard<'_, ()> {
+        self.lock.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn snap_dir(&self, id: u64) -> PathBuf {
+        self.dir.join(id.to_string())
+    }
+
+    fn info(key: &str, r: &Record) -> Info {
+        Info {
+            name: key.to_owned(),
+            parent: r.parent.clone().unwrap_or_default(),
+            kind: r.kind,
+            labels: r.labels.clone(),
+            created: r.created.into(),
+            updated: r.updated.into(),
+        }
+    }
+
+    fn record(&self, key: &str) -> Result<Record, SnapshotError> {
+        db::get(self.store.database(), key)?.ok_or_else(|| SnapshotError::NotFound { key: key.to_owned() })
+    }
+
+    /// Creates an active snapshot over `parent` (empty for none).
+    pub fn prepare(
+        &self,
+        key: &str,
+        parent: &str,
+        labels: BTreeMap<String, String>,
+    ) -> Result<Vec<Mount>, SnapshotError> {
+        self.create(Kind::Active, key, parent, labels)
+    }
+
+    /// Creates a read-only view of `parent` (empty for an empty view).
+    pub fn view(&self, key: &str, parent: &str, labels: BTreeMap<String, String>) -> Result<Vec<Mount>, SnapshotError> {
+        self.create(Kind::View, key, parent, labels)
+    }
+
+    fn create(
+        &self,
+        kind: Kind,
+        key: &str,
+        parent: &str,
+        labels: BTreeMap<String, String>,
+    ) -> Result<Vec<Mount>, SnapshotError> {
+        let _g = self.guard();
+        let database = self.store.database();
+        if db::get(database, key)?.is_some() {
+            return Err(SnapshotError::AlreadyExists { key: key.to_owned() });
+        }
+        let parent = if parent.is_empty() {
+            None
+        } else {
+            let p = db::get(database, parent)?.ok_or_else(|| SnapshotError::ParentNotFound {
+                parent: parent.to_owned(),
+            })?;
+            if p.kind != Kind::Committed {
+                return Err(SnapshotError::ParentNotCommitted {
+                    parent: parent.to_owned(),
+                    actual: p.kind,
+                });
+            }
+            Some(parent.to_owned())
+        };
+        let txn = database.begin_write()?;
+        let id = db::next_id(&txn)?;
+        let dir = self.snap_dir(id);
+        let made = (|| -> Result<(), SnapshotError> {
+            for sub in ["fs", "work"] {
+                let p = dir.join(sub);
+                std::fs::create_dir_all(&p).map_err(|e| SnapshotError::io("create", &p, e))?;
+            }
+            let fs = dir.join("fs");
+            std::fs::set_permissions(&fs, std::os::unix::fs::PermissionsExt::from_mode(0o755))
+                .map_err(|e| SnapshotError::io("chmod", &fs, e))?;
+            let now = Stamp::now();
+            let record = Record {
+                id,
+                kind,
+                parent,
+                labels,
+                created: now,
+                updated: now,
+                image: None,
+                usage: None,
+            };
+            db::put(&txn, key, &record)?;
+            Ok(())
+        })();
+        let committed = made.and_then(|()| txn.commit().map_err(SnapshotError::from));
+        if let Err(e) = committed {
+            let _ = std::fs::remove_dir_all(&dir);
+            return Err(e);
+        }
+        tracing::debug!(key, id, %kind, "created snapshot");
+        let record = self.record(key)?;
+        self.mounts_of(key, &record)
+    }
+
+    /// The mounts of an active snapshot or a view.
+    pub fn mounts(&self, key: &str) -> Result<Vec<Mount>, SnapshotError> {
+        let _g = self.guard();
+        let record = self.record(key)?;
+        self.mounts_of(key, &record)
+    }
+
+    fn parent_image(&self, record: &Record) -> Result<Option<Digest>, SnapshotError> {
+        let Some(parent) = &record.parent else {
+            return Ok(None);
+        };
+        let p = self.record(parent)?;
+        image_id(parent, &p).map(Some)
+    }
+
+    fn mounts_of(&self, key: &str, record: &Record) -> Result<Vec<Mount>, SnapshotError> {
+        let dir = self.snap_dir(record.id);
+        let image = match record.kind {
+            Kind::Committed => Some(image_id(key, record)?),
+            Kind::Active | Kind::View => self.parent_image(record)?,
+        };
+        let Some(image) = image else {
+            let rw = if record.kind == Kind::Active { "rw" } else { "ro" };
+            return Ok(vec![Mount {
+                kind: "bind".into(),
+                source: dir.join("fs").display().to_string(),
+                options: vec![rw.into(), "rbind".into()],
+            }]);
+        };
+        let meta = self.store.image_mount_path(&image);
+        mount_image(&Kernel, &self.store.image_path(&image), &meta)?;
+        let upper = (record.kind == Kind::Active).then(|| (dir.join("fs"), dir.join("work")));
+        let plan = OverlayPlan {
+            meta,
+            data: self.store.objects_path(),
+            upper,
+        };
+        let mut options = plan.mount_options();
+        if record.kind != Kind::Active {
+            options.insert(0, "ro".into());
+        }
+        Ok(vec![Mount {
+            kind: "overlay".into(),
+            source: "overlay".into(),
+            options,
+        }])
+    }
+
+    pub fn stat(&self, key: &str) -> Result<Info, SnapshotError> {
+        let record = self.record(key)?;
+        Ok(Self::info(key, &record))
+    }
+
+    /// Updates labels. `fieldpaths` empty means all mutable fields (labels);
+    /// `labels` replaces all labels; `labels.KEY` sets or removes one.
+    pub fn update(&self, info: &Info, fieldpaths: &[String]) -> Result<Info, SnapshotError> {
+        let _g = self.guard();
+        let key = info.name.as_str();
+        let mut record = self.record(key)?;
+        if fieldpaths.is_empty() {
+            record.labels = info.labels.clone();
+        }
+        for path in fieldpaths {
+            if let Some(label) = path.strip_prefix("labels.") {
+                match info.labels.get(label) {
+                    Some(v) => record.labels.insert(label.to_owned(), v.clone()),
+                    None => record.labels.remove(label),
+                };
+            } else if path == "labels" {
+                record.labels = info.labels.clone();
+            } else {
+                return Err(SnapshotError::ImmutableField {
+                    key: key.to_owned(),
+                    field: path.clone(),
+                });
+            }
+        }
+        record.updated = Stamp::now();
+        let txn = self.store.database().begin_write()?;
+        db::put(&txn, key, &record)?;
+        txn.commit()?;
+        Ok(Self::info(key, &record))
+    }
+
+    /// Disk usage: the upper dir of an active snapshot (measured now), the
+    /// diff of a committed one (measured at commit), nothing for a view.
+    pub fn usage(&self, key: &str) -> Result<Usage, SnapshotError> {
+        let record = self.record(key)?;
+        match record.kind {
+            Kind::Active => disk_usage(&self.snap_dir(record.id).join("fs")),
+            Kind::Committed => Ok(record.usage.unwrap_or_default()),
+            Kind::View => Ok(Usage::default()),
+        }
+    }
+
+    /// Every snapshot matching `filters` (containerd's filter strings; any
+    /// string may match, all selectors within one must).
+    pub fn walk<S: AsRef<str>>(&self, filters: &[S]) -> Result<Vec<Info>, SnapshotError> {
+        let filter = Filter::parse(filters)?;
+        Ok(db::all(self.store.database())?
+            .iter()
+            .map(|(k, r)| Self::info(k, r))
+            .filter(|i| filter.matches(i))
+            .collect())
+    }
+
+    fn load_tree(&self, key: &str, record: &Record) -> Result<Tree, SnapshotError> {
+        let path = self.snap_dir(record.id).join("tree");
+        let bytes = std::fs::read(&path).map_err(|e| SnapshotError::io("read", &path, e))?;
+        codec::decode(&bytes).map_err(|e| SnapshotError::BadRecord {
+            key: key.to_owned(),
+            reason: e.to_string(),
+        })
+    }
+
+    /// Commits the active snapshot `key` as the committed snapshot `name`:
+    /// its upper dir becomes one flattened EROFS image of parent + diff.
+    pub fn commit(&self, name: &str, key: &str, labels: BTreeMap<String, String>) -> Result<(), SnapshotError> {
+        let _g = self.guard();
+        let database = self.store.database();
+        let record = self.record(key)?;
+        if record.kind != Kind::Active {
+            return Err(SnapshotError::WrongKind {
+                key: key.to_owned(),
+                actual: record.kind,
+                wanted: "an active snapshot",
+            });
+        }
+        if db::get(database, name)?.is_some() {
+            return Err(SnapshotError::AlreadyExists { key: name.to_owned() });
+        }
+        let dir = self.snap_dir(record.id);
+        let fs = dir.join("fs");
+        let _import = self.store.lock_shared()?;
+        let mut merged = match &record.parent {
+            Some(p) => self.load_tree(p, &self.record(p)?)?,
+            None => Tree::new(Stat::default_dir()),
+        };
+        let mut stager = self.store.stager()?;
+        let (layer, usage) = diff::layer_from_upper(&fs, &merged, &mut stager)?;
+        strata_tree::merge_layer(&mut merged, layer)?;
+        merged.compact();
+        let image = strata_erofs::write_image(&merged)?;
+        let objects = object_refs(&merged);
+        stager.publish()?;
+        let id = self.store.put_image(&image)?;
+        write_atomic(&dir.join("tree"), &codec::encode(&merged))?;
+        self.store.add_root(&root_name(record.id), &id, &objects)?;
+        let now = Stamp::now();
+        let committed = Record {
+            id: record.id,
+            kind: Kind::Committed,
+            parent: record.parent.clone(),
+            labels,
+            created: now,
+            updated: now,
+            image: Some(id.to_hex()),
+            usage: Some(usage),
+        };
+        let txn = database.begin_write()?;
+        db::delete(&txn, key)?;
+        db::put(&txn, name, &committed)?;
+        txn.commit()?;
+        // The upper dir is in the image now; what is left of it is garbage.
+        for sub in ["fs", "work"] {
+            let _ = std::fs::remove_dir_all(dir.join(sub));
+        }
+        tracing::debug!(name, key, image = %id.to_hex(), "committed snapshot");
+        Ok(())
+    }
+
+    /// Removes a snapshot that has no children.
+    pub fn remove(&self, key: &str) -> Result<(), SnapshotError> {
+        let _g = self.guard();
+        let database = self.store.database();
+        let record = self.record(key)?;
+        if db::has_children(database, key)? {
+            return Err(SnapshotError::HasChildren { key: key.to_owned() });
+        }
+        let txn = database.begin_write()?;
+        db::delete(&txn, key)?;
+        txn.commit()?;
+        self.store.remove_root(&root_name(record.id))?;
+        let dir = self.snap_dir(record.id);
+        if let Err(e) = std::fs::remove_dir_all(&dir) {
+            tracing::warn!("removing {}: {e}; cleanup retries", dir.display());
+        }
+        if let Some(image) = &record.image {
+            self.unmount_if_unused(image)?;
+        }
+        Ok(())
+    }
+
+    fn unmount_if_unused(&self, image_hex: &str) -> Result<(), SnapshotError> {
+        let live: std::collections::HashSet<String> = self.store.live_images()?.iter().map(Digest::to_hex).collect();
+        if live.contains(image_hex) {
+            return Ok(());
+        }
+        let path = self.store.root().join("mnt").join(image_hex);
+        if Kernel.is_mountpoint(&path) {
+            match Kernel.unmount(&path) {
+                Ok(()) => {}
+                Err(strata_mount::MountError::Busy { .. }) => return Ok(()),
+                Err(e) => return Err(e.into()),
+            }
+        }
+        let _ = std::fs::remove_dir(&path);
+        Ok(())
+    }
+
+    fn remove_unknown_dirs(&self) -> Result<usize, SnapshotError> {
+        let known: std::collections::HashSet<String> = db::all(self.store.database())?
+            .iter()
+            .map(|(_, r)| r.id.to_string())
+            .collect();
+        let mut removed = 0;
+        for entry in std::fs::read_dir(&self.dir).map_err(|e| SnapshotError::io("read dir", &self.dir, e))? {
+            let entry = entry.map_err(|e| SnapshotError::io("read dir", &self.dir, e))?;
+            let name = entry.file_name().to_string_lossy().into_owned();
+            if known.contains(&name) {
+                continue;
+            }
+            let path = entry.path();
+            if let Err(e) = std::fs::remove_dir_all(&path) {
+                tracing::warn!("removing {}: {e}", path.display());
+                continue;
+            }
+            removed += 1;
+        }
+        Ok(removed)
+    }
+
+    /// Removes what no snapshot needs: unknown snapshot dirs, EROFS mounts
+    /// of images nothing references, then unreferenced objects and images.
+    pub fn cleanup(&self) -> Result<(), SnapshotError> {
+        let _g = self.guard();
+        self.remove_unknown_dirs()?;
+        let mnt = self.store.root().join("mnt");
+        for entry in std::fs::read_dir(&mnt).map_err(|e| SnapshotError::io("read dir", &mnt, e))? {
+            let entry = entry.map_err(|e| SnapshotError::io("read dir", &mnt, e))?;
+            self.unmount_if_unused(&entry.file_name().to_string_lossy())?;
+        }
+        let report = self.store.gc()?;
+        tracing::info!(
+            objects = report.objects_removed,
+            images = report.images_removed,
+            "cleanup"
+        );
+        Ok(())
+    }
+}
+
+fn image_id(key: &str, record: &Record) -> Result<Digest, SnapshotError> {
+    let hex = record.image.as_deref().ok_or_else(|| SnapshotError::BadRecord {
+        key: key.to_owned(),
+        reason: "committed snapshot without an image".into(),
+    })?;
+    hex.parse()
+        .map_err(|e: strata_tree::DigestParseError| SnapshotError::BadRecord {
+            key: key.to_owned(),
+            reason: e.to_string(),
+        })
+}
+
+fn object_refs(tree: &Tree) -> Vec<ObjectRef> {
+    let mut out = Vec::new();
+    tree.for_each_leaf(|id| {
+        if let Content::File(FileData::Object { digest, size }) = &tree.leaf(id).content {
+            out.push(ObjectRef {
+                digest: *digest,
+                size: *size,
+            });
+        }
+    });
+    out.sort_unstable();
+    out.dedup();
+    out
+}
+
+fn write_atomic(path: &Path, data: &[u8]) -> Result<(), SnapshotError> {
+    use std::io::Write;
+    let tmp = path.with_extension("tmp");
+    let mut f = std::fs::File::create(&tmp).map_err(|e| SnapshotError::io("create", &tmp, e))?;
+    f.write_all(data).map_err(|e| SnapshotError::io("write", &tmp, e))?;
+    f.sync_all().map_err(|e| SnapshotError::io("sync", &tmp, e))?;
+    std::fs::rename(&tmp, path).map_err(|e| SnapshotError::io("rename", path, e))
+}
+
+/// Allocated bytes and inodes under `path`, each inode once.
+fn disk_usage(path: &Path) -> Result<Usage, SnapshotError> {
+    use std::os::unix::fs::MetadataExt;
+    let mut seen = std::collections::HashSet::new();
+    let mut usage = Usage::default();
+    let mut stack = vec![path.to_owned()];
+    while let Some(p) = stack.pop() {
+        let meta = std::fs::symlink_metadata(&p).map_err(|e| SnapshotError::io("stat", &p, e))?;
+        if seen.insert((meta.dev(), meta.ino())) {
+            usage.inodes += 1;
+            usage.size += i64::try_from(meta.blocks() * 512).unwrap_or(i64::MAX);
+        }
+        if meta.is_dir() {
+            for entry in std::fs::read_dir(&p).map_err(|e| SnapshotError::io("read dir", &p, e))? {
+                stack.push(entry.map_err(|e| SnapshotError::io("read dir", &p, e))?.path());
+            }
+        }
+    }
+    Ok(usage)
+}
