@@ -9,7 +9,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use strata_store::{ImageRecord, ObjectRef, Store};
-use strata_tree::{merge_layer, Content, Digest, FileData, Stat, Tree};
+use strata_tree::{merge_layer, Digest, Stat, Tree};
 
 use crate::source::{resolve, BlobSource};
 use crate::{import_layer, ImportError, LayerImport, Limits, Platform, Progress};
@@ -68,7 +68,7 @@ pub fn pull(
     }
     tree.compact();
     let image = strata_erofs::write_image(&tree)?;
-    let objects = object_refs(&tree);
+    let objects = ObjectRef::all_in(&tree);
     let referenced: HashSet<Digest> = objects.iter().map(|o| o.digest).collect();
     for stager in stagers {
         stager.publish_only(|d| referenced.contains(d))?;
@@ -149,19 +149,4 @@ fn import_all(
         Some(e) => Err(e),
         None => Ok(out),
     }
-}
-
-fn object_refs(tree: &Tree) -> Vec<ObjectRef> {
-    let mut out = Vec::new();
-    tree.for_each_leaf(|id| {
-        if let Content::File(FileData::Object { digest, size }) = &tree.leaf(id).content {
-            out.push(ObjectRef {
-                digest: *digest,
-                size: *size,
-            });
-        }
-    });
-    out.sort_unstable();
-    out.dedup();
-    out
 }

@@ -7,7 +7,7 @@ use std::sync::Mutex;
 use strata_mount::exec::{Kernel, Mounter};
 use strata_mount::{mount_image, OverlayPlan};
 use strata_store::{ObjectRef, Store};
-use strata_tree::{Content, Digest, FileData, Stat, Tree};
+use strata_tree::{Digest, Stat, Tree};
 
 use crate::db::{self, Record};
 use crate::types::Stamp;
@@ -289,7 +289,7 @@ impl Snapshotter {
         strata_tree::merge_layer(&mut merged, layer)?;
         merged.compact();
         let image = strata_erofs::write_image(&merged)?;
-        let objects = object_refs(&merged);
+        let objects = ObjectRef::all_in(&merged);
         stager.publish()?;
         let id = self.store.put_image(&image)?;
         write_atomic(&dir.join("tree"), &codec::encode(&merged))?;
@@ -408,21 +408,6 @@ fn image_id(key: &str, record: &Record) -> Result<Digest, SnapshotError> {
             key: key.to_owned(),
             reason: e.to_string(),
         })
-}
-
-fn object_refs(tree: &Tree) -> Vec<ObjectRef> {
-    let mut out = Vec::new();
-    tree.for_each_leaf(|id| {
-        if let Content::File(FileData::Object { digest, size }) = &tree.leaf(id).content {
-            out.push(ObjectRef {
-                digest: *digest,
-                size: *size,
-            });
-        }
-    });
-    out.sort_unstable();
-    out.dedup();
-    out
 }
 
 fn write_atomic(path: &Path, data: &[u8]) -> Result<(), SnapshotError> {

@@ -50,6 +50,24 @@ pub struct ObjectRef {
     pub size: u64,
 }
 
+impl ObjectRef {
+    /// The objects a tree's files point at, sorted and deduplicated.
+    pub fn all_in(tree: &strata_tree::Tree) -> Vec<ObjectRef> {
+        let mut out = Vec::new();
+        tree.for_each_leaf(|id| {
+            if let strata_tree::Content::File(strata_tree::FileData::Object { digest, size }) = &tree.leaf(id).content {
+                out.push(ObjectRef {
+                    digest: *digest,
+                    size: *size,
+                });
+            }
+        });
+        out.sort_unstable();
+        out.dedup();
+        out
+    }
+}
+
 fn pack(objects: &[ObjectRef]) -> Vec<u8> {
     let mut out = Vec::with_capacity(objects.len() * 40);
     for object in objects {
