@@ -11,6 +11,26 @@ pub struct Config {
     pub root: PathBuf,
     pub log_level: String,
     pub limits: LimitsConfig,
+    pub serve: ServeConfig,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ServeConfig {
+    /// The unix socket `strata serve` listens on.
+    pub socket: PathBuf,
+    /// A group (name or number) allowed to use the socket; without one it
+    /// is root's alone (0600).
+    pub socket_group: Option<String>,
+}
+
+impl Default for ServeConfig {
+    fn default() -> Self {
+        ServeConfig {
+            socket: PathBuf::from("/run/strata/strata.sock"),
+            socket_group: None,
+        }
+    }
 }
 
 #[derive(Debug, Deserialize)]
@@ -30,6 +50,7 @@ impl Default for Config {
             root: PathBuf::from("/var/lib/strata"),
             log_level: "warn".into(),
             limits: LimitsConfig::default(),
+            serve: ServeConfig::default(),
         }
     }
 }

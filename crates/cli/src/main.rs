@@ -34,6 +34,8 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
+    /// Serve containerd's snapshots API on a unix socket (a proxy snapshotter).
+    Serve(cmd::serve::Args),
     /// Pull an image from a registry (HOST[:PORT]/NAME[:TAG|@DIGEST]) or an OCI layout (oci:DIR[:TAG]).
     Pull(cmd::pull::Args),
     /// List images.
@@ -65,6 +67,7 @@ fn main() -> ExitCode {
     };
     draw::init_logging(&config.log_level);
     let result = match cli.command {
+        Command::Serve(args) => cmd::serve::run(&config, args),
         Command::Pull(args) => cmd::pull::run(&config, args),
         Command::Images(args) => cmd::images::run(&config, args),
         Command::Rmi(args) => cmd::rmi::run(&config, args),

@@ -35,6 +35,8 @@ pub enum SnapshotError {
     BadFilter { filter: String, reason: String },
     #[error("{path}: {reason}")]
     Unsupported { path: String, reason: String },
+    #[error("{path}: another strata snapshotter uses this store")]
+    InUse { path: std::path::PathBuf },
     #[error("{op} {path}: {source}")]
     Io {
         op: &'static str,
@@ -64,9 +66,15 @@ impl SnapshotError {
             AlreadyExists { .. } => ErrorKind::AlreadyExists,
             HasChildren { .. } | WrongKind { .. } => ErrorKind::FailedPrecondition,
             ParentNotCommitted { .. } | ImmutableField { .. } | BadFilter { .. } => ErrorKind::InvalidArgument,
-            Unsupported { .. } | Io { .. } | Db(_) | BadRecord { .. } | Store(_) | Erofs(_) | Merge(_) | Mount(_) => {
-                ErrorKind::Internal
-            }
+            Unsupported { .. }
+            | InUse { .. }
+            | Io { .. }
+            | Db(_)
+            | BadRecord { .. }
+            | Store(_)
+            | Erofs(_)
+            | Merge(_)
+            | Mount(_) => ErrorKind::Internal,
         }
     }
 

@@ -18,6 +18,8 @@ pub struct Snapshotter {
     store: Store,
     dir: PathBuf,
     lock: Mutex<()>,
+    /// Held for the snapshotter's life: one snapshotter per store.
+    _owner: std::fs::File,
 }
 
 fn root_name(id: u64) -> String {
@@ -28,6 +30,7 @@ impl Snapshotter {
     /// Opens the snapshotter on `store`, reconciling its directories with
     /// the DB: directories of snapshots the DB does not know are removed.
     pub fn open(store: Store) -> Result<Snapshotter, SnapshotError> {
+        let owner = take_owner_lock(store.root())?;
         db::init(store.database())?;
         let dir = store.root().join("snapshots");
         std::fs::create_dir_all(&dir).map_err(|e| SnapshotError::io("create", &dir, e))?;
@@ -35,12 +38,39 @@ impl Snapshotter {
             store,
             dir,
             lock: Mutex::new(()),
+            _owner: owner,
         };
         let removed = sn.remove_unknown_dirs()?;
         if removed > 0 {
             tracing::info!(removed, "removed snapshot directories the DB does not know");
         }
+        sn.remount_parents();
         Ok(sn)
+    }
+
+    /// Mounts the EROFS image under every active snapshot and view again,
+    /// in case they went away with a reboot: their overlays name them.
+    fn remount_parents(&self) {
+        let records = match db::all(self.store.database()) {
+            Ok(r) => r,
+            Err(e) => return tracing::warn!("listing snapshots to remount: {e}"),
+        };
+        for (key, record) in records.iter().filter(|(_, r)| r.kind != Kind::Committed) {
+            let remounted = self.parent_image(record).and_then(|image| match image {
+                Some(image) => {
+                    mount_image(
+                        &Kernel,
+                        &self.store.image_path(&image),
+                        &self.store.image_mount_path(&image),
+                    )?;
+                    Ok(())
+                }
+                None => Ok(()),
+            });
+            if let Err(e) = remounted {
+                tracing::warn!(key, "remounting the parent image: {e}");
+            }
+        }
     }
 
     pub fn store(&self) -> &Store {
@@ -395,6 +425,22 @@ impl Snapshotter {
             "cleanup"
         );
         Ok(())
+    }
+}
+
+/// Takes `ROOT/snapshotter.lock` so that two servers never share a store.
+fn take_owner_lock(root: &Path) -> Result<std::fs::File, SnapshotError> {
+    let path = root.join("snapshotter.lock");
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .map_err(|e| SnapshotError::io("open", &path, e))?;
+    match rustix::fs::flock(&file, rustix::fs::FlockOperation::NonBlockingLockExclusive) {
+        Ok(()) => Ok(file),
+        Err(rustix::io::Errno::WOULDBLOCK) => Err(SnapshotError::InUse { path }),
+        Err(e) => Err(SnapshotError::io("lock", &path, e)),
     }
 }
 

@@ -102,7 +102,10 @@ pub(crate) struct Db {
 
 impl Db {
     pub fn open(path: &Path) -> Result<Self, StoreError> {
-        let db = Database::create(path)?;
+        // Multi-writer: `strata serve` and the CLI verbs share one store.
+        let db = redb::Builder::new()
+            .set_concurrency_mode(redb::ConcurrencyMode::MultiWriter)
+            .create(path)?;
         let txn = db.begin_write()?;
         txn.open_table(IMAGES)?;
         txn.open_table(IMAGE_OBJECTS)?;

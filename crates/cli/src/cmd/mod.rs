@@ -7,5 +7,6 @@ pub mod images;
 pub mod mount;
 pub mod pull;
 pub mod rmi;
+pub mod serve;
 pub mod umount;
 pub mod version;

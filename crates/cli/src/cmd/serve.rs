@@ -1,0 +1,62 @@
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use anyhow::{bail, Context};
+use strata_grpc::SocketOptions;
+use strata_snapshotter::Snapshotter;
+
+use crate::config::Config;
+
+#[derive(clap::Args)]
+pub struct Args {
+    /// Unix socket to serve on (default: from the config, else /run/strata/strata.sock).
+    #[arg(long)]
+    address: Option<PathBuf>,
+}
+
+pub fn run(config: &Config, args: Args) -> anyhow::Result<()> {
+    let socket = SocketOptions {
+        path: args.address.unwrap_or_else(|| config.serve.socket.clone()),
+        group: config.serve.socket_group.as_deref().map(group_id).transpose()?,
+    };
+    let store = config.open_store()?;
+    let snapshotter = Snapshotter::open(store).context("opening the snapshotter")?;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("starting the async runtime")?;
+    runtime.block_on(strata_grpc::serve(Arc::new(snapshotter), &socket, stop_signal()))?;
+    Ok(())
+}
+
+/// Resolves when SIGTERM or SIGINT arrives; the server then drains.
+async fn stop_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    let (Ok(mut term), Ok(mut int)) = (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) else {
+        tracing::error!("cannot install signal handlers; stop with SIGKILL");
+        return std::future::pending().await;
+    };
+    let name = tokio::select! {
+        _ = term.recv() => "SIGTERM",
+        _ = int.recv() => "SIGINT",
+    };
+    tracing::info!("{name}: draining requests in flight");
+}
+
+/// A group given by number or by name (looked up in /etc/group).
+fn group_id(group: &str) -> anyhow::Result<u32> {
+    if let Ok(gid) = group.parse() {
+        return Ok(gid);
+    }
+    let path = Path::new("/etc/group");
+    let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+    for line in text.lines() {
+        let mut fields = line.split(':');
+        if fields.next() == Some(group) {
+            if let Some(gid) = fields.nth(1).and_then(|g| g.parse().ok()) {
+                return Ok(gid);
+            }
+        }
+    }
+    bail!("socket_group {group:?}: no such group")
+}

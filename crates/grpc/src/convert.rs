@@ -1,0 +1,116 @@
+//! Protobuf messages to and from the snapshotter's own types.
+
+use std::time::SystemTime;
+
+use strata_snapshotter::{ErrorKind, Info, Kind, Mount, SnapshotError};
+use tonic::{Code, Status};
+
+use crate::api::{snapshots as pb, types as pbt};
+
+/// The one mapping from snapshotter errors to gRPC codes; containerd's
+/// proxy client maps these codes back to its own error classes.
+pub fn status_of(e: &SnapshotError) -> Status {
+    let code = match e.kind() {
+        ErrorKind::NotFound => Code::NotFound,
+        ErrorKind::AlreadyExists => Code::AlreadyExists,
+        ErrorKind::FailedPrecondition => Code::FailedPrecondition,
+        ErrorKind::InvalidArgument => Code::InvalidArgument,
+        ErrorKind::Internal => Code::Internal,
+    };
+    Status::new(code, e.to_string())
+}
+
+pub fn mount_to_pb(m: Mount) -> pbt::Mount {
+    pbt::Mount {
+        r#type: m.kind,
+        source: m.source,
+        target: String::new(),
+        options: m.options,
+    }
+}
+
+pub fn mounts_to_pb(ms: Vec<Mount>) -> Vec<pbt::Mount> {
+    ms.into_iter().map(mount_to_pb).collect()
+}
+
+fn kind_to_pb(k: Kind) -> pb::Kind {
+    match k {
+        Kind::View => pb::Kind::View,
+        Kind::Active => pb::Kind::Active,
+        Kind::Committed => pb::Kind::Committed,
+    }
+}
+
+fn kind_from_pb(k: i32) -> Kind {
+    match pb::Kind::try_from(k) {
+        Ok(pb::Kind::View) => Kind::View,
+        Ok(pb::Kind::Committed) => Kind::Committed,
+        _ => Kind::Active,
+    }
+}
+
+fn time_to_pb(t: SystemTime) -> prost_types::Timestamp {
+    prost_types::Timestamp::from(t)
+}
+
+fn time_from_pb(t: Option<prost_types::Timestamp>) -> SystemTime {
+    t.and_then(|t| SystemTime::try_from(t).ok())
+        .unwrap_or(SystemTime::UNIX_EPOCH)
+}
+
+pub fn info_to_pb(i: Info) -> pb::Info {
+    pb::Info {
+        name: i.name,
+        parent: i.parent,
+        kind: kind_to_pb(i.kind) as i32,
+        created_at: Some(time_to_pb(i.created)),
+        updated_at: Some(time_to_pb(i.updated)),
+        labels: i.labels.into_iter().collect(),
+    }
+}
+
+pub fn info_from_pb(i: pb::Info) -> Info {
+    Info {
+        name: i.name,
+        parent: i.parent,
+        kind: kind_from_pb(i.kind),
+        labels: i.labels.into_iter().collect(),
+        created: time_from_pb(i.created_at),
+        updated: time_from_pb(i.updated_at),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::BTreeMap;
+    use std::time::Duration;
+
+    #[test]
+    fn info_round_trips_with_nanoseconds() {
+        let info = Info {
+            name: "ns/1/key".into(),
+            parent: "ns/0/parent".into(),
+            kind: Kind::Committed,
+            labels: BTreeMap::from([("a".into(), "b".into())]),
+            created: SystemTime::UNIX_EPOCH + Duration::new(1_700_000_000, 123_456_789),
+            updated: SystemTime::UNIX_EPOCH + Duration::new(1_700_000_001, 1),
+        };
+        assert_eq!(info_from_pb(info_to_pb(info.clone())), info);
+    }
+
+    #[test]
+    fn error_kinds_map_to_codes() {
+        let nf = SnapshotError::NotFound { key: "k".into() };
+        assert_eq!(status_of(&nf).code(), Code::NotFound);
+        let exists = SnapshotError::AlreadyExists { key: "k".into() };
+        assert_eq!(status_of(&exists).code(), Code::AlreadyExists);
+        let busy = SnapshotError::HasChildren { key: "k".into() };
+        assert_eq!(status_of(&busy).code(), Code::FailedPrecondition);
+        let bad = SnapshotError::ImmutableField {
+            key: "k".into(),
+            field: "parent".into(),
+        };
+        assert_eq!(status_of(&bad).code(), Code::InvalidArgument);
+    }
+}

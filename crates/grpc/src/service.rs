@@ -1,0 +1,167 @@
+//! The gRPC service: each call runs the snapshotter on a blocking thread,
+//! since snapshot operations touch the disk and mount filesystems.
+
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::Instant;
+
+use strata_snapshotter::{SnapshotError, Snapshotter};
+use tokio_stream::Stream;
+use tonic::{Request, Response, Status};
+
+use crate::api::snapshots::{self as pb, snapshots_server::Snapshots};
+use crate::convert::{info_from_pb, info_to_pb, mounts_to_pb, status_of};
+
+/// How many infos one List message carries.
+const LIST_BATCH: usize = 100;
+
+pub struct SnapshotService {
+    snapshotter: Arc<Snapshotter>,
+}
+
+impl SnapshotService {
+    pub fn new(snapshotter: Arc<Snapshotter>) -> Self {
+        SnapshotService { snapshotter }
+    }
+
+    /// Runs `op` on a blocking thread and maps its error to a status.
+    async fn run<T, F>(&self, name: &'static str, key: &str, op: F) -> Result<T, Status>
+    where
+        T: Send + 'static,
+        F: FnOnce(&Snapshotter) -> Result<T, SnapshotError> + Send + 'static,
+    {
+        let sn = Arc::clone(&self.snapshotter);
+        let started = Instant::now();
+        let result = tokio::task::spawn_blocking(move || op(&sn))
+            .await
+            .map_err(|e| Status::internal(format!("{name}: worker failed: {e}")))?;
+        let micros = u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX);
+        match result {
+            Ok(v) => {
+                tracing::debug!(op = name, key, micros, "ok");
+                Ok(v)
+            }
+            Err(e) => {
+                let status = status_of(&e);
+                if status.code() == tonic::Code::Internal {
+                    tracing::error!(op = name, key, micros, "{e}");
+                } else {
+                    tracing::debug!(op = name, key, micros, "{e}");
+                }
+                Err(status)
+            }
+        }
+    }
+}
+
+type ListStream = Pin<Box<dyn Stream<Item = Result<pb::ListSnapshotsResponse, Status>> + Send>>;
+
+#[tonic::async_trait]
+impl Snapshots for SnapshotService {
+    async fn prepare(
+        &self,
+        req: Request<pb::PrepareSnapshotRequest>,
+    ) -> Result<Response<pb::PrepareSnapshotResponse>, Status> {
+        let r = req.into_inner();
+        let key = r.key.clone();
+        let labels = r.labels.into_iter().collect();
+        let mounts = self
+            .run("prepare", &key, move |s| s.prepare(&r.key, &r.parent, labels))
+            .await?;
+        Ok(Response::new(pb::PrepareSnapshotResponse {
+            mounts: mounts_to_pb(mounts),
+        }))
+    }
+
+    async fn view(&self, req: Request<pb::ViewSnapshotRequest>) -> Result<Response<pb::ViewSnapshotResponse>, Status> {
+        let r = req.into_inner();
+        let key = r.key.clone();
+        let labels = r.labels.into_iter().collect();
+        let mounts = self
+            .run("view", &key, move |s| s.view(&r.key, &r.parent, labels))
+            .await?;
+        Ok(Response::new(pb::ViewSnapshotResponse {
+            mounts: mounts_to_pb(mounts),
+        }))
+    }
+
+    async fn mounts(&self, req: Request<pb::MountsRequest>) -> Result<Response<pb::MountsResponse>, Status> {
+        let r = req.into_inner();
+        let key = r.key.clone();
+        let mounts = self.run("mounts", &key, move |s| s.mounts(&r.key)).await?;
+        Ok(Response::new(pb::MountsResponse {
+            mounts: mounts_to_pb(mounts),
+        }))
+    }
+
+    async fn commit(&self, req: Request<pb::CommitSnapshotRequest>) -> Result<Response<()>, Status> {
+        let r = req.into_inner();
+        let key = r.key.clone();
+        let labels = r.labels.into_iter().collect();
+        self.run("commit", &key, move |s| s.commit(&r.name, &r.key, labels))
+            .await?;
+        Ok(Response::new(()))
+    }
+
+    async fn remove(&self, req: Request<pb::RemoveSnapshotRequest>) -> Result<Response<()>, Status> {
+        let r = req.into_inner();
+        let key = r.key.clone();
+        self.run("remove", &key, move |s| s.remove(&r.key)).await?;
+        Ok(Response::new(()))
+    }
+
+    async fn stat(&self, req: Request<pb::StatSnapshotRequest>) -> Result<Response<pb::StatSnapshotResponse>, Status> {
+        let r = req.into_inner();
+        let key = r.key.clone();
+        let info = self.run("stat", &key, move |s| s.stat(&r.key)).await?;
+        Ok(Response::new(pb::StatSnapshotResponse {
+            info: Some(info_to_pb(info)),
+        }))
+    }
+
+    async fn update(
+        &self,
+        req: Request<pb::UpdateSnapshotRequest>,
+    ) -> Result<Response<pb::UpdateSnapshotResponse>, Status> {
+        let r = req.into_inner();
+        let info = r
+            .info
+            .map(info_from_pb)
+            .ok_or_else(|| Status::invalid_argument("update: no info"))?;
+        let paths = r.update_mask.map(|m| m.paths).unwrap_or_default();
+        let key = info.name.clone();
+        let info = self.run("update", &key, move |s| s.update(&info, &paths)).await?;
+        Ok(Response::new(pb::UpdateSnapshotResponse {
+            info: Some(info_to_pb(info)),
+        }))
+    }
+
+    type ListStream = ListStream;
+
+    async fn list(&self, req: Request<pb::ListSnapshotsRequest>) -> Result<Response<Self::ListStream>, Status> {
+        let r = req.into_inner();
+        let infos = self.run("list", "", move |s| s.walk(&r.filters)).await?;
+        let mut batches = Vec::new();
+        let mut infos = infos.into_iter().map(info_to_pb).peekable();
+        while infos.peek().is_some() {
+            let info = infos.by_ref().take(LIST_BATCH).collect();
+            batches.push(Ok(pb::ListSnapshotsResponse { info }));
+        }
+        Ok(Response::new(Box::pin(tokio_stream::iter(batches))))
+    }
+
+    async fn usage(&self, req: Request<pb::UsageRequest>) -> Result<Response<pb::UsageResponse>, Status> {
+        let r = req.into_inner();
+        let key = r.key.clone();
+        let usage = self.run("usage", &key, move |s| s.usage(&r.key)).await?;
+        Ok(Response::new(pb::UsageResponse {
+            size: usage.size,
+            inodes: usage.inodes,
+        }))
+    }
+
+    async fn cleanup(&self, _req: Request<pb::CleanupRequest>) -> Result<Response<()>, Status> {
+        self.run("cleanup", "", |s| s.cleanup()).await?;
+        Ok(Response::new(()))
+    }
+}
