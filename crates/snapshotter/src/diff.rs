@@ -3,7 +3,10 @@
 //! Overlay's own markings become tree markings: a character device 0:0 is a
 //! whiteout, `trusted.overlay.opaque=y` an opaque directory, and a
 //! metadata-only copy-up (`trusted.overlay.metacopy`) keeps the content of
-//! the lower file it came from. Other `trusted.overlay.*` xattrs are dropped.
+//! the lower file it came from. A directory renamed from a lower layer
+//! (`trusted.overlay.redirect`) becomes an opaque copy of the lower
+//! directory with the upper entries applied. Other `trusted.overlay.*`
+//! xattrs are dropped.
 //! Bodies of regular files above the inline limit are moved (renamed, never
 //! copied) into the store's stage.
 
@@ -15,7 +18,6 @@ use std::path::Path;
 use strata_store::ObjectStager;
 use strata_tree::{Content, Dir, FileData, Leaf, LeafId, Node, Stat, Tree};
 
-use crate::types::Usage;
 use crate::SnapshotError;
 
 const OVERLAY_PREFIX: &[u8] = b"trusted.overlay.";
@@ -28,16 +30,11 @@ struct Walk<'a> {
     stager: &'a mut ObjectStager,
     layer: Tree,
     inodes: HashMap<(u64, u64), LeafId>,
-    usage: Usage,
 }
 
 /// Reads `upper` into a layer tree, staging large file bodies in `stager`.
 /// `lower` is the merged tree the upper dir was mounted over.
-pub(crate) fn layer_from_upper(
-    upper: &Path,
-    lower: &Tree,
-    stager: &mut ObjectStager,
-) -> Result<(Tree, Usage), SnapshotError> {
+pub(crate) fn layer_from_upper(upper: &Path, lower: &Tree, stager: &mut ObjectStager) -> Result<Tree, SnapshotError> {
     let meta = std::fs::symlink_metadata(upper).map_err(|e| SnapshotError::io("stat", upper, e))?;
     let (stat, _) = read_stat(upper, &meta)?;
     let mut walk = Walk {
@@ -45,13 +42,12 @@ pub(crate) fn layer_from_upper(
         stager,
         layer: Tree::new(stat.clone()),
         inodes: HashMap::new(),
-        usage: Usage::default(),
     };
     let mut names = Vec::new();
     let root = walk.dir(upper, stat, &mut names)?;
     walk.layer.root = root;
     walk.layer.root.opaque = false;
-    Ok((walk.layer, walk.usage))
+    Ok(walk.layer)
 }
 
 impl Walk<'_> {
@@ -76,17 +72,13 @@ impl Walk<'_> {
     fn entry(&mut self, parent: &Path, path: &Path, names: &mut Vec<Vec<u8>>) -> Result<Node, SnapshotError> {
         let meta = std::fs::symlink_metadata(path).map_err(|e| SnapshotError::io("stat", path, e))?;
         let ft = meta.file_type();
-        self.usage.inodes += 1;
         if ft.is_char_device() && meta.rdev() == 0 {
             return Ok(Node::Whiteout);
         }
         let (stat, overlay) = read_stat(path, &meta)?;
         if ft.is_dir() {
-            if overlay.contains_key(REDIRECT) {
-                return Err(SnapshotError::Unsupported {
-                    path: path.display().to_string(),
-                    reason: "a directory renamed from a lower layer (overlay redirect) cannot be committed yet".into(),
-                });
+            if let Some(redirect) = overlay.get(REDIRECT) {
+                return self.redirected_dir(path, stat, names, redirect);
             }
             let opaque = overlay.get(OPAQUE).is_some_and(|v| v == b"y");
             let mut dir = self.dir(path, stat, names)?;
@@ -101,10 +93,6 @@ impl Walk<'_> {
             if overlay.contains_key(METACOPY) {
                 self.lower_content(path, names, overlay.get(REDIRECT))?
             } else {
-                self.usage.size = self
-                    .usage
-                    .size
-                    .saturating_add(i64::try_from(meta.len()).unwrap_or(i64::MAX));
                 Content::File(self.body(parent, path, meta.len())?)
             }
         } else if ft.is_symlink() {
@@ -154,6 +142,50 @@ impl Walk<'_> {
         })
     }
 
+    /// A directory renamed from the lower tree: the lower directory at its
+    /// redirect, copied whole, with this upper dir's entries over it. The
+    /// result is opaque, so the merge takes it as it is.
+    fn redirected_dir(
+        &mut self,
+        path: &Path,
+        stat: Stat,
+        names: &[Vec<u8>],
+        redirect: &[u8],
+    ) -> Result<Node, SnapshotError> {
+        let mut origin = resolve_redirect(names, redirect);
+        let mut merged = match self.lower.lookup(&origin) {
+            Some(Node::Dir(lower)) => self.copy_lower_dir(lower, &mut HashMap::new()),
+            _ => {
+                return Err(SnapshotError::Unsupported {
+                    path: path.display().to_string(),
+                    reason: "renamed directory whose origin is not a directory of the parent snapshot".into(),
+                })
+            }
+        };
+        // Entries below are found in the lower tree under the origin.
+        let upper = self.dir(path, stat, &mut origin)?;
+        apply_upper(&mut merged, upper);
+        merged.opaque = true;
+        Ok(Node::Dir(Box::new(merged)))
+    }
+
+    /// Copies a lower directory into the layer, keeping hard links within it.
+    fn copy_lower_dir(&mut self, lower: &Dir, ids: &mut HashMap<LeafId, LeafId>) -> Dir {
+        let mut dir = Dir::new(lower.stat.clone());
+        for (name, node) in &lower.entries {
+            let copied = match node {
+                Node::Dir(d) => Node::Dir(Box::new(self.copy_lower_dir(d, ids))),
+                Node::Leaf(id) => Node::Leaf(
+                    *ids.entry(*id)
+                        .or_insert_with(|| self.layer.push_leaf(self.lower.leaf(*id).clone())),
+                ),
+                Node::Whiteout => continue,
+            };
+            dir.entries.insert(name.clone(), copied);
+        }
+        dir
+    }
+
     /// The content of a metadata-only copy-up: the lower file at its
     /// redirect (absolute, or relative to its directory) or its own path.
     fn lower_content(
@@ -162,17 +194,8 @@ impl Walk<'_> {
         names: &[Vec<u8>],
         redirect: Option<&Vec<u8>>,
     ) -> Result<Content, SnapshotError> {
-        let target: Vec<Vec<u8>> = match redirect {
-            Some(r) if r.first() == Some(&b'/') => r
-                .split(|&b| b == b'/')
-                .filter(|n| !n.is_empty())
-                .map(<[u8]>::to_vec)
-                .collect(),
-            Some(r) => {
-                let mut t = names[..names.len() - 1].to_vec();
-                t.push(r.clone());
-                t
-            }
+        let target = match redirect {
+            Some(r) => resolve_redirect(names, r),
             None => names.to_vec(),
         };
         match self.lower.lookup(&target) {
@@ -181,6 +204,46 @@ impl Walk<'_> {
                 _ => Err(lower_missing(path)),
             },
             _ => Err(lower_missing(path)),
+        }
+    }
+}
+
+/// Where an overlay redirect points in the lower tree: an absolute path,
+/// or a name in the same directory as `names` (the entry's own lower path).
+fn resolve_redirect(names: &[Vec<u8>], redirect: &[u8]) -> Vec<Vec<u8>> {
+    if redirect.first() == Some(&b'/') {
+        return redirect
+            .split(|&b| b == b'/')
+            .filter(|n| !n.is_empty())
+            .map(<[u8]>::to_vec)
+            .collect();
+    }
+    let mut target = names[..names.len().saturating_sub(1)].to_vec();
+    target.push(redirect.to_vec());
+    target
+}
+
+/// Applies an upper directory over a copy of its lower one, as overlayfs
+/// shows them merged: whiteouts delete, opaque dirs replace, dirs merge.
+/// Whiteouts and opaque marks are used up; none are left in the result.
+fn apply_upper(lower: &mut Dir, upper: Dir) {
+    lower.stat = upper.stat;
+    for (name, node) in upper.entries {
+        match node {
+            Node::Whiteout => {
+                lower.entries.remove(&name);
+            }
+            Node::Dir(up) => {
+                let mut base = match lower.entries.remove(&name) {
+                    Some(Node::Dir(low)) if !up.opaque => *low,
+                    _ => Dir::new(up.stat.clone()),
+                };
+                apply_upper(&mut base, *up);
+                lower.entries.insert(name, Node::Dir(Box::new(base)));
+            }
+            leaf => {
+                lower.entries.insert(name, leaf);
+            }
         }
     }
 }

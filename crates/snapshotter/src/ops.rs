@@ -173,14 +173,21 @@ impl Snapshotter {
         }
         tracing::debug!(key, id, %kind, "created snapshot");
         let record = self.record(key)?;
-        self.mounts_of(key, &record)
+        self.mounts_of(&record)
     }
 
     /// The mounts of an active snapshot or a view.
     pub fn mounts(&self, key: &str) -> Result<Vec<Mount>, SnapshotError> {
         let _g = self.guard();
         let record = self.record(key)?;
-        self.mounts_of(key, &record)
+        if record.kind == Kind::Committed {
+            return Err(SnapshotError::WrongKind {
+                key: key.to_owned(),
+                actual: record.kind,
+                wanted: "an active snapshot or a view",
+            });
+        }
+        self.mounts_of(&record)
     }
 
     fn parent_image(&self, record: &Record) -> Result<Option<Digest>, SnapshotError> {
@@ -191,13 +198,9 @@ impl Snapshotter {
         image_id(parent, &p).map(Some)
     }
 
-    fn mounts_of(&self, key: &str, record: &Record) -> Result<Vec<Mount>, SnapshotError> {
+    fn mounts_of(&self, record: &Record) -> Result<Vec<Mount>, SnapshotError> {
         let dir = self.snap_dir(record.id);
-        let image = match record.kind {
-            Kind::Committed => Some(image_id(key, record)?),
-            Kind::Active | Kind::View => self.parent_image(record)?,
-        };
-        let Some(image) = image else {
+        let Some(image) = self.parent_image(record)? else {
             let rw = if record.kind == Kind::Active { "rw" } else { "ro" };
             return Ok(vec![Mount {
                 kind: "bind".into(),
@@ -314,8 +317,9 @@ impl Snapshotter {
             Some(p) => self.load_tree(p, &self.record(p)?)?,
             None => Tree::new(Stat::default_dir()),
         };
+        let usage = disk_usage(&fs)?;
         let mut stager = self.store.stager()?;
-        let (layer, usage) = diff::layer_from_upper(&fs, &merged, &mut stager)?;
+        let layer = diff::layer_from_upper(&fs, &merged, &mut stager)?;
         strata_tree::merge_layer(&mut merged, layer)?;
         merged.compact();
         let image = strata_erofs::write_image(&merged)?;

@@ -1,60 +1,11 @@
 //! Snapshot semantics against a real store with real mounts (root): a
 //! chain of commits through overlay, a view, removal rules and error kinds.
 
-use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
+mod common;
 
-use strata_snapshotter::{Kind, Mount, Snapshotter};
+use common::{mount, none, Mounted};
+use strata_snapshotter::{Kind, Snapshotter};
 use strata_store::Store;
-use strata_sys::{mount_fs, unmount, FsOption, MountFlags};
-
-/// Mounts what Mounts returned, the way containerd's mount.All would.
-fn mount(mounts: &[Mount], target: &Path) {
-    assert_eq!(mounts.len(), 1, "{mounts:?}");
-    let m = &mounts[0];
-    std::fs::create_dir_all(target).unwrap();
-    if m.kind == "bind" {
-        let ro = m.options.iter().any(|o| o == "ro");
-        let status = std::process::Command::new("mount")
-            .args(["--bind", &m.source])
-            .arg(target)
-            .status()
-            .unwrap();
-        assert!(status.success());
-        if ro {
-            let status = std::process::Command::new("mount")
-                .args(["-o", "remount,bind,ro"])
-                .arg(target)
-                .status()
-                .unwrap();
-            assert!(status.success());
-        }
-        return;
-    }
-    assert_eq!(m.kind, "overlay", "{m:?}");
-    let mut options = Vec::new();
-    let mut flags = MountFlags::default();
-    for o in &m.options {
-        match o.split_once('=') {
-            Some((k, v)) => options.push(FsOption::String(k.into(), v.into())),
-            None if o == "ro" => flags.read_only = true,
-            None => options.push(FsOption::Flag(o.clone())),
-        }
-    }
-    mount_fs("overlay", &options, flags, target).unwrap_or_else(|e| panic!("{m:?}: {e}"));
-}
-
-struct Mounted(PathBuf);
-
-impl Drop for Mounted {
-    fn drop(&mut self) {
-        let _ = unmount(&self.0, false);
-    }
-}
-
-fn none() -> BTreeMap<String, String> {
-    BTreeMap::new()
-}
 
 #[test]
 fn chain_view_and_rules() {

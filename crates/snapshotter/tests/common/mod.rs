@@ -1,0 +1,58 @@
+//! Shared by the snapshotter's integration tests: mounting what Mounts
+//! returns, as containerd's mount.All would, and unmounting on drop.
+
+#![allow(dead_code)]
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use strata_snapshotter::Mount;
+use strata_sys::{mount_fs, unmount, FsOption, MountFlags};
+
+/// Mounts what Mounts returned, the way containerd's mount.All would.
+pub fn mount(mounts: &[Mount], target: &Path) {
+    assert_eq!(mounts.len(), 1, "{mounts:?}");
+    let m = &mounts[0];
+    std::fs::create_dir_all(target).unwrap();
+    if m.kind == "bind" {
+        let ro = m.options.iter().any(|o| o == "ro");
+        let status = std::process::Command::new("mount")
+            .args(["--bind", &m.source])
+            .arg(target)
+            .status()
+            .unwrap();
+        assert!(status.success());
+        if ro {
+            let status = std::process::Command::new("mount")
+                .args(["-o", "remount,bind,ro"])
+                .arg(target)
+                .status()
+                .unwrap();
+            assert!(status.success());
+        }
+        return;
+    }
+    assert_eq!(m.kind, "overlay", "{m:?}");
+    let mut options = Vec::new();
+    let mut flags = MountFlags::default();
+    for o in &m.options {
+        match o.split_once('=') {
+            Some((k, v)) => options.push(FsOption::String(k.into(), v.into())),
+            None if o == "ro" => flags.read_only = true,
+            None => options.push(FsOption::Flag(o.clone())),
+        }
+    }
+    mount_fs("overlay", &options, flags, target).unwrap_or_else(|e| panic!("{m:?}: {e}"));
+}
+
+pub struct Mounted(pub PathBuf);
+
+impl Drop for Mounted {
+    fn drop(&mut self) {
+        let _ = unmount(&self.0, false);
+    }
+}
+
+pub fn none() -> BTreeMap<String, String> {
+    BTreeMap::new()
+}

@@ -1,0 +1,227 @@
+//! containerd's snapshot semantics with no gRPC, against a real store in a
+//! temp dir with real mounts (root): renames and metadata-only copy-ups in
+//! commits, a 128-layer chain, Update, Usage, Walk filters, error kinds and
+//! restarts.
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::os::unix::fs::PermissionsExt;
+use std::path::Path;
+
+use common::{mount, none, Mounted};
+use strata_snapshotter::{ErrorKind, Info, Kind, Snapshotter};
+use strata_store::Store;
+
+fn open(dir: &Path) -> Snapshotter {
+    Snapshotter::open(Store::open(&dir.join("store")).unwrap()).unwrap()
+}
+
+/// Prepares `key` over `parent`, lets `edit` change the mounted tree, commits.
+fn layer(sn: &Snapshotter, mnt: &Path, key: &str, parent: &str, name: &str, edit: impl FnOnce(&Path)) {
+    let mounts = sn.prepare(key, parent, none()).unwrap();
+    {
+        let _m = Mounted(mnt.to_owned());
+        mount(&mounts, mnt);
+        edit(mnt);
+    }
+    sn.commit(name, key, none()).unwrap();
+}
+
+fn kind_of<T: std::fmt::Debug>(r: Result<T, strata_snapshotter::SnapshotError>) -> ErrorKind {
+    r.unwrap_err().kind()
+}
+
+fn labels(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
+    pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
+}
+
+#[test]
+fn renames_and_metadata_copy_ups_commit_faithfully() {
+    let dir = tempfile::tempdir().unwrap();
+    let sn = open(dir.path());
+    let mnt = dir.path().join("mnt");
+    layer(&sn, &mnt, "a", "", "c1", |m| {
+        std::fs::create_dir_all(m.join("d/sub")).unwrap();
+        std::fs::write(m.join("d/big"), vec![1u8; 200_000]).unwrap();
+        std::fs::write(m.join("d/small"), b"small").unwrap();
+        std::fs::write(m.join("d/sub/deep"), vec![2u8; 5000]).unwrap();
+        std::fs::write(m.join("file"), vec![3u8; 9000]).unwrap();
+    });
+    layer(&sn, &mnt, "b", "c1", "c2", |m| {
+        // A lower dir renamed (overlay redirect), a file in it chmodded
+        // (metadata-only copy-up), one deleted and one added.
+        std::fs::rename(m.join("d"), m.join("e")).unwrap();
+        std::fs::set_permissions(m.join("e/big"), std::fs::Permissions::from_mode(0o600)).unwrap();
+        std::fs::remove_file(m.join("e/small")).unwrap();
+        std::fs::write(m.join("e/new"), b"new").unwrap();
+        // A lower file renamed and another chmodded in place.
+        std::fs::rename(m.join("file"), m.join("moved")).unwrap();
+        std::fs::create_dir(m.join("d")).unwrap();
+    });
+    let mounts = sn.view("v", "c2", none()).unwrap();
+    let _m = Mounted(mnt.clone());
+    mount(&mounts, &mnt);
+    assert_eq!(std::fs::read(mnt.join("e/big")).unwrap(), vec![1u8; 200_000]);
+    let mode = std::fs::metadata(mnt.join("e/big")).unwrap().permissions().mode() & 0o7777;
+    assert_eq!(mode, 0o600);
+    assert_eq!(std::fs::read(mnt.join("e/sub/deep")).unwrap(), vec![2u8; 5000]);
+    assert_eq!(std::fs::read(mnt.join("e/new")).unwrap(), b"new");
+    assert!(!mnt.join("e/small").exists());
+    assert_eq!(std::fs::read(mnt.join("moved")).unwrap(), vec![3u8; 9000]);
+    assert!(!mnt.join("file").exists());
+    let recreated: Vec<_> = std::fs::read_dir(mnt.join("d")).unwrap().collect();
+    assert!(recreated.is_empty(), "the new d is empty, not the old one");
+}
+
+#[test]
+fn chain_of_128_layers_mounts_as_one_lower() {
+    let dir = tempfile::tempdir().unwrap();
+    let sn = open(dir.path());
+    let mnt = dir.path().join("mnt");
+    let mut parent = String::new();
+    for i in 0..128 {
+        let name = format!("c{i}");
+        layer(&sn, &mnt, &format!("a{i}"), &parent, &name, |m| {
+            std::fs::write(m.join(format!("layer{i}")), format!("{i}").repeat(100)).unwrap();
+            std::fs::write(m.join("last"), format!("{i}")).unwrap();
+        });
+        parent = name;
+    }
+    let mounts = sn.view("top", &parent, none()).unwrap();
+    let lowers: Vec<_> = mounts[0]
+        .options
+        .iter()
+        .filter(|o| o.starts_with("lowerdir="))
+        .collect();
+    assert_eq!(lowers.len(), 1, "{mounts:?}");
+    assert_eq!(
+        lowers[0].matches("::").count(),
+        1,
+        "one metadata lower and the objects: {lowers:?}"
+    );
+    let _m = Mounted(mnt.clone());
+    mount(&mounts, &mnt);
+    for i in 0..128 {
+        assert_eq!(
+            std::fs::read_to_string(mnt.join(format!("layer{i}"))).unwrap(),
+            format!("{i}").repeat(100)
+        );
+    }
+    assert_eq!(std::fs::read_to_string(mnt.join("last")).unwrap(), "127");
+    assert_eq!(sn.walk(&["kind==committed"]).unwrap().len(), 128);
+}
+
+#[test]
+fn update_usage_walk_and_error_kinds() {
+    let dir = tempfile::tempdir().unwrap();
+    let sn = open(dir.path());
+    let mnt = dir.path().join("mnt");
+
+    // Usage of an active snapshot is measured now: 3 files and the root.
+    let mounts = sn.prepare("a", "", labels(&[("team", "x")])).unwrap();
+    {
+        let _m = Mounted(mnt.clone());
+        mount(&mounts, &mnt);
+        for n in 0..3 {
+            std::fs::write(mnt.join(format!("f{n}")), vec![0u8; 64 * 1024]).unwrap();
+        }
+    }
+    let usage = sn.usage("a").unwrap();
+    assert_eq!(usage.inodes, 4, "{usage:?}");
+    assert!(usage.size >= 3 * 64 * 1024, "{usage:?}");
+    sn.commit("c", "a", labels(&[("team", "x"), ("tier", "base")])).unwrap();
+    assert_eq!(sn.usage("c").unwrap(), usage, "a commit keeps the measured usage");
+
+    // Update: labels by field path; the parent and kind are immutable.
+    let before = sn.stat("c").unwrap();
+    assert_eq!(sn.stat("c").unwrap(), before, "timestamps round-trip exactly");
+    let mut change = before.clone();
+    change.labels = labels(&[("team", "y"), ("new", "1")]);
+    let after = sn.update(&change, &["labels.team".into()]).unwrap();
+    assert_eq!(after.labels, labels(&[("team", "y"), ("tier", "base")]));
+    assert_eq!(after.created, before.created);
+    assert!(after.updated > before.updated);
+    let after = sn.update(&change, &[]).unwrap();
+    assert_eq!(after.labels, change.labels, "no field paths: all labels");
+    let reparent = Info {
+        parent: "elsewhere".into(),
+        ..after.clone()
+    };
+    assert_eq!(
+        kind_of(sn.update(&reparent, &["parent".into()])),
+        ErrorKind::InvalidArgument
+    );
+    assert_eq!(sn.stat("c").unwrap(), after, "a refused update changes nothing");
+
+    // Walk filters: AND within a string, OR across strings.
+    sn.view("v", "c", labels(&[("team", "y")])).unwrap();
+    sn.prepare("b", "c", none()).unwrap();
+    let names = |filters: &[&str]| -> Vec<String> {
+        let mut n: Vec<_> = sn.walk(filters).unwrap().into_iter().map(|i| i.name).collect();
+        n.sort();
+        n
+    };
+    assert_eq!(names(&[]), ["b", "c", "v"]);
+    assert_eq!(names(&["kind==committed"]), ["c"]);
+    assert_eq!(names(&["parent==c"]), ["b", "v"]);
+    assert_eq!(names(&["parent==c,labels.team==y"]), ["v"]);
+    assert_eq!(names(&["labels.team"]), ["c", "v"]);
+    assert_eq!(names(&["kind==view", "kind==active"]), ["b", "v"]);
+    assert_eq!(names(&["name!=c,kind!=view"]), ["b"]);
+    assert_eq!(kind_of(sn.walk(&["==committed"])), ErrorKind::InvalidArgument);
+
+    // Error kinds containerd maps back.
+    assert_eq!(kind_of(sn.prepare("b", "c", none())), ErrorKind::AlreadyExists);
+    assert_eq!(kind_of(sn.prepare("x", "missing", none())), ErrorKind::NotFound);
+    assert_eq!(kind_of(sn.prepare("x", "b", none())), ErrorKind::InvalidArgument);
+    assert_eq!(kind_of(sn.commit("c2", "v", none())), ErrorKind::FailedPrecondition);
+    assert_eq!(kind_of(sn.commit("c", "b", none())), ErrorKind::AlreadyExists);
+    assert_eq!(kind_of(sn.mounts("c")), ErrorKind::FailedPrecondition);
+    assert_eq!(kind_of(sn.remove("c")), ErrorKind::FailedPrecondition);
+    assert_eq!(kind_of(sn.remove("missing")), ErrorKind::NotFound);
+    assert_eq!(kind_of(sn.stat("missing")), ErrorKind::NotFound);
+    assert_eq!(kind_of(sn.usage("missing")), ErrorKind::NotFound);
+    assert!(sn.stat("x").is_err(), "failed prepares leave no snapshot");
+    assert_eq!(sn.view("empty", "", none()).unwrap()[0].kind, "bind");
+}
+
+#[test]
+fn state_survives_restart_and_one_snapshotter_owns_a_store() {
+    let dir = tempfile::tempdir().unwrap();
+    let mnt = dir.path().join("mnt");
+    let sn = open(dir.path());
+    layer(&sn, &mnt, "a", "", "c", |m| {
+        std::fs::write(m.join("base"), vec![5u8; 4096]).unwrap()
+    });
+    let mounts = sn.prepare("work", "c", labels(&[("k", "v")])).unwrap();
+    {
+        let _m = Mounted(mnt.clone());
+        mount(&mounts, &mnt);
+        std::fs::write(mnt.join("scratch"), b"kept").unwrap();
+    }
+    let before = sn.walk::<&str>(&[]).unwrap();
+    let second = Snapshotter::open(Store::open(&dir.path().join("store")).unwrap());
+    assert!(second.is_err(), "a second snapshotter on the same store is refused");
+    drop(sn);
+
+    // The parent's EROFS mount is gone (as after a reboot); open restores it.
+    let erofs_mounts = || strata_sys::mounts_under(&dir.path().join("store/mnt"));
+    for m in erofs_mounts() {
+        strata_sys::unmount(&m, false).unwrap();
+    }
+    assert!(erofs_mounts().is_empty());
+    let sn = open(dir.path());
+    assert_eq!(erofs_mounts().len(), 1, "the parent image is mounted again on open");
+    assert_eq!(
+        sn.walk::<&str>(&[]).unwrap(),
+        before,
+        "snapshots, labels and times as before"
+    );
+    assert_eq!(sn.stat("work").unwrap().kind, Kind::Active);
+    let mounts = sn.mounts("work").unwrap();
+    let _m = Mounted(mnt.clone());
+    mount(&mounts, &mnt);
+    assert_eq!(std::fs::read(mnt.join("scratch")).unwrap(), b"kept");
+    assert_eq!(std::fs::read(mnt.join("base")).unwrap(), vec![5u8; 4096]);
+}
