@@ -80,6 +80,37 @@ pub fn unmount_overlay(m: &dyn Mounter, target: &Path, image_mount: Option<&Path
     Ok(())
 }
 
+/// Unmounts and removes the image mount points under `mnt_dir` (named by
+/// image id) that `keep` does not want. One still in use stays. Returns how
+/// many went.
+pub fn release_image_mounts(m: &dyn Mounter, mnt_dir: &Path, keep: impl Fn(&str) -> bool) -> Result<usize, MountError> {
+    let listing_failed = |e| MountError::Unmount {
+        target: mnt_dir.to_owned(),
+        errno: e,
+    };
+    let mut released = 0;
+    for entry in std::fs::read_dir(mnt_dir).map_err(listing_failed)? {
+        let entry = entry.map_err(listing_failed)?;
+        if keep(&entry.file_name().to_string_lossy()) {
+            continue;
+        }
+        let path = entry.path();
+        if m.is_mountpoint(&path) {
+            match m.unmount(&path) {
+                Ok(()) => {}
+                Err(MountError::Busy { .. }) => {
+                    tracing::info!("keeping {}: still in use", path.display());
+                    continue;
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        let _ = std::fs::remove_dir(&path);
+        released += 1;
+    }
+    Ok(released)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

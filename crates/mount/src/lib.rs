@@ -10,6 +10,6 @@
 pub mod exec;
 pub mod plan;
 
-pub use exec::{mount_image, mount_overlay, unmount_overlay, Mounter};
+pub use exec::{mount_image, mount_overlay, release_image_mounts, unmount_overlay, Mounter};
 pub use plan::{LowerMode, OverlayPlan};
 pub use strata_sys::MountError;

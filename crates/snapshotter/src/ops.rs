@@ -4,7 +4,7 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
-use strata_mount::exec::{Kernel, Mounter};
+use strata_mount::exec::Kernel;
 use strata_mount::{mount_image, OverlayPlan};
 use strata_store::{ObjectRef, Store};
 use strata_tree::{Digest, Stat, Tree};
@@ -367,26 +367,16 @@ impl Snapshotter {
         if let Err(e) = std::fs::remove_dir_all(&dir) {
             tracing::warn!("removing {}: {e}; cleanup retries", dir.display());
         }
-        if let Some(image) = &record.image {
-            self.unmount_if_unused(image)?;
+        if record.image.is_some() {
+            self.release_unused_images()?;
         }
         Ok(())
     }
 
-    fn unmount_if_unused(&self, image_hex: &str) -> Result<(), SnapshotError> {
+    /// Unmounts the EROFS images no snapshot references.
+    fn release_unused_images(&self) -> Result<(), SnapshotError> {
         let live: std::collections::HashSet<String> = self.store.live_images()?.iter().map(Digest::to_hex).collect();
-        if live.contains(image_hex) {
-            return Ok(());
-        }
-        let path = self.store.root().join("mnt").join(image_hex);
-        if Kernel.is_mountpoint(&path) {
-            match Kernel.unmount(&path) {
-                Ok(()) => {}
-                Err(strata_mount::MountError::Busy { .. }) => return Ok(()),
-                Err(e) => return Err(e.into()),
-            }
-        }
-        let _ = std::fs::remove_dir(&path);
+        strata_mount::release_image_mounts(&Kernel, &self.store.root().join("mnt"), |id| live.contains(id))?;
         Ok(())
     }
 
@@ -417,11 +407,7 @@ impl Snapshotter {
     pub fn cleanup(&self) -> Result<(), SnapshotError> {
         let _g = self.guard();
         self.remove_unknown_dirs()?;
-        let mnt = self.store.root().join("mnt");
-        for entry in std::fs::read_dir(&mnt).map_err(|e| SnapshotError::io("read dir", &mnt, e))? {
-            let entry = entry.map_err(|e| SnapshotError::io("read dir", &mnt, e))?;
-            self.unmount_if_unused(&entry.file_name().to_string_lossy())?;
-        }
+        self.release_unused_images()?;
         let report = self.store.gc()?;
         tracing::info!(
             objects = report.objects_removed,

@@ -1,6 +1,7 @@
 use std::collections::HashSet;
 
-use strata_mount::exec::{Kernel, Mounter};
+use strata_mount::exec::Kernel;
+use strata_mount::release_image_mounts;
 
 use crate::config::Config;
 use crate::draw::human;
@@ -12,22 +13,7 @@ pub fn run(config: &Config, _args: Args) -> anyhow::Result<()> {
     let store = config.open_store()?;
     // EROFS mounts of images nothing references any more go first.
     let live: HashSet<String> = store.live_images()?.iter().map(|d| d.to_hex()).collect();
-    let mnt = store.root().join("mnt");
-    for entry in std::fs::read_dir(&mnt)? {
-        let entry = entry?;
-        let name = entry.file_name().to_string_lossy().into_owned();
-        if live.contains(&name) {
-            continue;
-        }
-        let path = entry.path();
-        if Kernel.is_mountpoint(&path) {
-            if let Err(e) = Kernel.unmount(&path) {
-                tracing::warn!("keeping {}: {e}", path.display());
-                continue;
-            }
-        }
-        std::fs::remove_dir(&path)?;
-    }
+    release_image_mounts(&Kernel, &store.root().join("mnt"), |id| live.contains(id))?;
     let report = store.gc()?;
     println!(
         "gc: removed {} objects, {} images, {} temp entries; freed {}",
