@@ -12,6 +12,28 @@ pub struct Config {
     pub log_level: String,
     pub limits: LimitsConfig,
     pub serve: ServeConfig,
+    pub scratch: ScratchConfig,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ScratchConfig {
+    /// The largest size label accepted, in GiB.
+    pub max_size_gb: u64,
+    /// Directories a location label may point into.
+    pub locations: Vec<PathBuf>,
+    /// `ext4`, or `xfs` where reflinked clones are wanted.
+    pub filesystem: String,
+}
+
+impl Default for ScratchConfig {
+    fn default() -> Self {
+        ScratchConfig {
+            max_size_gb: 256,
+            locations: Vec::new(),
+            filesystem: "ext4".into(),
+        }
+    }
 }
 
 #[derive(Debug, Deserialize)]
@@ -51,6 +73,7 @@ impl Default for Config {
             log_level: "warn".into(),
             limits: LimitsConfig::default(),
             serve: ServeConfig::default(),
+            scratch: ScratchConfig::default(),
         }
     }
 }
@@ -91,6 +114,29 @@ impl Config {
             max_entries: self.limits.max_entries_per_layer,
             max_depth: self.limits.max_path_depth,
         }
+    }
+
+    /// The scratch policy, with each allowed location resolved.
+    pub fn scratch_policy(&self) -> anyhow::Result<strata_snapshotter::ScratchPolicy> {
+        let fs = match self.scratch.filesystem.as_str() {
+            "ext4" => strata_snapshotter::FsKind::Ext4,
+            "xfs" => strata_snapshotter::FsKind::Xfs,
+            other => anyhow::bail!("scratch.filesystem {other:?}: expected ext4 or xfs"),
+        };
+        let allowed_locations = self
+            .scratch
+            .locations
+            .iter()
+            .map(|l| {
+                l.canonicalize()
+                    .with_context(|| format!("scratch.locations: {}", l.display()))
+            })
+            .collect::<anyhow::Result<_>>()?;
+        Ok(strata_snapshotter::ScratchPolicy {
+            max_bytes: self.scratch.max_size_gb.saturating_mul(1 << 30),
+            allowed_locations,
+            fs,
+        })
     }
 
     pub fn open_store(&self) -> anyhow::Result<strata_store::Store> {

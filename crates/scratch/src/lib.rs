@@ -5,12 +5,15 @@
 //! reuse label shares another container's scratch.
 //!
 //! [`labels`] is pure: labels in, a validated [`ScratchRequest`] out.
-//! [`template`] does the file work: format once, clone cheaply.
+//! [`template`] does the file work: format once, clone cheaply; [`attach`]
+//! mounts a clone through an autoclear loop device.
 
 #![forbid(unsafe_code)]
 
+pub mod attach;
 pub mod labels;
 pub mod template;
 
+pub use attach::{fs_used, mount_file, unmount_file};
 pub use labels::{parse_labels, FsKind, LabelError, ScratchPolicy, ScratchRequest};
 pub use template::{clone_file, ensure_template, CloneMethod, TemplateError};

@@ -22,6 +22,8 @@ pub enum TemplateError {
         #[source]
         source: std::io::Error,
     },
+    #[error("mounting {}: {stderr}", path.display())]
+    Mount { path: PathBuf, stderr: String },
     #[error("formatting {}: {tool} failed: {stderr}", path.display())]
     Format {
         path: PathBuf,

@@ -10,6 +10,7 @@ use std::collections::BTreeMap;
 use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition, WriteTransaction};
 use serde::{Deserialize, Serialize};
 
+use crate::scratch::ScratchUse;
 use crate::types::{Kind, Stamp, Usage};
 use crate::SnapshotError;
 
@@ -30,6 +31,9 @@ pub(crate) struct Record {
     pub image: Option<String>,
     /// Usage measured at commit.
     pub usage: Option<Usage>,
+    /// The sized or shared scratch of an active snapshot.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub scratch: Option<ScratchUse>,
 }
 
 pub(crate) fn init(db: &Database) -> Result<(), SnapshotError> {

@@ -35,6 +35,18 @@ pub enum SnapshotError {
     BadFilter { filter: String, reason: String },
     #[error("{path}: {reason}")]
     Unsupported { path: String, reason: String },
+    #[error(transparent)]
+    Label(#[from] strata_scratch::LabelError),
+    #[error("no snapshot {owner:?} in this namespace owns a scratch to share")]
+    OwnerNotFound { owner: String },
+    #[error("owner key {owner:?} matches several snapshots: {keys:?}")]
+    OwnerAmbiguous { owner: String, keys: Vec<String> },
+    #[error("snapshot {owner:?} has no sized scratch to share")]
+    OwnerWithoutScratch { owner: String },
+    #[error("scratch: {0}")]
+    Scratch(#[from] strata_scratch::TemplateError),
+    #[error(transparent)]
+    FailPoint(#[from] strata_failpoint::Triggered),
     #[error("{path}: another strata snapshotter uses this store")]
     InUse { path: std::path::PathBuf },
     #[error("{op} {path}: {source}")]
@@ -62,12 +74,19 @@ impl SnapshotError {
     pub fn kind(&self) -> ErrorKind {
         use SnapshotError::*;
         match self {
-            NotFound { .. } | ParentNotFound { .. } => ErrorKind::NotFound,
+            NotFound { .. } | ParentNotFound { .. } | OwnerNotFound { .. } => ErrorKind::NotFound,
             AlreadyExists { .. } => ErrorKind::AlreadyExists,
             HasChildren { .. } | WrongKind { .. } => ErrorKind::FailedPrecondition,
-            ParentNotCommitted { .. } | ImmutableField { .. } | BadFilter { .. } => ErrorKind::InvalidArgument,
+            ParentNotCommitted { .. }
+            | ImmutableField { .. }
+            | BadFilter { .. }
+            | Label(_)
+            | OwnerAmbiguous { .. }
+            | OwnerWithoutScratch { .. } => ErrorKind::InvalidArgument,
             Unsupported { .. }
             | InUse { .. }
+            | Scratch(_)
+            | FailPoint(_)
             | Io { .. }
             | Db(_)
             | BadRecord { .. }

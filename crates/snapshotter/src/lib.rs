@@ -19,9 +19,11 @@ mod diff;
 mod error;
 mod filter;
 mod ops;
+mod scratch;
 mod types;
 
 pub use error::{ErrorKind, SnapshotError};
 pub use filter::Filter;
 pub use ops::Snapshotter;
+pub use strata_scratch::{FsKind, ScratchPolicy};
 pub use types::{Info, Kind, Mount, Usage};

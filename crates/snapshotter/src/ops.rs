@@ -9,7 +9,10 @@ use strata_mount::{mount_image, OverlayPlan};
 use strata_store::{ObjectRef, Store};
 use strata_tree::{Digest, Stat, Tree};
 
+use strata_scratch::{ScratchPolicy, ScratchRequest};
+
 use crate::db::{self, Record};
+use crate::scratch::{ScratchUse, Scratches, Undo};
 use crate::types::Stamp;
 use crate::{codec, diff, Filter, Info, Kind, Mount, SnapshotError, Usage};
 
@@ -18,6 +21,7 @@ pub struct Snapshotter {
     store: Store,
     dir: PathBuf,
     lock: Mutex<()>,
+    scratches: Scratches,
     /// Held for the snapshotter's life: one snapshotter per store.
     _owner: std::fs::File,
 }
@@ -29,12 +33,13 @@ fn root_name(id: u64) -> String {
 impl Snapshotter {
     /// Opens the snapshotter on `store`, reconciling its directories with
     /// the DB: directories of snapshots the DB does not know are removed.
-    pub fn open(store: Store) -> Result<Snapshotter, SnapshotError> {
+    pub fn open(store: Store, scratch: ScratchPolicy) -> Result<Snapshotter, SnapshotError> {
         let owner = take_owner_lock(store.root())?;
         db::init(store.database())?;
         let dir = store.root().join("snapshots");
         std::fs::create_dir_all(&dir).map_err(|e| SnapshotError::io("create", &dir, e))?;
         let sn = Snapshotter {
+            scratches: Scratches::new(store.root(), scratch),
             store,
             dir,
             lock: Mutex::new(()),
@@ -45,6 +50,7 @@ impl Snapshotter {
             tracing::info!(removed, "removed snapshot directories the DB does not know");
         }
         sn.remount_parents();
+        sn.reconcile_scratch(false)?;
         Ok(sn)
     }
 
@@ -71,6 +77,62 @@ impl Snapshotter {
                 tracing::warn!(key, "remounting the parent image: {e}");
             }
         }
+    }
+
+    /// Mounts the scratch filesystems in use, removes the others.
+    fn reconcile_scratch(&self, templates: bool) -> Result<(), SnapshotError> {
+        let records = db::all(self.store.database())?;
+        let in_use: Vec<&ScratchUse> = records.iter().filter_map(|(_, r)| r.scratch.as_ref()).collect();
+        self.scratches.reconcile(&in_use, templates)
+    }
+
+    /// Upper and work dirs of a snapshot: in its scratch, or its own dir.
+    fn upper_of(&self, record: &Record) -> (PathBuf, PathBuf) {
+        match &record.scratch {
+            Some(s) => self.scratches.upper_of(s, record.id),
+            None => {
+                let dir = self.snap_dir(record.id);
+                (dir.join("fs"), dir.join("work"))
+            }
+        }
+    }
+
+    /// The snapshot whose scratch `key` asks to share: same namespace, key
+    /// equal to `owner` or ending in `/owner`, exactly one.
+    fn scratch_owner(&self, key: &str, owner: &str) -> Result<ScratchUse, SnapshotError> {
+        let namespace = key.split('/').next().unwrap_or_default();
+        let suffix = format!("/{owner}");
+        let matches: Vec<(String, Record)> = db::all(self.store.database())?
+            .into_iter()
+            .filter(|(k, _)| k.split('/').next() == Some(namespace) && (k == owner || k.ends_with(&suffix)))
+            .collect();
+        match matches.as_slice() {
+            [] => Err(SnapshotError::OwnerNotFound {
+                owner: owner.to_owned(),
+            }),
+            [(k, r)] => r
+                .scratch
+                .clone()
+                .ok_or_else(|| SnapshotError::OwnerWithoutScratch { owner: k.clone() }),
+            more => Err(SnapshotError::OwnerAmbiguous {
+                owner: owner.to_owned(),
+                keys: more.iter().map(|(k, _)| k.clone()).collect(),
+            }),
+        }
+    }
+
+    /// Drops `record`'s use of its scratch; the last user takes the
+    /// filesystem with it. Call after the DB no longer lists `record`.
+    fn release_scratch(&self, record: &Record) -> Result<(), SnapshotError> {
+        let Some(scratch) = &record.scratch else {
+            return Ok(());
+        };
+        let others = db::all(self.store.database())?
+            .iter()
+            .filter(|(_, r)| r.scratch.as_ref().is_some_and(|s| s.fs == scratch.fs))
+            .count();
+        self.scratches.release(record.id, scratch, others == 0);
+        Ok(())
     }
 
     pub fn store(&self) -> &Store {
@@ -141,17 +203,42 @@ impl Snapshotter {
             }
             Some(parent.to_owned())
         };
+        let request = match kind {
+            Kind::Active => strata_scratch::parse_labels(key, &labels, &self.scratches.policy)?,
+            Kind::View | Kind::Committed => ScratchRequest::Plain,
+        };
+        let shared = match &request {
+            ScratchRequest::Shared { owner } => Some(self.scratch_owner(key, owner)?),
+            _ => None,
+        };
         let txn = database.begin_write()?;
         let id = db::next_id(&txn)?;
         let dir = self.snap_dir(id);
+        let mut undo = Undo::default();
         let made = (|| -> Result<(), SnapshotError> {
-            for sub in ["fs", "work"] {
-                let p = dir.join(sub);
-                std::fs::create_dir_all(&p).map_err(|e| SnapshotError::io("create", &p, e))?;
-            }
-            let fs = dir.join("fs");
-            std::fs::set_permissions(&fs, std::os::unix::fs::PermissionsExt::from_mode(0o755))
-                .map_err(|e| SnapshotError::io("chmod", &fs, e))?;
+            undo.dir(dir.clone());
+            let scratch = match request {
+                ScratchRequest::Plain => {
+                    let (fs, work) = (dir.join("fs"), dir.join("work"));
+                    for p in [&fs, &work] {
+                        std::fs::create_dir_all(p).map_err(|e| SnapshotError::io("create", p, e))?;
+                    }
+                    std::fs::set_permissions(&fs, std::os::unix::fs::PermissionsExt::from_mode(0o755))
+                        .map_err(|e| SnapshotError::io("chmod", &fs, e))?;
+                    None
+                }
+                ScratchRequest::Sized { bytes, location } => {
+                    std::fs::create_dir_all(&dir).map_err(|e| SnapshotError::io("create", &dir, e))?;
+                    strata_failpoint::hit("prepare.after_mkdir")?;
+                    Some(self.scratches.create(id, bytes, location.as_deref(), &mut undo)?)
+                }
+                ScratchRequest::Shared { .. } => {
+                    std::fs::create_dir_all(&dir).map_err(|e| SnapshotError::io("create", &dir, e))?;
+                    let scratch = shared.expect("owner found above");
+                    self.scratches.join(id, &scratch, &mut undo)?;
+                    Some(scratch)
+                }
+            };
             let now = Stamp::now();
             let record = Record {
                 id,
@@ -162,13 +249,15 @@ impl Snapshotter {
                 updated: now,
                 image: None,
                 usage: None,
+                scratch,
             };
             db::put(&txn, key, &record)?;
+            strata_failpoint::hit("prepare.before_db")?;
             Ok(())
         })();
         let committed = made.and_then(|()| txn.commit().map_err(SnapshotError::from));
         if let Err(e) = committed {
-            let _ = std::fs::remove_dir_all(&dir);
+            undo.run();
             return Err(e);
         }
         tracing::debug!(key, id, %kind, "created snapshot");
@@ -199,18 +288,17 @@ impl Snapshotter {
     }
 
     fn mounts_of(&self, record: &Record) -> Result<Vec<Mount>, SnapshotError> {
-        let dir = self.snap_dir(record.id);
         let Some(image) = self.parent_image(record)? else {
             let rw = if record.kind == Kind::Active { "rw" } else { "ro" };
             return Ok(vec![Mount {
                 kind: "bind".into(),
-                source: dir.join("fs").display().to_string(),
+                source: self.upper_of(record).0.display().to_string(),
                 options: vec![rw.into(), "rbind".into()],
             }]);
         };
         let meta = self.store.image_mount_path(&image);
         mount_image(&Kernel, &self.store.image_path(&image), &meta)?;
-        let upper = (record.kind == Kind::Active).then(|| (dir.join("fs"), dir.join("work")));
+        let upper = (record.kind == Kind::Active).then(|| self.upper_of(record));
         let plan = OverlayPlan {
             meta,
             data: self.store.objects_path(),
@@ -268,7 +356,17 @@ impl Snapshotter {
     pub fn usage(&self, key: &str) -> Result<Usage, SnapshotError> {
         let record = self.record(key)?;
         match record.kind {
-            Kind::Active => disk_usage(&self.snap_dir(record.id).join("fs")),
+            Kind::Active => match &record.scratch {
+                // The creator of a scratch answers for the whole filesystem.
+                Some(s) if s.fs == record.id => {
+                    let (size, inodes) = strata_scratch::fs_used(&self.scratches.mount_point(s.fs))?;
+                    Ok(Usage {
+                        size: i64::try_from(size).unwrap_or(i64::MAX),
+                        inodes: i64::try_from(inodes).unwrap_or(i64::MAX),
+                    })
+                }
+                _ => disk_usage(&self.upper_of(&record).0),
+            },
             Kind::Committed => Ok(record.usage.unwrap_or_default()),
             Kind::View => Ok(Usage::default()),
         }
@@ -311,7 +409,7 @@ impl Snapshotter {
             return Err(SnapshotError::AlreadyExists { key: name.to_owned() });
         }
         let dir = self.snap_dir(record.id);
-        let fs = dir.join("fs");
+        let (fs, _) = self.upper_of(&record);
         let _import = self.store.lock_shared()?;
         let mut merged = match &record.parent {
             Some(p) => self.load_tree(p, &self.record(p)?)?,
@@ -338,11 +436,15 @@ impl Snapshotter {
             updated: now,
             image: Some(id.to_hex()),
             usage: Some(usage),
+            scratch: None,
         };
+        strata_failpoint::hit("commit.before_db")?;
         let txn = database.begin_write()?;
         db::delete(&txn, key)?;
         db::put(&txn, name, &committed)?;
         txn.commit()?;
+        strata_failpoint::hit("commit.after_db")?;
+        self.release_scratch(&record)?;
         // The upper dir is in the image now; what is left of it is garbage.
         for sub in ["fs", "work"] {
             let _ = std::fs::remove_dir_all(dir.join(sub));
@@ -359,9 +461,12 @@ impl Snapshotter {
         if db::has_children(database, key)? {
             return Err(SnapshotError::HasChildren { key: key.to_owned() });
         }
+        strata_failpoint::hit("remove.before_db")?;
         let txn = database.begin_write()?;
         db::delete(&txn, key)?;
         txn.commit()?;
+        strata_failpoint::hit("remove.after_db")?;
+        self.release_scratch(&record)?;
         self.store.remove_root(&root_name(record.id))?;
         let dir = self.snap_dir(record.id);
         if let Err(e) = std::fs::remove_dir_all(&dir) {
@@ -407,6 +512,7 @@ impl Snapshotter {
     pub fn cleanup(&self) -> Result<(), SnapshotError> {
         let _g = self.guard();
         self.remove_unknown_dirs()?;
+        self.reconcile_scratch(true)?;
         self.release_unused_images()?;
         let report = self.store.gc()?;
         tracing::info!(

@@ -11,7 +11,7 @@ use strata_store::Store;
 fn chain_view_and_rules() {
     let dir = tempfile::tempdir().unwrap();
     let store = Store::open(&dir.path().join("store")).unwrap();
-    let sn = Snapshotter::open(store).unwrap();
+    let sn = Snapshotter::open(store, common::policy()).unwrap();
     let mnt = dir.path().join("mnt");
 
     // Layer 1: a bind of an empty upper.

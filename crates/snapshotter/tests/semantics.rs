@@ -14,7 +14,7 @@ use strata_snapshotter::{ErrorKind, Info, Kind, Snapshotter};
 use strata_store::Store;
 
 fn open(dir: &Path) -> Snapshotter {
-    Snapshotter::open(Store::open(&dir.join("store")).unwrap()).unwrap()
+    Snapshotter::open(Store::open(&dir.join("store")).unwrap(), common::policy()).unwrap()
 }
 
 /// Prepares `key` over `parent`, lets `edit` change the mounted tree, commits.
@@ -201,7 +201,7 @@ fn state_survives_restart_and_one_snapshotter_owns_a_store() {
         std::fs::write(mnt.join("scratch"), b"kept").unwrap();
     }
     let before = sn.walk::<&str>(&[]).unwrap();
-    let second = Snapshotter::open(Store::open(&dir.path().join("store")).unwrap());
+    let second = Snapshotter::open(Store::open(&dir.path().join("store")).unwrap(), common::policy());
     assert!(second.is_err(), "a second snapshotter on the same store is refused");
     drop(sn);
 

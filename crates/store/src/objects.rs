@@ -160,14 +160,22 @@ impl ObjectStager {
 
     /// Moves a file that already exists (e.g. in a snapshot's upper dir on
     /// the same filesystem) into the stage, hashing it in place: a rename,
-    /// never a copy. A known content is left where it is.
+    /// never a copy (only across filesystems, as from a sized scratch). A
+    /// known content is left where it is.
     pub fn adopt(&mut self, from_dir: &std::path::Path, name: &str) -> Result<StagedObject, StoreError> {
         let source = from_dir.join(name);
         let (digest, size) = hash_file(&source)?;
         self.stage_new(digest, size, |dir, staged| {
             let from = DirFd::open(from_dir)?;
-            rustix::fs::renameat(from.fd(), name, dir.fd(), staged)
-                .map_err(|e| StoreError::io("move into store", &source, e))?;
+            match rustix::fs::renameat(from.fd(), name, dir.fd(), staged) {
+                Ok(()) => {}
+                // An upper dir on another filesystem (a sized scratch): copy.
+                Err(rustix::io::Errno::XDEV) => {
+                    let to = dir.path().join(staged);
+                    std::fs::copy(&source, &to).map_err(|e| StoreError::io("copy into store", &source, e))?;
+                }
+                Err(e) => return Err(StoreError::io("move into store", &source, e)),
+            }
             rustix::fs::chmodat(
                 dir.fd(),
                 staged,

@@ -19,8 +19,9 @@ pub fn run(config: &Config, args: Args) -> anyhow::Result<()> {
         path: args.address.unwrap_or_else(|| config.serve.socket.clone()),
         group: config.serve.socket_group.as_deref().map(group_id).transpose()?,
     };
+    let policy = config.scratch_policy()?;
     let store = config.open_store()?;
-    let snapshotter = Snapshotter::open(store).context("opening the snapshotter")?;
+    let snapshotter = Snapshotter::open(store, policy).context("opening the snapshotter")?;
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()

@@ -56,3 +56,12 @@ impl Drop for Mounted {
 pub fn none() -> BTreeMap<String, String> {
     BTreeMap::new()
 }
+
+/// Sized scratches up to 64 GiB, ext4, no location allowed.
+pub fn policy() -> strata_snapshotter::ScratchPolicy {
+    strata_snapshotter::ScratchPolicy {
+        max_bytes: 64 << 30,
+        allowed_locations: Vec::new(),
+        fs: strata_snapshotter::FsKind::Ext4,
+    }
+}
