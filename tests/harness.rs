@@ -4,6 +4,9 @@
 //! The fixtures (image family, hostile layouts, local registry) are prepared
 //! by `scripts/test`. A test whose fixtures are missing fails; it never skips.
 
+#[path = "serve.rs"]
+pub mod serve;
+
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
