@@ -33,6 +33,10 @@ pub struct PullOutcome {
     pub up_to_date: bool,
 }
 
+fn fail(point: &'static str) -> Result<(), strata_store::StoreError> {
+    strata_failpoint::hit(point).map_err(strata_store::StoreError::from)
+}
+
 pub fn pull(
     store: &Store,
     source: &dyn BlobSource,
@@ -70,10 +74,13 @@ pub fn pull(
     let image = strata_erofs::write_image(&tree)?;
     let objects = ObjectRef::all_in(&tree);
     let referenced: HashSet<Digest> = objects.iter().map(|o| o.digest).collect();
+    fail("pull.after_stage")?;
     for stager in stagers {
         stager.publish_only(|d| referenced.contains(d))?;
     }
+    fail("pull.after_publish")?;
     let erofs = store.put_image(&image)?;
+    fail("pull.before_db")?;
 
     let stats = tree.stats();
     let record = ImageRecord {

@@ -13,6 +13,7 @@
 
 #![forbid(unsafe_code)]
 
+mod check;
 mod codec;
 mod db;
 mod diff;
@@ -22,6 +23,7 @@ mod ops;
 mod scratch;
 mod types;
 
+pub use check::{check, SnapshotReport};
 pub use error::{ErrorKind, SnapshotError};
 pub use filter::Filter;
 pub use ops::Snapshotter;

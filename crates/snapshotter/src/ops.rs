@@ -424,6 +424,7 @@ impl Snapshotter {
         let objects = ObjectRef::all_in(&merged);
         stager.publish()?;
         let id = self.store.put_image(&image)?;
+        strata_failpoint::hit("commit.after_publish")?;
         write_atomic(&dir.join("tree"), &codec::encode(&merged))?;
         self.store.add_root(&root_name(record.id), &id, &objects)?;
         let now = Stamp::now();

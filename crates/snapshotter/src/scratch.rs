@@ -118,6 +118,20 @@ impl Scratches {
         out
     }
 
+    /// Every scratch file in this store's places.
+    pub fn files(&self) -> Result<Vec<PathBuf>, SnapshotError> {
+        let mut out = Vec::new();
+        for place in self.places() {
+            out.extend(list_files(&place.join("files"))?);
+        }
+        Ok(out)
+    }
+
+    /// True for a path inside one of this store's scratch file dirs.
+    pub fn is_ours(&self, path: &Path) -> bool {
+        self.places().iter().any(|p| path.starts_with(p.join("files")))
+    }
+
     /// A new filesystem of `bytes` for snapshot `id`: template (formatted
     /// at most once), clone, mount, upper and work dirs.
     pub fn create(
@@ -218,13 +232,13 @@ impl Scratches {
         }
         let files: BTreeSet<&Path> = by_fs.values().map(|s| s.file.as_path()).collect();
         let used_templates: BTreeSet<&Path> = by_fs.values().map(|s| s.template.as_path()).collect();
-        for place in self.places() {
-            for file in list_files(&place.join("files"))? {
-                if !files.contains(file.as_path()) {
-                    tracing::info!(file = %file.display(), "removing unused scratch file");
-                    let _ = std::fs::remove_file(&file);
-                }
+        for file in self.files()? {
+            if !files.contains(file.as_path()) {
+                tracing::info!(file = %file.display(), "removing unused scratch file");
+                let _ = std::fs::remove_file(&file);
             }
+        }
+        for place in self.places() {
             for template in list_files(&place.join("templates"))? {
                 let name = template
                     .file_name()

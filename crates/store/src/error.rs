@@ -2,6 +2,8 @@ use std::path::{Path, PathBuf};
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
+    #[error(transparent)]
+    FailPoint(#[from] strata_failpoint::Triggered),
     #[error("{op} {path}: {source}")]
     Io {
         op: &'static str,

@@ -51,7 +51,9 @@ pub(crate) fn run(store: &Store) -> Result<GcReport, StoreError> {
             report.images_removed += 1;
         }
     }
+    strata_failpoint::hit("gc.after_images")?;
     store.inner.db.forget_images(&dead)?;
+    strata_failpoint::hit("gc.before_objects")?;
 
     for_each_object(store, |fan, name, digest| {
         if digest.is_none_or(|d| !live.objects.contains(&d)) {

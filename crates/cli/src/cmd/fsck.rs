@@ -1,3 +1,5 @@
+use strata_snapshotter::{SnapshotError, Snapshotter};
+
 use crate::config::Config;
 
 #[derive(clap::Args)]
@@ -8,6 +10,7 @@ pub struct Args {
 }
 
 pub fn run(config: &Config, args: Args) -> anyhow::Result<()> {
+    let policy = config.scratch_policy()?;
     let store = config.open_store()?;
     let report = store.fsck(args.repair)?;
     for problem in &report.problems {
@@ -26,9 +29,41 @@ pub fn run(config: &Config, args: Args) -> anyhow::Result<()> {
             String::new()
         }
     );
-    if !report.is_clean() && !args.repair {
+
+    let mut snapshots = strata_snapshotter::check(&store, &policy)?;
+    for problem in &snapshots.problems {
+        println!("problem: {problem}");
+    }
+    for orphan in &snapshots.orphans {
+        println!("orphan: {orphan}");
+    }
+    println!(
+        "fsck: {} snapshots checked, {} problems, {} orphans",
+        snapshots.snapshots_checked,
+        snapshots.problems.len(),
+        snapshots.orphans.len()
+    );
+    if args.repair && !snapshots.is_clean() {
+        // Opening the snapshotter reconciles the disk with the DB.
+        match Snapshotter::open(store.clone(), policy.clone()) {
+            Ok(sn) => {
+                drop(sn);
+                snapshots = strata_snapshotter::check(&store, &policy)?;
+                println!(
+                    "fsck: after repair {} problems, {} orphans",
+                    snapshots.problems.len(),
+                    snapshots.orphans.len()
+                );
+            }
+            Err(SnapshotError::InUse { .. }) => {
+                println!("fsck: strata serve owns the snapshots; its next start removes the orphans");
+            }
+            Err(e) => return Err(e.into()),
+        }
+    }
+    if !args.repair && !(report.is_clean() && snapshots.is_clean()) {
         anyhow::bail!(
-            "the store has problems; `strata fsck --repair` removes corrupt objects, then re-pull the affected images"
+            "the store has problems; `strata fsck --repair` removes corrupt objects and orphans, then re-pull the affected images"
         );
     }
     Ok(())

@@ -1,0 +1,164 @@
+//! `strata fsck` for snapshots: every DB row against the disk (its dir, its
+//! image, its scratch file and mount), and every dir, scratch file, scratch
+//! mount and loop device on the disk against the DB. Read-only: it runs
+//! beside `strata serve`; a start of the snapshotter repairs what it finds.
+
+use std::collections::{BTreeSet, HashSet};
+use std::path::{Path, PathBuf};
+
+use strata_scratch::ScratchPolicy;
+use strata_store::Store;
+
+use crate::db::{self, Record};
+use crate::scratch::Scratches;
+use crate::{Kind, SnapshotError};
+
+/// What the check found.
+#[derive(Debug, Default)]
+pub struct SnapshotReport {
+    pub snapshots_checked: usize,
+    /// Rows whose data is damaged or gone.
+    pub problems: Vec<String>,
+    /// Leftovers no row uses (dirs, scratch files and mounts, loop devices).
+    pub orphans: Vec<String>,
+}
+
+impl SnapshotReport {
+    pub fn is_clean(&self) -> bool {
+        self.problems.is_empty() && self.orphans.is_empty()
+    }
+}
+
+/// Checks the snapshots of `store` without changing anything.
+pub fn check(store: &Store, policy: &ScratchPolicy) -> Result<SnapshotReport, SnapshotError> {
+    db::init(store.database())?;
+    let records = db::all(store.database())?;
+    let scratches = Scratches::new(store.root(), policy.clone());
+    let dir = store.root().join("snapshots");
+    let mut report = SnapshotReport {
+        snapshots_checked: records.len(),
+        ..SnapshotReport::default()
+    };
+    let keys: HashSet<&str> = records.iter().map(|(k, _)| k.as_str()).collect();
+    for (key, r) in &records {
+        check_record(store, &scratches, &dir, key, r, &keys, &mut report.problems);
+    }
+
+    let ids: HashSet<String> = records.iter().map(|(_, r)| r.id.to_string()).collect();
+    for name in names_in(&dir)? {
+        if !ids.contains(&name) {
+            report
+                .orphans
+                .push(format!("snapshot dir snapshots/{name} has no DB row"));
+        }
+    }
+    let used_fs: HashSet<String> = records
+        .iter()
+        .filter_map(|(_, r)| r.scratch.as_ref().map(|s| s.fs.to_string()))
+        .collect();
+    let mnt = store.root().join("scratch/mnt");
+    for name in names_in(&mnt)? {
+        if !used_fs.contains(&name) {
+            report
+                .orphans
+                .push(format!("scratch mount point scratch/mnt/{name} has no user"));
+        }
+    }
+    let files: BTreeSet<PathBuf> = records
+        .iter()
+        .filter_map(|(_, r)| r.scratch.as_ref().map(|s| s.file.clone()))
+        .collect();
+    for file in scratches.files()? {
+        if !files.contains(&file) {
+            report
+                .orphans
+                .push(format!("scratch file {} has no user", file.display()));
+        }
+    }
+    for (device, backing) in loop_devices() {
+        if !files.contains(&backing) && scratches.is_ours(&backing) {
+            report
+                .orphans
+                .push(format!("loop device {device} holds unused {}", backing.display()));
+        }
+    }
+    Ok(report)
+}
+
+fn check_record(
+    store: &Store,
+    scratches: &Scratches,
+    dir: &Path,
+    key: &str,
+    r: &Record,
+    keys: &HashSet<&str>,
+    problems: &mut Vec<String>,
+) {
+    let own = dir.join(r.id.to_string());
+    if !own.is_dir() {
+        problems.push(format!("snapshot {key:?}: its dir {} is missing", own.display()));
+    }
+    if let Some(parent) = &r.parent {
+        if !keys.contains(parent.as_str()) {
+            problems.push(format!("snapshot {key:?}: parent {parent:?} is not in the DB"));
+        }
+    }
+    match r.kind {
+        Kind::Committed => {
+            let image = r.image.as_deref().and_then(|h| h.parse().ok());
+            match image {
+                Some(id) if store.image_path(&id).is_file() => {}
+                _ => problems.push(format!("snapshot {key:?}: its EROFS image is missing")),
+            }
+            if !own.join("tree").is_file() {
+                problems.push(format!("snapshot {key:?}: its tree file is missing"));
+            }
+        }
+        Kind::Active | Kind::View => {
+            let upper = match &r.scratch {
+                Some(s) => {
+                    if !s.file.is_file() {
+                        problems.push(format!(
+                            "snapshot {key:?}: scratch file {} is missing",
+                            s.file.display()
+                        ));
+                    }
+                    if !strata_sys::is_mountpoint(&scratches.mount_point(s.fs)) {
+                        problems.push(format!("snapshot {key:?}: its scratch is not mounted"));
+                    }
+                    scratches.upper_of(s, r.id).0
+                }
+                None => own.join("fs"),
+            };
+            if !upper.is_dir() {
+                problems.push(format!("snapshot {key:?}: upper dir {} is missing", upper.display()));
+            }
+        }
+    }
+}
+
+fn names_in(dir: &Path) -> Result<Vec<String>, SnapshotError> {
+    match std::fs::read_dir(dir) {
+        Ok(entries) => Ok(entries
+            .flatten()
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .collect()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Vec::new()),
+        Err(e) => Err(SnapshotError::io("read dir", dir, e)),
+    }
+}
+
+/// Attached loop devices and their backing files, from sysfs.
+fn loop_devices() -> Vec<(String, PathBuf)> {
+    let Ok(entries) = std::fs::read_dir("/sys/block") else {
+        return Vec::new();
+    };
+    entries
+        .flatten()
+        .filter_map(|e| {
+            let name = e.file_name().to_string_lossy().into_owned();
+            let backing = std::fs::read_to_string(e.path().join("loop/backing_file")).ok()?;
+            Some((format!("/dev/{name}"), PathBuf::from(backing.trim())))
+        })
+        .collect()
+}
