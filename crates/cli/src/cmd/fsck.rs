@@ -61,7 +61,8 @@ pub fn run(config: &Config, args: Args) -> anyhow::Result<()> {
             Err(e) => return Err(e.into()),
         }
     }
-    if !args.repair && !(report.is_clean() && snapshots.is_clean()) {
+    let clean = report.is_clean() && snapshots.is_clean();
+    if !args.repair && !clean {
         anyhow::bail!(
             "the store has problems; `strata fsck --repair` removes corrupt objects and orphans, then re-pull the affected images"
         );
