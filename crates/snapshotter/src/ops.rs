@@ -225,6 +225,7 @@ impl Snapshotter {
                     }
                     std::fs::set_permissions(&fs, std::os::unix::fs::PermissionsExt::from_mode(0o755))
                         .map_err(|e| SnapshotError::io("chmod", &fs, e))?;
+                    strata_failpoint::hit("prepare.after_mkdir")?;
                     None
                 }
                 ScratchRequest::Sized { bytes, location } => {
