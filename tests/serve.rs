@@ -113,6 +113,26 @@ impl Client {
         Ok(resp.into_inner().mounts)
     }
 
+    pub fn view(&mut self, key: &str, parent: &str) -> Result<Vec<Mount>, tonic::Status> {
+        let req = pb::ViewSnapshotRequest {
+            snapshotter: "strata".into(),
+            key: key.into(),
+            parent: parent.into(),
+            labels: Labels::new(),
+        };
+        let resp = self.runtime.block_on(self.inner.view(req))?;
+        Ok(resp.into_inner().mounts)
+    }
+
+    pub fn stat(&mut self, key: &str) -> Result<pb::Info, tonic::Status> {
+        let req = pb::StatSnapshotRequest {
+            snapshotter: "strata".into(),
+            key: key.into(),
+        };
+        let resp = self.runtime.block_on(self.inner.stat(req))?;
+        Ok(resp.into_inner().info.unwrap_or_default())
+    }
+
     pub fn commit(&mut self, name: &str, key: &str) -> Result<(), tonic::Status> {
         let req = pb::CommitSnapshotRequest {
             snapshotter: "strata".into(),
