@@ -118,7 +118,7 @@ fn sixteen_clients_at_once() {
     }
     assert!(counts.get("ok prepare+commit").copied().unwrap_or(0) > 50, "{counts:?}");
     assert!(
-        counts.get("err remove-parent FailedPrecondition").is_some(),
+        counts.contains_key("err remove-parent FailedPrecondition"),
         "{counts:?}"
     );
     c.cleanup().unwrap();
