@@ -15,7 +15,7 @@ fn strata_with(store: &TestStore, failpoint: &str, args: &[&str]) -> std::proces
         .arg("--root")
         .arg(store.root())
         .arg("--config")
-        .arg(store.dir.path().join("no-config.toml"))
+        .arg(store.dir.path().join("config.toml"))
         .args(args)
         .env("STRATA_FAILPOINTS", format!("{failpoint}=abort"))
         .stdout(std::process::Stdio::null())

@@ -109,13 +109,19 @@ impl TestStore {
         self.dir.path().join("store")
     }
 
+    /// The config file every `strata` run of this store reads (absent
+    /// until written: the defaults apply).
+    pub fn set_config(&self, toml: &str) {
+        std::fs::write(self.dir.path().join("config.toml"), toml).unwrap();
+    }
+
     /// Runs `strata --root ROOT ARGS...`.
     pub fn run(&self, args: &[&str]) -> Output {
         Command::new(strata_bin())
             .arg("--root")
             .arg(self.root())
             .arg("--config")
-            .arg(self.dir.path().join("no-config.toml"))
+            .arg(self.dir.path().join("config.toml"))
             .args(args)
             .output()
             .expect("running strata")

@@ -61,3 +61,31 @@ fn pulling_an_unchanged_image_again_fetches_nothing() {
     assert!(store.ok(&["pull", &reference]).starts_with("pulled"));
     store.fsck_clean();
 }
+
+#[test]
+fn imports_beyond_the_configured_maximum_are_refused() {
+    let store = TestStore::new();
+    store.set_config("[limits]\nmax_concurrent_imports = 1\n");
+    let mut first = std::process::Command::new(strata_bin())
+        .arg("--root")
+        .arg(store.root())
+        .arg("--config")
+        .arg(store.dir.path().join("config.toml"))
+        .args(["pull", &layout_ref("devel")])
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    // Wait until the first pull holds its slot (it has staging in tmp/).
+    let tmp = store.root().join("tmp");
+    for _ in 0..200 {
+        if std::fs::read_dir(&tmp).is_ok_and(|mut d| d.next().is_some()) {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    let err = store.fails(&["pull", &layout_ref("minbase")]);
+    assert!(err.contains("imports are already running"), "{err}");
+    assert!(first.wait().unwrap().success());
+    store.ok(&["pull", &layout_ref("minbase")]);
+    store.fsck_clean();
+}

@@ -39,6 +39,7 @@ fuzz_target!(|data: &[u8]| {
         max_layer_bytes: 64 << 20,
         max_entries: 100_000,
         max_depth: 256,
+        max_path_bytes: 4096,
     };
     let (store, dir) = store();
     let progress = Arc::new(Progress::default());

@@ -62,6 +62,10 @@ pub struct LimitsConfig {
     pub max_layer_bytes: u64,
     pub max_entries_per_layer: u64,
     pub max_path_depth: usize,
+    /// Bytes in one path of a layer.
+    pub max_path_bytes: usize,
+    /// `strata pull`s running at once on this store; one more is refused.
+    pub max_concurrent_imports: usize,
     /// Layers imported at once.
     pub parallel_layers: usize,
 }
@@ -85,6 +89,8 @@ impl Default for LimitsConfig {
             max_layer_bytes: defaults.max_layer_bytes,
             max_entries_per_layer: defaults.max_entries,
             max_path_depth: defaults.max_depth,
+            max_path_bytes: defaults.max_path_bytes,
+            max_concurrent_imports: 4,
             parallel_layers: std::thread::available_parallelism().map_or(2, |n| n.get()).clamp(2, 8),
         }
     }
@@ -113,6 +119,7 @@ impl Config {
             max_layer_bytes: self.limits.max_layer_bytes,
             max_entries: self.limits.max_entries_per_layer,
             max_depth: self.limits.max_path_depth,
+            max_path_bytes: self.limits.max_path_bytes,
         }
     }
 

@@ -26,6 +26,8 @@ pub struct Limits {
     pub max_entries: u64,
     /// Path components per entry.
     pub max_depth: usize,
+    /// Bytes in an entry's path (and a link's target).
+    pub max_path_bytes: usize,
 }
 
 impl Default for Limits {
@@ -34,6 +36,7 @@ impl Default for Limits {
             max_layer_bytes: 64 << 30,
             max_entries: 10_000_000,
             max_depth: 1024,
+            max_path_bytes: 4096,
         }
     }
 }
@@ -144,6 +147,21 @@ impl<'a> LayerBuilder<'a> {
         Ok(())
     }
 
+    fn check_path_len(&self, raw_path: &[u8]) -> Result<(), ImportError> {
+        if raw_path.len() <= self.limits.max_path_bytes {
+            return Ok(());
+        }
+        Err(ImportError::Entry {
+            layer: self.layer.to_owned(),
+            path: String::from_utf8_lossy(&raw_path[..raw_path.len().min(64)]).into_owned() + "...",
+            reason: format!(
+                "path of {} bytes is over the limit of {}",
+                raw_path.len(),
+                self.limits.max_path_bytes
+            ),
+        })
+    }
+
     fn tar_err(&self, e: std::io::Error) -> ImportError {
         ImportError::Layer {
             layer: self.layer.to_owned(),
@@ -158,6 +176,7 @@ impl<'a> LayerBuilder<'a> {
         if matches!(kind, T::XGlobalHeader) {
             return Ok(());
         }
+        self.check_path_len(&raw_path)?;
         let path = split_path(&raw_path, self.limits.max_depth).map_err(|e| self.entry_err(&raw_path, e))?;
         let stat = self.read_stat(&mut entry, &raw_path)?;
 

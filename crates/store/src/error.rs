@@ -2,6 +2,8 @@ use std::path::{Path, PathBuf};
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
+    #[error("{max} imports are already running on this store (limits.max_concurrent_imports); retry when one ends")]
+    TooManyImports { max: usize },
     #[error(transparent)]
     FailPoint(#[from] strata_failpoint::Triggered),
     #[error("{op} {path}: {source}")]

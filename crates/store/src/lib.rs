@@ -34,7 +34,7 @@ pub use db::{ImageRecord, ObjectRef};
 pub use error::StoreError;
 pub use fsck::{FsckProblem, FsckReport};
 pub use gc::GcReport;
-pub use lock::{ExclusiveGuard, SharedGuard};
+pub use lock::{ExclusiveGuard, ImportSlot, SharedGuard};
 pub use objects::{ObjectStager, StagedObject};
 
 use dirfd::DirFd;
@@ -111,6 +111,11 @@ impl Store {
     /// Taken by every import for its whole duration; gc waits for it.
     pub fn lock_shared(&self) -> Result<SharedGuard, StoreError> {
         lock::shared(&self.inner.root_dir, &self.inner.root)
+    }
+
+    /// One of `max` import slots; refused when all are taken.
+    pub fn import_slot(&self, max: usize) -> Result<ImportSlot, StoreError> {
+        lock::import_slot(&self.inner.root_dir, &self.inner.root, max)
     }
 
     /// Taken by gc and repair, so they never race with an import.

@@ -12,14 +12,36 @@ use crate::StoreError;
 pub struct SharedGuard(#[allow(dead_code)] OwnedFd);
 pub struct ExclusiveGuard(#[allow(dead_code)] OwnedFd);
 
-fn open(dir: &DirFd, root: &Path) -> Result<OwnedFd, StoreError> {
+/// Held while an import runs: one of `max` slot locks.
+pub struct ImportSlot(#[allow(dead_code)] OwnedFd);
+
+fn open_named(dir: &DirFd, root: &Path, name: &str) -> Result<OwnedFd, StoreError> {
     rustix::fs::openat(
         dir.fd(),
-        "lock",
+        name,
         OFlags::CREATE | OFlags::RDWR | OFlags::CLOEXEC | OFlags::NOFOLLOW,
         Mode::from_raw_mode(0o600),
     )
-    .map_err(|e| StoreError::io("open lock", root.join("lock"), e))
+    .map_err(|e| StoreError::io("open lock", root.join(name), e))
+}
+
+fn open(dir: &DirFd, root: &Path) -> Result<OwnedFd, StoreError> {
+    open_named(dir, root, "lock")
+}
+
+/// Takes a free one of `max` import slots (`lock.import-N`), across
+/// processes; none free is [`StoreError::TooManyImports`].
+pub(crate) fn import_slot(dir: &DirFd, root: &Path, max: usize) -> Result<ImportSlot, StoreError> {
+    for n in 0..max {
+        let name = format!("lock.import-{n}");
+        let fd = open_named(dir, root, &name)?;
+        match rustix::fs::flock(&fd, FlockOperation::NonBlockingLockExclusive) {
+            Ok(()) => return Ok(ImportSlot(fd)),
+            Err(rustix::io::Errno::WOULDBLOCK) => continue,
+            Err(e) => return Err(StoreError::io("lock", root.join(name), e)),
+        }
+    }
+    Err(StoreError::TooManyImports { max })
 }
 
 pub(crate) fn shared(dir: &DirFd, root: &Path) -> Result<SharedGuard, StoreError> {

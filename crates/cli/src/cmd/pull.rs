@@ -39,6 +39,7 @@ pub fn run(config: &Config, args: Args) -> anyhow::Result<()> {
         }
     };
     let store = config.open_store()?;
+    let _slot = store.import_slot(config.limits.max_concurrent_imports.max(1))?;
     let mut limits = config.limits();
     if let Some(max) = args.max_layer_bytes {
         limits.max_layer_bytes = max;

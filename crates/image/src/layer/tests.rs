@@ -210,3 +210,15 @@ fn digest_mismatch_wins_over_the_tar_error_it_causes() {
         result.err()
     );
 }
+
+#[test]
+fn path_longer_than_the_limit_is_refused() {
+    let mut tar = Vec::new();
+    entry(&mut tar, b"dir/a-rather-long-file-name", T::Regular, b"", b"x");
+    let limits = Limits {
+        max_path_bytes: 16,
+        ..Limits::default()
+    };
+    let Err(e) = import(finish(tar), &limits) else { panic!() };
+    assert!(e.to_string().contains("over the limit of 16"), "{e}");
+}
