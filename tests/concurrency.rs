@@ -128,3 +128,35 @@ fn sixteen_clients_at_once() {
     drop(c);
     assert!(serve.stop().success());
 }
+
+#[test]
+fn sigterm_lets_calls_in_flight_finish() {
+    let store = TestStore::new();
+    let socket = store.dir.path().join("s.sock");
+    let serve = Serve::start(&store.root(), &socket, None, &[]);
+    let mut c = serve.client();
+    // A commit that takes a while: 20,000 files to hash and move.
+    let mounts = c.prepare("ns/1/big", "", labels(&[])).unwrap();
+    let upper = std::path::PathBuf::from(&mounts[0].source);
+    for i in 0..20_000 {
+        std::fs::write(upper.join(format!("f{i}")), format!("{i}").repeat(100)).unwrap();
+    }
+    let committer = {
+        let socket = socket.clone();
+        std::thread::spawn(move || {
+            let started = Instant::now();
+            let result = Client::connect(&socket).commit("ns/2/big", "ns/1/big");
+            (result, started.elapsed())
+        })
+    };
+    std::thread::sleep(Duration::from_millis(200));
+    let status = serve.stop();
+    let (result, took) = committer.join().unwrap();
+    eprintln!("commit in flight during SIGTERM took {took:?}: {result:?}");
+    assert!(result.is_ok(), "the call in flight finished: {result:?}");
+    assert!(status.success(), "{status}");
+    assert!(!socket.exists(), "the socket is removed on exit");
+    let serve = Serve::start(&store.root(), &socket, None, &[]);
+    let info = serve.client().stat("ns/2/big").unwrap();
+    assert_eq!(info.kind, 3, "committed after the restart");
+}

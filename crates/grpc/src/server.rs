@@ -5,7 +5,9 @@
 use std::future::Future;
 use std::io;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
+use std::time::Duration;
 
 use rustix::fs::{Gid, Mode};
 use strata_snapshotter::Snapshotter;
@@ -14,6 +16,9 @@ use tokio_stream::wrappers::UnixListenerStream;
 
 use crate::api::snapshots::snapshots_server::SnapshotsServer;
 use crate::SnapshotService;
+
+/// How long SIGTERM waits for the calls in flight.
+const DRAIN_LIMIT: Duration = Duration::from_secs(60);
 
 /// Where and how the socket is created.
 #[derive(Clone, Debug)]
@@ -94,11 +99,37 @@ pub async fn serve(
 ) -> Result<(), ServeError> {
     let listener = bind(opts)?;
     tracing::info!(socket = %opts.path.display(), "serving containerd snapshots API");
-    let service = SnapshotsServer::new(SnapshotService::new(snapshotter));
-    let served = tonic::transport::Server::builder()
-        .add_service(service)
-        .serve_with_incoming_shutdown(UnixListenerStream::new(listener), shutdown)
-        .await;
+    let service = SnapshotService::new(snapshotter);
+    let in_flight = service.in_flight();
+    let (stopping, stopped) = tokio::sync::oneshot::channel::<()>();
+    let server = tonic::transport::Server::builder()
+        .add_service(SnapshotsServer::new(service))
+        .serve_with_incoming_shutdown(UnixListenerStream::new(listener), async move {
+            shutdown.await;
+            let _ = stopping.send(());
+        });
+    // Graceful shutdown alone would also wait for idle client connections;
+    // strata waits for the calls in flight only, at most DRAIN_LIMIT.
+    let drained = async move {
+        if stopped.await.is_err() {
+            return std::future::pending().await;
+        }
+        let deadline = tokio::time::Instant::now() + DRAIN_LIMIT;
+        while in_flight.load(Ordering::SeqCst) > 0 && tokio::time::Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        let left = in_flight.load(Ordering::SeqCst);
+        if left > 0 {
+            tracing::warn!(
+                left,
+                "drain limit reached; calls still running are cut (recovered at start)"
+            );
+        }
+    };
+    let served = tokio::select! {
+        r = server => r,
+        () = drained => Ok(()),
+    };
     let _ = std::fs::remove_file(&opts.path);
     served?;
     tracing::info!("drained; stopped");

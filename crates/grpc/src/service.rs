@@ -2,6 +2,7 @@
 //! since snapshot operations touch the disk and mount filesystems.
 
 use std::pin::Pin;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -17,11 +18,29 @@ const LIST_BATCH: usize = 100;
 
 pub struct SnapshotService {
     snapshotter: Arc<Snapshotter>,
+    in_flight: Arc<AtomicUsize>,
+}
+
+/// Counts a call while it runs.
+struct InFlight(Arc<AtomicUsize>);
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::SeqCst);
+    }
 }
 
 impl SnapshotService {
     pub fn new(snapshotter: Arc<Snapshotter>) -> Self {
-        SnapshotService { snapshotter }
+        SnapshotService {
+            snapshotter,
+            in_flight: Arc::default(),
+        }
+    }
+
+    /// How many calls are running now; the server drains on it.
+    pub fn in_flight(&self) -> Arc<AtomicUsize> {
+        Arc::clone(&self.in_flight)
     }
 
     /// Runs `op` on a blocking thread and maps its error to a status.
@@ -30,6 +49,8 @@ impl SnapshotService {
         T: Send + 'static,
         F: FnOnce(&Snapshotter) -> Result<T, SnapshotError> + Send + 'static,
     {
+        self.in_flight.fetch_add(1, Ordering::SeqCst);
+        let _counted = InFlight(Arc::clone(&self.in_flight));
         let sn = Arc::clone(&self.snapshotter);
         let started = Instant::now();
         let result = tokio::task::spawn_blocking(move || op(&sn))
