@@ -1,0 +1,268 @@
+//! A real containerd (Debian's, with runc) with strata as its proxy
+//! snapshotter, pulling the family from the local registry: containers run,
+//! their rootfs is the image byte for byte, the family is stored once, and
+//! image removal plus containerd's GC lets strata's Cleanup free it all.
+//! Also kill -9 of strata between pulls and in the middle of one.
+
+use std::path::{Path, PathBuf};
+use std::process::Output;
+use std::time::{Duration, Instant};
+
+use strata_tests::serve::{unmount_under, Serve};
+use strata_tests::*;
+
+struct Containerd {
+    dir: PathBuf,
+    socket: PathBuf,
+}
+
+impl Containerd {
+    fn start(dir: &Path, strata_socket: &Path) -> Containerd {
+        std::fs::create_dir_all(dir).unwrap();
+        let cd = Containerd {
+            dir: dir.to_owned(),
+            socket: strata_socket.to_owned(),
+        };
+        let out = cd.script(&["start"]);
+        assert!(out.status.success(), "{out:?}");
+        cd
+    }
+
+    fn script(&self, args: &[&str]) -> Output {
+        std::process::Command::new("bash")
+            .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures/containerd.sh"))
+            .args(args)
+            .env("STRATA_CONTAINERD_DIR", &self.dir)
+            .env("STRATA_SOCKET", &self.socket)
+            .output()
+            .unwrap()
+    }
+
+    fn try_ctr(&self, args: &[&str]) -> Output {
+        let mut all = vec!["ctr"];
+        all.extend_from_slice(args);
+        self.script(&all)
+    }
+
+    fn ctr(&self, args: &[&str]) -> String {
+        let out = self.try_ctr(args);
+        assert!(
+            out.status.success(),
+            "ctr {args:?}: {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    fn timed(&self, args: &[&str]) -> f64 {
+        let started = Instant::now();
+        self.ctr(args);
+        started.elapsed().as_secs_f64()
+    }
+}
+
+impl Drop for Containerd {
+    fn drop(&mut self) {
+        let _ = self.script(&["stop"]);
+        unmount_under(&self.dir);
+    }
+}
+
+fn image(tag: &str) -> String {
+    format!("{}/strata/{tag}:latest", registry())
+}
+
+fn pull(cd: &Containerd, snapshotter: &str, tag: &str) -> f64 {
+    cd.timed(&[
+        "images",
+        "pull",
+        "--plain-http",
+        "--snapshotter",
+        snapshotter,
+        &image(tag),
+    ])
+}
+
+fn run(cd: &Containerd, snapshotter: &str, tag: &str, id: &str, cmd: &[&str]) -> (f64, String) {
+    let reference = image(tag);
+    // runc's state is per host: ids must not meet another run's.
+    let id = format!("{id}-{}", std::process::id());
+    let mut args = vec!["run", "--rm", "--snapshotter", snapshotter, &reference, &id];
+    args.extend_from_slice(cmd);
+    let started = Instant::now();
+    let out = cd.ctr(&args);
+    (started.elapsed().as_secs_f64(), out)
+}
+
+/// After strata restarts, containerd's proxy connection needs a call to
+/// reconnect; wait until snapshot calls go through again.
+fn wait_ready(cd: &Containerd) {
+    for _ in 0..100 {
+        if cd
+            .try_ctr(&["snapshots", "--snapshotter", "strata", "ls"])
+            .status
+            .success()
+        {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    panic!("containerd cannot reach strata after its restart");
+}
+
+fn short_dir(store: &TestStore) -> PathBuf {
+    store.dir.path().join("c")
+}
+
+#[test]
+fn containerd_pulls_and_runs_the_family_with_strata() {
+    let store = TestStore::new();
+    let scratch = store.dir.path();
+    let socket = scratch.join("s.sock");
+    let serve = Serve::start(&store.root(), &socket, None, &[]);
+    let cd = Containerd::start(&short_dir(&store), &socket);
+
+    let mut table = vec!["image            strata_pull_s overlayfs_pull_s strata_run_s overlayfs_run_s".to_owned()];
+    for tag in FAMILY_TAGS {
+        let strata_pull = pull(&cd, "strata", tag);
+        let (strata_run, _) = run(&cd, "strata", tag, &format!("t-{tag}"), &["/bin/true"]);
+        let overlay_pull = pull(&cd, "overlayfs", tag);
+        let (overlay_run, _) = run(&cd, "overlayfs", tag, &format!("o-{tag}"), &["/bin/true"]);
+        table.push(format!(
+            "{tag:<16} {strata_pull:>13.2} {overlay_pull:>16.2} {strata_run:>12.2} {overlay_run:>15.2}"
+        ));
+    }
+    eprintln!("{}", table.join("\n"));
+    for tag in ["python", "devel", "variant-python"] {
+        let (_, out) = run(
+            &cd,
+            "strata",
+            tag,
+            &format!("py-{tag}"),
+            &["python3", "-c", "print(6*7)"],
+        );
+        assert_eq!(out.trim(), "42", "{tag}");
+    }
+
+    // A running container: what it writes shows in its rootfs, and the
+    // rest of the rootfs is the image byte for byte.
+    let devel = image("devel");
+    let long = format!("long-{}", std::process::id());
+    cd.ctr(&["run", "-d", "--snapshotter", "strata", &devel, &long, "sleep", "300"]);
+    cd.ctr(&[
+        "task",
+        "exec",
+        "--exec-id",
+        "w",
+        &long,
+        "sh",
+        "-c",
+        "echo written > /written-inside",
+    ]);
+    let rootfs = cd
+        .dir
+        .join("state/io.containerd.runtime.v2.task/default")
+        .join(&long)
+        .join("rootfs");
+    assert_eq!(
+        std::fs::read_to_string(rootfs.join("written-inside")).unwrap(),
+        "written\n"
+    );
+    std::fs::remove_file(rootfs.join("written-inside")).unwrap();
+    assert_tree_matches(&expected_tree("devel", scratch), &rootfs, scratch);
+    cd.ctr(&["task", "kill", "-s", "KILL", &long]);
+    for _ in 0..50 {
+        if cd.try_ctr(&["task", "rm", &long]).status.success() {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    cd.ctr(&["containers", "rm", &long]);
+
+    // The family's shared files are stored once.
+    let mut distinct = std::collections::BTreeMap::new();
+    for tag in FAMILY_TAGS {
+        distinct.extend(distinct_contents(&expected_tree(tag, scratch), 65));
+    }
+    // Objects are named by content, so each is stored once. containerd
+    // keeps every layer's committed snapshot, so files a later layer
+    // deletes (devel's docs) stay referenced: a few more than the
+    // distinct contents of the final images.
+    let objects = store.objects().len();
+    eprintln!(
+        "objects {objects}, distinct contents of the five images {}",
+        distinct.len()
+    );
+    assert!(
+        objects >= distinct.len() && objects * 100 <= distinct.len() * 102,
+        "{objects}"
+    );
+    let df = store.ok(&["df"]);
+    eprintln!("strata df beside containerd:\n{df}");
+    store.fsck_clean();
+
+    // Image removal, containerd's GC, strata's Cleanup: nothing is left.
+    for tag in FAMILY_TAGS {
+        cd.ctr(&["images", "rm", "--sync", &image(tag)]);
+    }
+    let mut left = usize::MAX;
+    for _ in 0..100 {
+        left = store.objects().len();
+        if left == 0 {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    assert_eq!(left, 0, "objects left after containerd's GC and strata's Cleanup");
+    store.fsck_clean();
+    drop(cd);
+    assert!(serve.stop().success());
+}
+
+#[test]
+fn kill_9_of_strata_between_and_during_pulls() {
+    let store = TestStore::new();
+    let socket = store.dir.path().join("s.sock");
+    let serve = Serve::start(&store.root(), &socket, None, &[]);
+    let cd = Containerd::start(&short_dir(&store), &socket);
+    pull(&cd, "strata", "minbase");
+    drop(serve); // SIGKILL
+    let serve = Serve::start(&store.root(), &socket, None, &[]);
+    wait_ready(&cd);
+    pull(&cd, "strata", "python");
+    run(&cd, "strata", "minbase", "a", &["/bin/true"]);
+    run(&cd, "strata", "python", "b", &["/bin/true"]);
+
+    // Now in the middle of a pull's unpack.
+    let mut child = std::process::Command::new("bash")
+        .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures/containerd.sh"))
+        .args([
+            "ctr",
+            "images",
+            "pull",
+            "--plain-http",
+            "--snapshotter",
+            "strata",
+            &image("devel"),
+        ])
+        .env("STRATA_CONTAINERD_DIR", &cd.dir)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(1500));
+    drop(serve);
+    let _ = child.wait();
+    let serve = Serve::start(&store.root(), &socket, None, &[]);
+    let out = store.ok(&["fsck"]);
+    assert!(out.contains(" 0 problems, 0 orphans"), "{out}");
+    wait_ready(&cd);
+    pull(&cd, "strata", "devel");
+    for (tag, id) in [("minbase", "c"), ("python", "d"), ("devel", "e")] {
+        run(&cd, "strata", tag, id, &["/bin/true"]);
+    }
+    store.fsck_clean();
+    drop(cd);
+    assert!(serve.stop().success());
+}
