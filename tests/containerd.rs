@@ -198,8 +198,21 @@ fn containerd_pulls_and_runs_the_family_with_strata() {
         objects >= distinct.len() && objects * 100 <= distinct.len() * 102,
         "{objects}"
     );
-    let df = store.ok(&["df"]);
-    eprintln!("strata df beside containerd:\n{df}");
+    eprintln!("strata df beside containerd:\n{}", store.ok(&["df"]));
+    let df: serde_json::Value = serde_json::from_str(&store.ok(&["df", "--json"])).unwrap();
+    assert_eq!(
+        df["objects"].as_u64(),
+        Some(objects as u64),
+        "df counts the snapshots' objects"
+    );
+    let (logical, stored) = (
+        df["logical_bytes"].as_u64().unwrap(),
+        df["stored_bytes"].as_u64().unwrap(),
+    );
+    assert!(
+        stored * 2 < logical,
+        "shared files stored once: {stored} stored for {logical} logical"
+    );
     store.fsck_clean();
 
     // Image removal, containerd's GC, strata's Cleanup: nothing is left.

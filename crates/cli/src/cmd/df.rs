@@ -46,8 +46,19 @@ pub fn run(config: &Config, args: Args) -> anyhow::Result<()> {
     let mut sizes: HashMap<Digest, u64> = HashMap::new();
     let mut erofs_seen = HashSet::new();
     let mut erofs_total = 0;
+    // Named images, then EROFS images only snapshots hold (containerd's
+    // layers); for those, logical bytes are the sum of their objects.
+    let mut listed: Vec<(String, Digest, Option<u64>)> = Vec::new();
     for image in &images {
-        let id = image.erofs_id()?;
+        listed.push((image.name.clone(), image.erofs_id()?, Some(image.logical_bytes)));
+    }
+    let named: HashSet<Digest> = listed.iter().map(|(_, id, _)| *id).collect();
+    for id in store.live_images()? {
+        if !named.contains(&id) {
+            listed.push((format!("snapshot:{}", &id.to_hex()[..12]), id, None));
+        }
+    }
+    for (name, id, logical) in listed {
         let objects = store.image_objects(&id)?;
         let erofs_bytes = std::fs::metadata(store.image_path(&id)).map_or(0, |m| m.len());
         if erofs_seen.insert(id) {
@@ -57,15 +68,16 @@ pub fn run(config: &Config, args: Args) -> anyhow::Result<()> {
             *users.entry(o.digest).or_default() += 1;
             sizes.insert(o.digest, o.size);
         }
-        per_image.push((image, objects, erofs_bytes));
+        let logical = logical.unwrap_or_else(|| objects.iter().map(|o| o.size).sum());
+        per_image.push((name, logical, objects, erofs_bytes));
     }
     let mut rows = Vec::new();
-    for (image, objects, erofs_bytes) in per_image {
+    for (name, logical_bytes, objects, erofs_bytes) in per_image {
         let referenced: u64 = objects.iter().map(|o| o.size).sum();
         let exclusive: u64 = objects.iter().filter(|o| users[&o.digest] == 1).map(|o| o.size).sum();
         rows.push(ImageUsage {
-            name: image.name.clone(),
-            logical_bytes: image.logical_bytes,
+            name,
+            logical_bytes,
             stored_bytes: referenced + erofs_bytes,
             exclusive_bytes: exclusive,
             erofs_bytes,
