@@ -268,8 +268,7 @@ fn kill_9_of_strata_between_and_during_pulls() {
     drop(serve);
     let _ = child.wait();
     let serve = Serve::start(&store.root(), &socket, None, &[]);
-    let out = store.ok(&["fsck"]);
-    assert!(out.contains(" 0 problems, 0 orphans"), "{out}");
+    store.fsck_clean();
     wait_ready(&cd);
     pull(&cd, "strata", "devel");
     for (tag, id) in [("minbase", "c"), ("python", "d"), ("devel", "e")] {

@@ -167,9 +167,12 @@ impl TestStore {
         self.mounts.borrow_mut().retain(|m| m != target);
     }
 
+    /// `strata fsck` exits 0 and both its store and snapshot lines report
+    /// no problems, and no snapshot leftovers.
     pub fn fsck_clean(&self) {
         let out = self.ok(&["fsck"]);
-        assert!(out.contains(" 0 problems"), "{out}");
+        assert_eq!(out.matches(" 0 problems,").count(), 2, "store and snapshots: {out}");
+        assert!(out.contains(" 0 orphans"), "{out}");
     }
 
     /// Object files in the store, with their sizes.
