@@ -278,3 +278,201 @@ fn kill_9_of_strata_between_and_during_pulls() {
     drop(cd);
     assert!(serve.stop().success());
 }
+
+/// Scratch labels passed by `ctr run --snapshotter-label`, as a user would.
+struct Scratch<'a> {
+    cd: &'a Containerd,
+    root: PathBuf,
+    image: String,
+}
+
+impl Scratch<'_> {
+    fn id(name: &str) -> String {
+        format!("{name}-{}", std::process::id())
+    }
+
+    fn start(&self, name: &str, labels: &[&str]) -> Output {
+        let id = Self::id(name);
+        let mut args = vec!["run", "-d", "--snapshotter", "strata"];
+        for label in labels {
+            args.extend(["--snapshotter-label", label]);
+        }
+        args.extend([self.image.as_str(), &id, "sleep", "600"]);
+        self.cd.try_ctr(&args)
+    }
+
+    fn exec(&self, name: &str, script: &str) -> String {
+        static EXECS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+        let exec_id = format!("x{}", EXECS.fetch_add(1, std::sync::atomic::Ordering::Relaxed));
+        self.cd.ctr(&[
+            "task",
+            "exec",
+            "--exec-id",
+            &exec_id,
+            &Self::id(name),
+            "sh",
+            "-c",
+            script,
+        ])
+    }
+
+    fn stop(&self, name: &str) {
+        let id = Self::id(name);
+        self.cd.ctr(&["task", "kill", "-s", "KILL", &id]);
+        for _ in 0..50 {
+            if self.cd.try_ctr(&["task", "rm", &id]).status.success() {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        self.cd.ctr(&["containers", "rm", &id]);
+        self.collect();
+    }
+
+    /// containerd removes snapshots in its GC: run one now, the way
+    /// `ctr leases delete --sync` does. Its Cleanup call follows.
+    fn collect(&self) {
+        let lease = self.cd.ctr(&["leases", "create"]);
+        self.cd.ctr(&["leases", "delete", "--sync", lease.trim()]);
+    }
+
+    /// Filesystem size in KiB as the container sees its rootfs.
+    fn df_kib(&self, name: &str) -> u64 {
+        let out = self.exec(name, "df -k / | tail -1");
+        out.split_whitespace().nth(1).unwrap().parse().unwrap()
+    }
+
+    /// Scratch mounts, loop devices and files strata still holds.
+    fn leftovers(&self) -> Vec<String> {
+        let root = self.root.display().to_string();
+        let mut out: Vec<String> = std::fs::read_to_string("/proc/self/mountinfo")
+            .unwrap()
+            .lines()
+            .filter(|l| l.contains(&format!("{root}/scratch")))
+            .map(|l| format!("mount: {l}"))
+            .collect();
+        let loops = std::process::Command::new("losetup").arg("-a").output().unwrap();
+        out.extend(
+            String::from_utf8_lossy(&loops.stdout)
+                .lines()
+                .filter(|l| l.contains(&root))
+                .map(|l| format!("loop: {l}")),
+        );
+        for dir in ["scratch/files", "scratch/templates"] {
+            if let Ok(entries) = std::fs::read_dir(self.root.join(dir)) {
+                let files = entries.flatten().map(|e| e.path().display().to_string());
+                out.extend(files.filter(|f| !f.ends_with(".lock")));
+            }
+        }
+        out
+    }
+}
+
+/// The size column of `ctr snapshots usage KEY` ("1.0 GiB", "976.3 MiB").
+fn usage_bytes(out: &str) -> u64 {
+    let line = out.lines().nth(1).unwrap_or_default();
+    let fields: Vec<&str> = line.split_whitespace().collect();
+    let value: f64 = fields[1].parse().unwrap();
+    let unit = match fields[2] {
+        "B" => 1.0,
+        "KiB" => 1024.0,
+        "MiB" => 1024.0 * 1024.0,
+        "GiB" => 1024.0 * 1024.0 * 1024.0,
+        other => panic!("unit {other} in {out}"),
+    };
+    (value * unit) as u64
+}
+
+#[test]
+fn scratch_labels_through_ctr() {
+    const SIZE: &str = "containerd.io/snapshot/strata.rootfs.size-gb";
+    const REUSE: &str = "containerd.io/snapshot/io.microsoft.container.storage.reuse-scratch=true";
+    const LOCATION: &str = "containerd.io/snapshot/io.microsoft.container.storage.rootfs.location";
+    let store = TestStore::new();
+    let socket = store.dir.path().join("s.sock");
+    let serve = Serve::start(&store.root(), &socket, None, &[]);
+    let cd = Containerd::start(&short_dir(&store), &socket);
+    pull(&cd, "strata", "minbase");
+    let s = Scratch {
+        cd: &cd,
+        root: store.root(),
+        image: image("minbase"),
+    };
+
+    // Refused labels: ctr reports the error and nothing is created.
+    let owner_label = format!("containerd.io/snapshot/io.microsoft.owner.key={}", Scratch::id("pod"));
+    let outside = format!("{LOCATION}={}", store.dir.path().display());
+    for (name, labels, want) in [
+        ("zero", vec![format!("{SIZE}=0")], "invalid argument"),
+        ("huge", vec![format!("{SIZE}=100000")], "invalid argument"),
+        ("place", vec![format!("{SIZE}=1"), outside], "invalid argument"),
+        ("orphan", vec![REUSE.to_owned(), owner_label.clone()], "not found"),
+    ] {
+        let labels: Vec<&str> = labels.iter().map(String::as_str).collect();
+        let out = s.start(name, &labels);
+        let err = String::from_utf8_lossy(&out.stderr).into_owned();
+        assert!(!out.status.success(), "{name} was accepted");
+        assert!(err.contains(want), "{name}: {err}");
+        let _ = cd.try_ctr(&["containers", "rm", &Scratch::id(name)]);
+        assert_eq!(s.leftovers(), Vec::<String>::new(), "{name} left something");
+    }
+
+    // 1 GiB: the container sees a 1 GiB rootfs and 1.2 GiB does not fit.
+    let one = format!("{SIZE}=1");
+    let out = s.start("pod", &[&one]);
+    assert!(out.status.success(), "{out:?}");
+    let kib = s.df_kib("pod");
+    assert!((900_000..=1 << 20).contains(&kib), "rootfs size {kib} KiB");
+    let fill = s.exec(
+        "pod",
+        "dd if=/dev/zero of=/fill bs=1M count=1230 conv=fsync 2>&1; echo rc=$?",
+    );
+    eprintln!("dd of 1.2 GiB in a 1 GiB scratch:\n{fill}");
+    assert!(
+        fill.contains("No space left on device") && fill.contains("rc=1"),
+        "{fill}"
+    );
+    let usage = cd.ctr(&["snapshots", "--snapshotter", "strata", "usage", &Scratch::id("pod")]);
+    eprintln!("{usage}");
+    let used = usage_bytes(&usage);
+    assert!((900 << 20..=1 << 30).contains(&used), "usage about 1 GiB: {usage}");
+    s.exec("pod", "rm /fill");
+
+    // Two sidecars share the pod's scratch: own uppers, one budget.
+    for side in ["side-a", "side-b"] {
+        let out = s.start(side, &[REUSE, &owner_label]);
+        assert!(out.status.success(), "{side}: {out:?}");
+        assert_eq!(s.df_kib(side), kib, "{side} shares the pod's filesystem");
+        s.exec(side, &format!("echo {side} > /own"));
+    }
+    assert_eq!(s.exec("side-a", "cat /own").trim(), "side-a");
+    assert_eq!(s.exec("side-b", "cat /own").trim(), "side-b");
+    assert!(s.exec("pod", "ls /own 2>&1 || true").contains("No such file"));
+    s.exec("pod", "dd if=/dev/zero of=/half bs=1M count=600 conv=fsync 2>/dev/null");
+    let second = s.exec(
+        "side-a",
+        "dd if=/dev/zero of=/half bs=1M count=600 conv=fsync 2>&1; echo rc=$?",
+    );
+    assert!(second.contains("No space left on device"), "one budget: {second}");
+    s.exec("side-a", "rm -f /half");
+
+    // The pod goes first; the sidecars keep working, then go too.
+    s.stop("pod");
+    let keys: Vec<String> = serve.client().list().into_iter().map(|i| i.name).collect();
+    assert!(
+        !keys.iter().any(|k| k.ends_with(&format!("/{}", Scratch::id("pod")))),
+        "containerd's GC removed the pod's snapshot from strata: {keys:?}"
+    );
+    assert_eq!(s.exec("side-a", "echo still > /after; cat /after").trim(), "still");
+    s.stop("side-a");
+    assert_eq!(s.exec("side-b", "cat /own").trim(), "side-b");
+    s.stop("side-b");
+    assert_eq!(
+        s.leftovers(),
+        Vec::<String>::new(),
+        "no mount, loop device, file or template"
+    );
+    store.fsck_clean();
+    drop(cd);
+    assert!(serve.stop().success());
+}

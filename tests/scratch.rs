@@ -316,3 +316,77 @@ fn every_prepare_step_rolls_back() {
         serve.stop();
     }
 }
+
+fn templates(env: &Env) -> Vec<String> {
+    let mut out = Vec::new();
+    for dir in ["root/scratch/templates", "allowed"] {
+        walk_files(&env.path(dir), &mut out);
+    }
+    out.retain(|t| t.contains("/template-"));
+    out
+}
+
+#[test]
+fn kill_9_keeps_live_scratches_and_cleanup_frees_templates() {
+    let env = Env::new();
+    let serve = env.serve(&[]);
+    let mut c = serve.client();
+    let inside = env.path("allowed").display().to_string();
+    // The location's own dirs stay once made; make them before the baseline.
+    c.prepare("ns/0/warm", "", labels(&[(SIZE, "2"), (LOCATION, &inside)]))
+        .unwrap();
+    c.remove("ns/0/warm").unwrap();
+    let before = env.traces();
+    let keys = ["ns/1/pod", "ns/2/sidecar", "ns/3/placed"];
+    let share = labels(&[(REUSE, "true"), (OWNER, "pod")]);
+    let mut mounts = vec![c.prepare(keys[0], "", labels(&[(SIZE, "1")])).unwrap()];
+    mounts.push(c.prepare(keys[1], "", share).unwrap());
+    mounts.push(
+        c.prepare(keys[2], "", labels(&[(SIZE, "2"), (LOCATION, &inside)]))
+            .unwrap(),
+    );
+    let dirs: Vec<PathBuf> = (0..3).map(|i| env.path(&format!("m{i}"))).collect();
+    for (i, (m, d)) in mounts.iter().zip(&dirs).enumerate() {
+        mount_all(m, d);
+        std::fs::write(d.join("data"), vec![i as u8 + 1; 10 << 20]).unwrap();
+    }
+    drop(c);
+    drop(serve); // SIGKILL, with the containers' overlays still mounted
+
+    let serve = env.serve(&[]);
+    let mut c = serve.client();
+    for (i, (key, d)) in keys.iter().zip(&dirs).enumerate() {
+        assert_eq!(
+            std::fs::read(d.join("data")).unwrap(),
+            vec![i as u8 + 1; 10 << 20],
+            "live mount of {key}"
+        );
+        unmount_under(d);
+        // The mounts strata hands out after the restart show the same data.
+        mount_all(&c.mounts(key).unwrap(), d);
+        assert_eq!(std::fs::read(d.join("data")).unwrap().len(), 10 << 20, "{key}");
+        unmount_under(d);
+    }
+    let (shared, _) = c.usage(keys[0]).unwrap();
+    assert!(shared >= 20 << 20, "owner and sidecar in one filesystem: {shared}");
+    for key in keys {
+        c.remove(key).unwrap();
+    }
+    assert_eq!(env.traces(), before, "Remove after the restart cleans everything");
+
+    // Templates outlive their snapshots until Cleanup.
+    let kept = templates(&env);
+    assert_eq!(kept.len(), 2, "1 GiB default place, 2 GiB in the location: {kept:?}");
+    c.cleanup().unwrap();
+    assert_eq!(
+        templates(&env),
+        Vec::<String>::new(),
+        "Cleanup removes unused templates"
+    );
+    c.prepare("ns/4/again", "", labels(&[(SIZE, "1")])).unwrap();
+    c.cleanup().unwrap();
+    assert_eq!(templates(&env).len(), 1, "Cleanup keeps a template in use");
+    c.remove("ns/4/again").unwrap();
+    drop(c);
+    assert!(serve.stop().success());
+}

@@ -64,6 +64,13 @@ impl Serve {
         self.child.wait().unwrap()
     }
 
+    /// SIGKILL, then reap: a crash, nothing drained. The status says
+    /// whether the signal is what ended it.
+    pub fn kill9(mut self) -> std::process::ExitStatus {
+        self.child.kill().unwrap();
+        self.child.wait().unwrap()
+    }
+
     pub fn log_text(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }
@@ -121,6 +128,15 @@ impl Client {
             labels: Labels::new(),
         };
         let resp = self.runtime.block_on(self.inner.view(req))?;
+        Ok(resp.into_inner().mounts)
+    }
+
+    pub fn mounts(&mut self, key: &str) -> Result<Vec<Mount>, tonic::Status> {
+        let req = pb::MountsRequest {
+            snapshotter: "strata".into(),
+            key: key.into(),
+        };
+        let resp = self.runtime.block_on(self.inner.mounts(req))?;
         Ok(resp.into_inner().mounts)
     }
 
