@@ -17,6 +17,9 @@ use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
 use serde_json::json;
 use strata_grpc::api::snapshots::{self as pb, snapshots_client::SnapshotsClient};
+use strata_grpc::api::types::Mount;
+
+mod scale;
 use tonic::transport::Channel;
 
 #[derive(Parser)]
@@ -40,6 +43,16 @@ struct Args {
 #[derive(Subcommand)]
 enum Mode {
     Ops,
+    /// Costs at scale: many committed siblings, a deep chain, a layer of
+    /// many files.
+    Scale {
+        #[arg(long, default_value_t = 1000)]
+        snapshots: usize,
+        #[arg(long, default_value_t = 128)]
+        depth: usize,
+        #[arg(long, default_value_t = 100_000)]
+        files: usize,
+    },
     Prepare {
         /// KEY=VALUE snapshot labels for each Prepare.
         #[arg(long = "label")]
@@ -62,7 +75,7 @@ const GC_ROOT: &str = "containerd.io/gc.root";
 const REUSE: &str = "containerd.io/snapshot/io.microsoft.container.storage.reuse-scratch";
 const OWNER: &str = "containerd.io/snapshot/io.microsoft.owner.key";
 
-struct Target {
+pub(crate) struct Target {
     client: SnapshotsClient<Channel>,
     snapshotter: String,
     namespace: Option<String>,
@@ -90,7 +103,7 @@ impl Target {
         }
     }
 
-    async fn prepare(&mut self, key: &str, parent: &str, labels: &HashMap<String, String>) -> Result<()> {
+    async fn prepare(&mut self, key: &str, parent: &str, labels: &HashMap<String, String>) -> Result<Vec<Mount>> {
         let mut labels = labels.clone();
         labels.insert(GC_ROOT.into(), "bench".into());
         let req = self.request(pb::PrepareSnapshotRequest {
@@ -99,11 +112,12 @@ impl Target {
             parent: parent.into(),
             labels,
         });
-        self.client
+        let resp = self
+            .client
             .prepare(req)
             .await
             .with_context(|| format!("prepare {key}"))?;
-        Ok(())
+        Ok(resp.into_inner().mounts)
     }
 
     async fn commit(&mut self, name: &str, key: &str) -> Result<()> {
@@ -127,6 +141,20 @@ impl Target {
         Ok(())
     }
 
+    /// Every snapshot the target lists.
+    async fn list(&mut self) -> Result<usize> {
+        let req = self.request(pb::ListSnapshotsRequest {
+            snapshotter: self.snapshotter.clone(),
+            filters: Vec::new(),
+        });
+        let mut stream = self.client.list(req).await?.into_inner();
+        let mut count = 0;
+        while let Some(batch) = stream.message().await? {
+            count += batch.info.len();
+        }
+        Ok(count)
+    }
+
     /// A committed, empty parent for the timed snapshots.
     async fn base(&mut self) -> Result<String> {
         let (key, name) = (self.key("base-active"), self.key("base"));
@@ -138,14 +166,14 @@ impl Target {
 
 /// Durations of one kind of call.
 #[derive(Default)]
-struct Samples(Vec<Duration>);
+pub(crate) struct Samples(Vec<Duration>);
 
 impl Samples {
-    async fn time<F: std::future::Future<Output = Result<()>>>(&mut self, call: F) -> Result<()> {
+    async fn time<T, F: std::future::Future<Output = Result<T>>>(&mut self, call: F) -> Result<T> {
         let started = Instant::now();
-        call.await?;
+        let value = call.await?;
         self.0.push(started.elapsed());
-        Ok(())
+        Ok(value)
     }
 
     fn percentile_ms(&self, percent: usize) -> f64 {
@@ -270,6 +298,11 @@ async fn main() -> Result<()> {
     };
     let rows = match &args.mode {
         Mode::Ops => ops(&mut target, args.n).await?,
+        Mode::Scale {
+            snapshots,
+            depth,
+            files,
+        } => scale::run(&mut target, *snapshots, *depth, *files).await?,
         Mode::Prepare {
             labels,
             share,
