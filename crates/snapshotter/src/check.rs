@@ -52,6 +52,19 @@ pub fn check(store: &Store, policy: &ScratchPolicy) -> Result<SnapshotReport, Sn
                 .push(format!("snapshot dir snapshots/{name} has no DB row"));
         }
     }
+    for (key, r) in records.iter().filter(|(_, r)| r.kind == Kind::Committed) {
+        if crate::ops::has_upper_leftovers(&dir.join(r.id.to_string())) {
+            report.orphans.push(format!(
+                "snapshot {key:?}: an interrupted commit left its upper dir (a start removes it)"
+            ));
+        }
+    }
+    let roots: HashSet<String> = records.iter().map(|(_, r)| crate::ops::root_name(r.id)).collect();
+    for root in store.roots()? {
+        if root.starts_with("snapshot:") && !roots.contains(&root) {
+            report.orphans.push(format!("gc root {root} has no snapshot"));
+        }
+    }
     let used_fs: HashSet<String> = records
         .iter()
         .filter_map(|(_, r)| r.scratch.as_ref().map(|s| s.fs.to_string()))

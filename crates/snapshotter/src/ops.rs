@@ -26,7 +26,7 @@ pub struct Snapshotter {
     _owner: std::fs::File,
 }
 
-fn root_name(id: u64) -> String {
+pub(crate) fn root_name(id: u64) -> String {
     format!("snapshot:{id}")
 }
 
@@ -49,9 +49,33 @@ impl Snapshotter {
         if removed > 0 {
             tracing::info!(removed, "removed snapshot directories the DB does not know");
         }
+        sn.finish_interrupted()?;
         sn.remount_parents();
         sn.reconcile_scratch(false)?;
         Ok(sn)
+    }
+
+    /// Clears what a kill left half done: the upper dirs of committed
+    /// snapshots (the store's open has moved their new files already) and
+    /// gc roots of removed snapshots (from before roots and rows shared a
+    /// transaction).
+    fn finish_interrupted(&self) -> Result<(), SnapshotError> {
+        let records = db::all(self.store.database())?;
+        for (key, record) in records.iter().filter(|(_, r)| r.kind == Kind::Committed) {
+            let dir = self.snap_dir(record.id);
+            if has_upper_leftovers(&dir) {
+                tracing::info!(key, "removing the upper dir of an interrupted commit");
+                remove_upper_leftovers(&dir);
+            }
+        }
+        let ids: std::collections::HashSet<String> = records.iter().map(|(_, r)| root_name(r.id)).collect();
+        for root in self.store.roots()? {
+            if root.starts_with("snapshot:") && !ids.contains(&root) {
+                tracing::info!(root, "removing the gc root of a removed snapshot");
+                self.store.remove_root(&root)?;
+            }
+        }
+        Ok(())
     }
 
     /// Mounts the EROFS image under every active snapshot and view again,
@@ -423,11 +447,13 @@ impl Snapshotter {
         merged.compact();
         let image = strata_erofs::write_image(&merged)?;
         let objects = ObjectRef::all_in(&merged);
+        // New files stay in the upper dir until the DB commit; publish
+        // makes them durable where they are.
+        let adopted = stager.take_deferred();
         stager.publish()?;
         let id = self.store.put_image(&image)?;
         strata_failpoint::hit("commit.after_publish")?;
         write_atomic(&dir.join("tree"), &codec::encode(&merged))?;
-        self.store.add_root(&root_name(record.id), &id, &objects)?;
         let now = Stamp::now();
         let committed = Record {
             id: record.id,
@@ -444,13 +470,16 @@ impl Snapshotter {
         let txn = database.begin_write()?;
         db::delete(&txn, key)?;
         db::put(&txn, name, &committed)?;
+        strata_store::add_root_in(&txn, &root_name(record.id), &id, &objects)?;
+        strata_store::add_pending_in(&txn, &adopted)?;
         txn.commit()?;
         strata_failpoint::hit("commit.after_db")?;
         self.release_scratch(&record)?;
-        // The upper dir is in the image now; what is left of it is garbage.
-        for sub in ["fs", "work"] {
-            let _ = std::fs::remove_dir_all(dir.join(sub));
-        }
+        // The upper dir is in the image now: its new files go into the
+        // store (any later open of the store does it if this process dies
+        // first), the rest is garbage.
+        self.store.adopt_in_place(&adopted, false)?;
+        remove_upper_leftovers(&dir);
         tracing::debug!(name, key, image = %id.to_hex(), "committed snapshot");
         Ok(())
     }
@@ -466,10 +495,10 @@ impl Snapshotter {
         strata_failpoint::hit("remove.before_db")?;
         let txn = database.begin_write()?;
         db::delete(&txn, key)?;
+        strata_store::remove_root_in(&txn, &root_name(record.id))?;
         txn.commit()?;
         strata_failpoint::hit("remove.after_db")?;
         self.release_scratch(&record)?;
-        self.store.remove_root(&root_name(record.id))?;
         let dir = self.snap_dir(record.id);
         if let Err(e) = std::fs::remove_dir_all(&dir) {
             tracing::warn!("removing {}: {e}; cleanup retries", dir.display());
@@ -552,6 +581,17 @@ fn image_id(key: &str, record: &Record) -> Result<Digest, SnapshotError> {
             key: key.to_owned(),
             reason: e.to_string(),
         })
+}
+
+/// Whether a committed snapshot's dir still holds its old upper dir.
+pub(crate) fn has_upper_leftovers(dir: &Path) -> bool {
+    dir.join("fs").exists() || dir.join("work").exists()
+}
+
+fn remove_upper_leftovers(dir: &Path) {
+    for sub in ["fs", "work"] {
+        let _ = std::fs::remove_dir_all(dir.join(sub));
+    }
 }
 
 fn write_atomic(path: &Path, data: &[u8]) -> Result<(), SnapshotError> {

@@ -1,9 +1,10 @@
 //! The metadata DB (redb): image names, the objects each EROFS image
 //! references, and other gc roots (snapshots, mounts).
 
-use std::path::Path;
+use std::os::unix::ffi::OsStrExt;
+use std::path::{Path, PathBuf};
 
-use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
+use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition, WriteTransaction};
 use serde::{Deserialize, Serialize};
 use strata_tree::Digest;
 
@@ -15,6 +16,9 @@ const IMAGES: TableDefinition<&str, &[u8]> = TableDefinition::new("images");
 const IMAGE_OBJECTS: TableDefinition<&[u8], &[u8]> = TableDefinition::new("image_objects");
 /// root owner (e.g. "snapshot/12", "mount//mnt/x") -> EROFS image id
 const ROOTS: TableDefinition<&str, &[u8]> = TableDefinition::new("roots");
+/// Files committed into an image but not yet moved into `objects/`:
+/// absolute path -> digest. See [`crate::Store::adopt_in_place`].
+const PENDING: TableDefinition<&[u8], &[u8]> = TableDefinition::new("pending_adoptions");
 
 /// A named image in the store.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -110,6 +114,7 @@ impl Db {
         txn.open_table(IMAGES)?;
         txn.open_table(IMAGE_OBJECTS)?;
         txn.open_table(ROOTS)?;
+        txn.open_table(PENDING)?;
         txn.commit()?;
         Ok(Db { db })
     }
@@ -169,22 +174,51 @@ impl Db {
 
     pub fn add_root(&self, owner: &str, id: &Digest, objects: &[ObjectRef]) -> Result<(), StoreError> {
         let txn = self.db.begin_write()?;
-        {
-            let mut refs = txn.open_table(IMAGE_OBJECTS)?;
-            if refs.get(id.0.as_slice())?.is_none() {
-                refs.insert(id.0.as_slice(), pack(objects).as_slice())?;
-            }
-            txn.open_table(ROOTS)?.insert(owner, id.0.as_slice())?;
-        }
+        add_root_in(&txn, owner, id, objects)?;
         txn.commit()?;
         Ok(())
     }
 
     pub fn remove_root(&self, owner: &str) -> Result<bool, StoreError> {
         let txn = self.db.begin_write()?;
-        let removed = txn.open_table(ROOTS)?.remove(owner)?.is_some();
+        let removed = remove_root_in(&txn, owner)?;
         txn.commit()?;
         Ok(removed)
+    }
+
+    pub fn pending(&self) -> Result<Vec<(PathBuf, Digest)>, StoreError> {
+        let txn = self.db.begin_read()?;
+        let mut out = Vec::new();
+        for row in txn.open_table(PENDING)?.iter()? {
+            let (path, digest) = row?;
+            let path = PathBuf::from(std::ffi::OsStr::from_bytes(path.value()));
+            if let Ok(bytes) = <[u8; 32]>::try_from(digest.value()) {
+                out.push((path, Digest(bytes)));
+            }
+        }
+        Ok(out)
+    }
+
+    pub fn forget_pending(&self, files: &[(PathBuf, Digest)]) -> Result<(), StoreError> {
+        let txn = self.db.begin_write()?;
+        {
+            let mut table = txn.open_table(PENDING)?;
+            for (path, _) in files {
+                table.remove(path.as_os_str().as_bytes())?;
+            }
+        }
+        txn.commit()?;
+        Ok(())
+    }
+
+    /// The names of every gc root.
+    pub fn roots(&self) -> Result<Vec<String>, StoreError> {
+        let txn = self.db.begin_read()?;
+        let mut out = Vec::new();
+        for row in txn.open_table(ROOTS)?.iter()? {
+            out.push(row?.0.value().to_owned());
+        }
+        Ok(out)
     }
 
     pub fn root_image(&self, owner: &str) -> Result<Option<Digest>, StoreError> {
@@ -251,4 +285,31 @@ fn decode(key: &str, bytes: &[u8]) -> Result<ImageRecord, StoreError> {
         key: key.to_owned(),
         reason: e.to_string(),
     })
+}
+
+/// Makes `owner` a gc root of image `id` inside the caller's transaction,
+/// so it lands or not together with the caller's own rows.
+pub fn add_root_in(txn: &WriteTransaction, owner: &str, id: &Digest, objects: &[ObjectRef]) -> Result<(), StoreError> {
+    let mut refs = txn.open_table(IMAGE_OBJECTS)?;
+    if refs.get(id.0.as_slice())?.is_none() {
+        refs.insert(id.0.as_slice(), pack(objects).as_slice())?;
+    }
+    txn.open_table(ROOTS)?.insert(owner, id.0.as_slice())?;
+    Ok(())
+}
+
+/// Drops the gc root `owner` inside the caller's transaction.
+pub fn remove_root_in(txn: &WriteTransaction, owner: &str) -> Result<bool, StoreError> {
+    Ok(txn.open_table(ROOTS)?.remove(owner)?.is_some())
+}
+
+/// Records, inside the caller's transaction, files that are to be moved
+/// into `objects/` once it commits; any later open of the store finishes
+/// the move if the caller cannot.
+pub fn add_pending_in(txn: &WriteTransaction, files: &[(PathBuf, Digest)]) -> Result<(), StoreError> {
+    let mut table = txn.open_table(PENDING)?;
+    for (path, digest) in files {
+        table.insert(path.as_os_str().as_bytes(), digest.0.as_slice())?;
+    }
+    Ok(())
 }

@@ -30,7 +30,7 @@ mod recover;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-pub use db::{ImageRecord, ObjectRef};
+pub use db::{add_pending_in, add_root_in, remove_root_in, ImageRecord, ObjectRef};
 pub use error::StoreError;
 pub use fsck::{FsckProblem, FsckReport};
 pub use gc::GcReport;
@@ -73,7 +73,7 @@ impl Store {
         let tmp = root_dir.open_dir("tmp")?;
         recover::remove_dead_staging(&tmp)?;
         let db = db::Db::open(&root.join("db/strata.redb"))?;
-        Ok(Store {
+        let store = Store {
             inner: Arc::new(Inner {
                 root,
                 root_dir,
@@ -82,7 +82,9 @@ impl Store {
                 tmp,
                 db,
             }),
-        })
+        };
+        store.finish_pending()?;
+        Ok(store)
     }
 
     pub fn root(&self) -> &Path {
@@ -175,6 +177,11 @@ impl Store {
 
     pub fn remove_root(&self, owner: &str) -> Result<bool, StoreError> {
         self.inner.db.remove_root(owner)
+    }
+
+    /// The names of every gc root.
+    pub fn roots(&self) -> Result<Vec<String>, StoreError> {
+        self.inner.db.roots()
     }
 
     /// The image a root keeps alive.

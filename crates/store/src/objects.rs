@@ -4,8 +4,11 @@
 
 use std::collections::HashSet;
 use std::io::Write;
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 
+use rustix::fs::{AtFlags, Mode, RenameFlags, CWD};
 use strata_tree::{Digest, VerityHasher};
 
 use crate::dirfd::DirFd;
@@ -33,6 +36,10 @@ pub struct ObjectStager {
     in_flight: HashSet<String>,
     seen: HashSet<Digest>,
     next_file: u64,
+    /// New contents adopted where they lie (see [`adopt`](Self::adopt)).
+    deferred: Vec<(PathBuf, Digest)>,
+    /// The filesystem of `tmp/` and `objects/`: files on it are adopted in place.
+    device: u64,
 }
 
 /// A large content being streamed into a staging file.
@@ -60,6 +67,9 @@ impl ObjectStager {
         );
         store.inner.tmp.ensure_dir(&dir_name, 0o700)?;
         let dir = store.inner.tmp.open_dir(&dir_name)?;
+        let device = rustix::fs::fstat(dir.fd())
+            .map_err(|e| StoreError::io("stat", dir.path(), e))?
+            .st_dev;
         Ok(ObjectStager {
             store,
             dir,
@@ -68,6 +78,8 @@ impl ObjectStager {
             in_flight: HashSet::new(),
             seen: HashSet::new(),
             next_file: 0,
+            deferred: Vec::new(),
+            device,
         })
     }
 
@@ -158,24 +170,31 @@ impl ObjectStager {
         })
     }
 
-    /// Moves a file that already exists (e.g. in a snapshot's upper dir on
-    /// the same filesystem) into the stage, hashing it in place: a rename,
-    /// never a copy (only across filesystems, as from a sized scratch). A
-    /// known content is left where it is.
-    pub fn adopt(&mut self, from_dir: &std::path::Path, name: &str) -> Result<StagedObject, StoreError> {
+    /// Takes a file that already exists (e.g. in a snapshot's upper dir),
+    /// hashing it where it lies. On the store's filesystem a new content is
+    /// left in place and only listed: the caller moves it into `objects/`
+    /// with [`Store::adopt_in_place`] after its own commit point, so a
+    /// failed or killed commit loses nothing. From another filesystem (a
+    /// sized scratch) it is copied into the stage. A known content is left
+    /// where it is.
+    pub fn adopt(&mut self, from_dir: &Path, name: &str) -> Result<StagedObject, StoreError> {
         let source = from_dir.join(name);
         let (digest, size) = hash_file(&source)?;
+        let device = std::fs::symlink_metadata(&source)
+            .map_err(|e| StoreError::io("stat", &source, e))?
+            .dev();
+        if device == self.device && !self.known(&digest)? {
+            self.seen.insert(digest);
+            self.deferred.push((source, digest));
+            return Ok(StagedObject {
+                digest,
+                size,
+                new: true,
+            });
+        }
         self.stage_new(digest, size, |dir, staged| {
-            let from = DirFd::open(from_dir)?;
-            match rustix::fs::renameat(from.fd(), name, dir.fd(), staged) {
-                Ok(()) => {}
-                // An upper dir on another filesystem (a sized scratch): copy.
-                Err(rustix::io::Errno::XDEV) => {
-                    let to = dir.path().join(staged);
-                    std::fs::copy(&source, &to).map_err(|e| StoreError::io("copy into store", &source, e))?;
-                }
-                Err(e) => return Err(StoreError::io("move into store", &source, e)),
-            }
+            let to = dir.path().join(staged);
+            std::fs::copy(&source, &to).map_err(|e| StoreError::io("copy into store", &source, e))?;
             rustix::fs::chmodat(
                 dir.fd(),
                 staged,
@@ -199,10 +218,14 @@ impl ObjectStager {
             self.dir.unlink(name)?;
         }
         self.pending.retain(|(_, d)| keep(d));
+        if self.pending.is_empty() && self.deferred.is_empty() {
+            return Ok(0);
+        }
+        // Also makes the contents adopted in place durable.
+        self.dir.syncfs()?;
         if self.pending.is_empty() {
             return Ok(0);
         }
-        self.dir.syncfs()?;
         let objects = &self.store.inner.objects;
         let mut fanout_ready = [false; 256];
         let mut added = 0;
@@ -220,6 +243,69 @@ impl ObjectStager {
         }
         objects.syncfs()?;
         Ok(added)
+    }
+}
+
+impl ObjectStager {
+    /// The new contents [`adopt`](Self::adopt) left in place, for the
+    /// caller to journal and then move with [`Store::adopt_in_place`].
+    pub fn take_deferred(&mut self) -> Vec<(PathBuf, Digest)> {
+        std::mem::take(&mut self.deferred)
+    }
+}
+
+impl Store {
+    /// Moves files listed by [`ObjectStager::adopt`] into `objects/`, a
+    /// rename, never a copy, and forgets them as pending (see
+    /// [`add_pending_in`](crate::add_pending_in)). Their data must be
+    /// durable already (the stager's publish syncs it). With `verify`, each
+    /// is hashed again first and skipped if it changed. A content already
+    /// present, or a file already gone, is left alone. Returns how many
+    /// entered.
+    pub fn adopt_in_place(&self, files: &[(PathBuf, Digest)], verify: bool) -> Result<usize, StoreError> {
+        let objects = &self.inner.objects;
+        let mut added = 0;
+        for (path, digest) in files {
+            if self.has_object(digest)? {
+                continue;
+            }
+            if verify {
+                match hash_file(path) {
+                    Ok((found, _)) if found == *digest => {}
+                    Ok(_) => {
+                        tracing::warn!(path = %path.display(), "changed since its commit; not adopted");
+                        continue;
+                    }
+                    Err(StoreError::Io { source, .. }) if source.kind() == std::io::ErrorKind::NotFound => continue,
+                    Err(e) => return Err(e),
+                }
+            }
+            objects.ensure_dir(&format!("{:02x}", digest.0[0]), 0o755)?;
+            let to = digest.object_path();
+            match rustix::fs::renameat_with(CWD, path, objects.fd(), &to, RenameFlags::NOREPLACE) {
+                Ok(()) => added += 1,
+                // Already there, or moved by another process finishing it.
+                Err(rustix::io::Errno::EXIST | rustix::io::Errno::NOENT) => continue,
+                Err(e) => return Err(StoreError::io("move into store", path, e)),
+            }
+            rustix::fs::chmodat(objects.fd(), &to, Mode::from_raw_mode(0o444), AtFlags::empty())
+                .map_err(|e| StoreError::io("chmod", objects.path().join(&to), e))?;
+        }
+        if added > 0 {
+            objects.syncfs()?;
+        }
+        self.inner.db.forget_pending(files)?;
+        Ok(added)
+    }
+
+    /// Finishes the moves a killed process left pending.
+    pub(crate) fn finish_pending(&self) -> Result<(), StoreError> {
+        let pending = self.inner.db.pending()?;
+        if !pending.is_empty() {
+            let added = self.adopt_in_place(&pending, true)?;
+            tracing::info!(files = pending.len(), added, "finished pending adoptions");
+        }
+        Ok(())
     }
 }
 
