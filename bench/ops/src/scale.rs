@@ -100,14 +100,17 @@ fn writable_dir(mounts: &[Mount]) -> Result<PathBuf> {
         .with_context(|| format!("no writable dir in {mount:?}"))
 }
 
-/// `count` small files with distinct contents, 1,000 per directory.
+/// `count` files of 256 bytes with distinct contents (too big to inline,
+/// so each is an object), 1,000 per directory.
 fn write_files(dir: &std::path::Path, count: usize, run: &str) -> Result<()> {
     for i in 0..count {
         let sub = dir.join(format!("d{}", i / 1000));
         if i % 1000 == 0 {
             std::fs::create_dir_all(&sub)?;
         }
-        std::fs::write(sub.join(format!("f{i}")), format!("file {i} of run {run}\n"))?;
+        let mut body = format!("file {i} of run {run}\n").into_bytes();
+        body.resize(256, b'.');
+        std::fs::write(sub.join(format!("f{i}")), body)?;
     }
     Ok(())
 }
