@@ -476,3 +476,95 @@ fn scratch_labels_through_ctr() {
     drop(cd);
     assert!(serve.stop().success());
 }
+
+/// The hostile layouts containerd can fetch (skopeo refuses to push the
+/// ones whose blobs are missing or do not match their digests).
+const HOSTILE_THROUGH_CONTAINERD: &[&str] = &[
+    "dotdot",
+    "dotdot-nested",
+    "absolute",
+    "symlink-escape",
+    "hardlink-missing",
+    "hardlink-later",
+    "bomb",
+    "whiteout-root",
+    "hardlink-dir",
+    "overlay-xattr",
+    "device",
+    "deep",
+    "longname",
+];
+
+#[test]
+fn hostile_images_through_containerd_stay_inside_the_store() {
+    let store = TestStore::new();
+    let socket = store.dir.path().join("s.sock");
+    let serve = Serve::start(&store.root(), &socket, None, &[]);
+    let cd = Containerd::start(&short_dir(&store), &socket);
+    pull(&cd, "strata", "minbase");
+    let outside = [
+        PathBuf::from("/etc/strata-escape"),
+        PathBuf::from("/tmp/strata-escape"),
+        PathBuf::from("/escape"),
+        store.root().join("escape"),
+        store.root().join("../escape"),
+    ];
+    let mut table = Vec::new();
+    for case in HOSTILE_THROUGH_CONTAINERD {
+        let reference = format!("{}/hostile/{case}:latest", registry());
+        let layout = format!("oci:{}:latest", hostile_dir().join(case).display());
+        let pushed = std::process::Command::new("skopeo")
+            .args(["copy", "-q", "--preserve-digests", "--dest-tls-verify=false", &layout])
+            .arg(format!("docker://{reference}"))
+            .status()
+            .unwrap();
+        assert!(pushed.success(), "pushing {case}");
+        let out = cd.try_ctr(&["images", "pull", "--plain-http", "--snapshotter", "strata", &reference]);
+        let outcome = if out.status.success() { "pulled" } else { "refused" };
+        let err = String::from_utf8_lossy(&out.stderr).into_owned();
+        table.push(format!(
+            "{case:<18} {outcome:<8} {}",
+            err.lines().last().unwrap_or_default()
+        ));
+        for path in &outside {
+            assert!(!path.exists(), "{case} created {}", path.display());
+        }
+        store.fsck_clean();
+    }
+    eprintln!("hostile images through containerd + strata:\n{}", table.join("\n"));
+
+    // Whatever containerd unpacked, strata's committed snapshots read as the
+    // layer says: no smuggled overlay xattr redirects a file elsewhere.
+    let mut c = serve.client();
+    let view = store.dir.path().join("view");
+    let mut victims = 0;
+    for info in c.list() {
+        if info.kind != strata_grpc::api::snapshots::Kind::Committed as i32 {
+            continue;
+        }
+        let key = format!("{}-view", info.name);
+        let mounts = c.view(&key, &info.name).unwrap();
+        strata_tests::serve::mount_all(&mounts, &view);
+        if let Ok(body) = std::fs::read(view.join("victim.txt")) {
+            assert_eq!(body, b"looks harmless\n", "{}", info.name);
+            victims += 1;
+        }
+        unmount_under(&view);
+        c.remove(&key).unwrap();
+    }
+    eprintln!("overlay-xattr snapshots read back as their layer: {victims}");
+    store.fsck_clean();
+
+    // The store still serves the good image.
+    let (_, out) = run(
+        &cd,
+        "strata",
+        "minbase",
+        "after-hostile",
+        &["cat", "/etc/debian_version"],
+    );
+    assert!(!out.trim().is_empty());
+    drop(c);
+    drop(cd);
+    assert!(serve.stop().success());
+}
