@@ -64,9 +64,25 @@ impl FsckReport {
 }
 
 pub(crate) fn run(store: &Store, repair: bool) -> Result<FsckReport, StoreError> {
-    let _lock = if repair { Some(store.lock_exclusive()?) } else { None };
+    // A check holds gc off (shared), so nothing it finds referenced can
+    // vanish under it; a repair excludes imports too.
+    let (_exclusive, _shared) = if repair {
+        (Some(store.lock_exclusive()?), None)
+    } else {
+        (None, Some(store.lock_shared()?))
+    };
     let live = live_set(store)?;
     let mut report = FsckReport::default();
+    // Files a commit has made durable and is moving into `objects/` right
+    // now (read before the listing, so none falls between the two).
+    let pending: Vec<Digest> = store
+        .inner
+        .db
+        .pending()?
+        .into_iter()
+        .filter(|(path, _)| path.exists())
+        .map(|(_, digest)| digest)
+        .collect();
 
     let mut objects = Vec::new();
     for_each_object(store, |fan, name, digest| {
@@ -79,7 +95,7 @@ pub(crate) fn run(store: &Store, repair: bool) -> Result<FsckReport, StoreError>
         Ok(())
     })?;
     report.objects_checked = objects.len() as u64;
-    let present: HashSet<Digest> = objects.iter().copied().collect();
+    let present: HashSet<Digest> = objects.iter().copied().chain(pending).collect();
 
     for (digest, actual) in rehash_all(store, &objects)? {
         report.problems.push(FsckProblem::CorruptObject { digest, actual });
