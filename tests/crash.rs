@@ -13,19 +13,8 @@ fn kill_9_during_pull_loses_nothing() {
     let store = TestStore::new();
     let scratch = store.dir.path();
     store.ok(&["pull", &layout_ref("minbase")]);
-    let rounds: u32 = std::env::var("STRATA_KILL_ROUNDS")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(8);
-    let seed: u64 = std::env::var("STRATA_KILL_SEED")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or_else(|| {
-            let now = std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .unwrap();
-            now.as_nanos() as u64 ^ u64::from(std::process::id())
-        });
+    let rounds: u32 = env_number("STRATA_KILL_ROUNDS", 8);
+    let seed = kill_seed();
     eprintln!("kill -9 loop: {rounds} rounds, seed {seed}");
 
     // How long an uninterrupted pull takes, to spread the kills over it.

@@ -310,3 +310,20 @@ pub fn path_count(expected: &Path) -> usize {
 pub fn set<T: Ord + Clone>(items: impl IntoIterator<Item = T>) -> BTreeSet<T> {
     items.into_iter().collect()
 }
+
+/// A number from the environment, or `default`.
+pub fn env_number<T: std::str::FromStr>(name: &str, default: T) -> T {
+    std::env::var(name).ok().and_then(|v| v.parse().ok()).unwrap_or(default)
+}
+
+/// The seed of a randomized test: STRATA_KILL_SEED, or one from the clock
+/// (print it, so a failing run can be repeated).
+pub fn kill_seed() -> u64 {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap();
+    env_number(
+        "STRATA_KILL_SEED",
+        now.as_nanos() as u64 ^ u64::from(std::process::id()),
+    )
+}

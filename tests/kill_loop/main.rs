@@ -153,19 +153,8 @@ fn kill_9_loop_while_a_client_works() {
     let store = TestStore::new();
     let _unmount = UnmountOnDrop(store.dir.path().to_owned());
     let scratch = store.dir.path().to_owned();
-    let rounds: u32 = std::env::var("STRATA_KILL_LOOP_ROUNDS")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(200);
-    let seed: u64 = std::env::var("STRATA_KILL_SEED")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or_else(|| {
-            let now = std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .unwrap();
-            now.as_nanos() as u64 ^ u64::from(std::process::id())
-        });
+    let rounds: u32 = env_number("STRATA_KILL_LOOP_ROUNDS", 200);
+    let seed = kill_seed();
     eprintln!("kill loop: {rounds} rounds, seed {seed} (STRATA_KILL_SEED={seed} reruns the same choices)");
     let mut rng = Rng(seed | 1);
 
