@@ -89,3 +89,45 @@ fn imports_beyond_the_configured_maximum_are_refused() {
     store.ok(&["pull", &layout_ref("minbase")]);
     store.fsck_clean();
 }
+
+#[test]
+fn repair_marks_an_image_broken_and_a_pull_heals_it() {
+    let store = TestStore::new();
+    let minbase = layout_ref("minbase");
+    store.ok(&["pull", &minbase]);
+    // Damage one object: a disk error or a hand edit under objects/.
+    let (name, size) = store
+        .objects()
+        .into_iter()
+        .find(|(_, size)| *size > 1000)
+        .expect("minbase has objects");
+    let path = store.root().join("objects").join(&name[..2]).join(&name[2..]);
+    std::fs::write(&path, vec![b'x'; size as usize]).unwrap();
+
+    let out = store.run(&["fsck"]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(1), "{text}");
+    assert!(text.contains(&format!("object {name} is corrupt")), "{text}");
+
+    let repaired = store.run(&["fsck", "--repair"]);
+    let text = String::from_utf8_lossy(&repaired.stdout).into_owned();
+    assert!(
+        text.contains("marked image") && text.contains("minbase") && text.contains("broken"),
+        "{text}"
+    );
+    assert!(!path.exists(), "repair removes the corrupt object");
+    assert!(store.ok(&["images"]).contains("BROKEN"));
+    let target = store.dir.path().join("m");
+    std::fs::create_dir_all(&target).unwrap();
+    let err = store.fails(&["mount", &minbase, target.to_str().unwrap()]);
+    assert!(err.contains("is broken") && err.contains("pull"), "{err}");
+
+    // A pull of the same image imports it again instead of skipping it.
+    let pulled = store.ok(&["pull", &minbase]);
+    assert!(!pulled.contains("up to date"), "{pulled}");
+    assert!(!store.ok(&["images"]).contains("BROKEN"));
+    store.fsck_clean();
+    let mounted = store.mount(&minbase);
+    assert_tree_matches(&expected_tree("minbase", store.dir.path()), &mounted, store.dir.path());
+    store.umount(&mounted);
+}

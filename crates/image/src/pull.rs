@@ -47,7 +47,8 @@ pub fn pull(
     let resolved = resolve(source, &options.platform)?;
     if let Some(existing) = store.image(&options.name)? {
         let id = existing.erofs_id()?;
-        if existing.manifest_digest == resolved.manifest_digest && store.image_path(&id).exists() {
+        let intact = existing.broken.is_none() && store.image_path(&id).exists();
+        if existing.manifest_digest == resolved.manifest_digest && intact {
             let objects = store.image_objects(&id)?.len() as u64;
             let image_bytes = std::fs::metadata(store.image_path(&id)).map_or(0, |m| m.len());
             return Ok(PullOutcome {
@@ -93,6 +94,7 @@ pub fn pull(
         logical_bytes: stats.logical_bytes,
         files: stats.files,
         inodes: stats.dirs + stats.leaves,
+        broken: None,
     };
     store.commit_image(&record, &objects)?;
     Ok(PullOutcome {

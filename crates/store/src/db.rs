@@ -34,6 +34,10 @@ pub struct ImageRecord {
     pub logical_bytes: u64,
     pub files: u64,
     pub inodes: u64,
+    /// Set by `fsck --repair` when content the image needs is gone; a pull
+    /// of the image imports it again.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub broken: Option<String>,
 }
 
 impl ImageRecord {
@@ -154,6 +158,15 @@ impl Db {
             out.push(decode(key.value(), value.value())?);
         }
         Ok(out)
+    }
+
+    /// Rewrites one image's record (its object list stays).
+    pub fn update_image(&self, record: &ImageRecord) -> Result<(), StoreError> {
+        let json = serde_json::to_vec(record).expect("records serialize");
+        let txn = self.db.begin_write()?;
+        txn.open_table(IMAGES)?.insert(record.name.as_str(), json.as_slice())?;
+        txn.commit()?;
+        Ok(())
     }
 
     pub fn remove_image(&self, name: &str) -> Result<bool, StoreError> {

@@ -26,6 +26,19 @@ pub enum FsckProblem {
     StrayFile { path: String },
 }
 
+impl FsckProblem {
+    /// The EROFS image the problem makes unusable, if any.
+    pub fn image(&self) -> Option<Digest> {
+        match self {
+            FsckProblem::MissingObject { image, .. }
+            | FsckProblem::MissingImage { image }
+            | FsckProblem::CorruptImage { image, .. }
+            | FsckProblem::ImageRefsMismatch { image } => Some(*image),
+            FsckProblem::CorruptObject { .. } | FsckProblem::StrayFile { .. } => None,
+        }
+    }
+}
+
 impl std::fmt::Display for FsckProblem {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
@@ -55,6 +68,8 @@ pub struct FsckReport {
     pub orphan_images: u64,
     /// What `repair` removed.
     pub repaired: u64,
+    /// Named images `repair` marked broken (content they need is gone).
+    pub marked_broken: Vec<String>,
 }
 
 impl FsckReport {
@@ -95,12 +110,13 @@ pub(crate) fn run(store: &Store, repair: bool) -> Result<FsckReport, StoreError>
         Ok(())
     })?;
     report.objects_checked = objects.len() as u64;
-    let present: HashSet<Digest> = objects.iter().copied().chain(pending).collect();
+    let mut present: HashSet<Digest> = objects.iter().copied().chain(pending).collect();
 
     for (digest, actual) in rehash_all(store, &objects)? {
         report.problems.push(FsckProblem::CorruptObject { digest, actual });
         if repair {
             store.inner.objects.unlink(&digest.object_path())?;
+            present.remove(&digest);
             report.repaired += 1;
         }
     }
@@ -142,7 +158,27 @@ pub(crate) fn run(store: &Store, repair: bool) -> Result<FsckReport, StoreError>
         }
         check_image(store, image, &present, &mut report.problems)?;
     }
+    if repair {
+        mark_broken(store, &mut report)?;
+    }
     Ok(report)
+}
+
+/// Marks every named image that a problem touches as broken, so that
+/// `mount` refuses it with a clear error and `pull` imports it again.
+fn mark_broken(store: &Store, report: &mut FsckReport) -> Result<(), StoreError> {
+    for mut record in store.images()? {
+        let id = record.erofs_id()?;
+        let Some(problem) = report.problems.iter().find(|p| p.image() == Some(id)) else {
+            continue;
+        };
+        if record.broken.is_none() {
+            record.broken = Some(problem.to_string());
+            store.inner.db.update_image(&record)?;
+            report.marked_broken.push(record.name);
+        }
+    }
+    Ok(())
 }
 
 fn check_image(

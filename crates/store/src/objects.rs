@@ -263,6 +263,9 @@ impl Store {
     /// present, or a file already gone, is left alone. Returns how many
     /// entered.
     pub fn adopt_in_place(&self, files: &[(PathBuf, Digest)], verify: bool) -> Result<usize, StoreError> {
+        if files.is_empty() {
+            return Ok(0);
+        }
         let objects = &self.inner.objects;
         let mut added = 0;
         for (path, digest) in files {

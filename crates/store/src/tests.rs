@@ -12,6 +12,7 @@ fn record(name: &str, erofs: &Digest) -> ImageRecord {
         logical_bytes: 0,
         files: 0,
         inodes: 0,
+        broken: None,
     }
 }
 

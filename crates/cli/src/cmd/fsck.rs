@@ -4,7 +4,8 @@ use crate::config::Config;
 
 #[derive(clap::Args)]
 pub struct Args {
-    /// Remove corrupt objects and orphans.
+    /// Remove corrupt objects and orphans; mark images that lost content
+    /// as broken (a pull imports them again).
     #[arg(long)]
     repair: bool,
 }
@@ -29,6 +30,9 @@ pub fn run(config: &Config, args: Args) -> anyhow::Result<()> {
             String::new()
         }
     );
+    for name in &report.marked_broken {
+        println!("fsck: marked image {name} broken; `strata pull` it again");
+    }
 
     let mut snapshots = strata_snapshotter::check(&store, &policy)?;
     for problem in &snapshots.problems {

@@ -18,11 +18,12 @@ pub fn run(config: &Config, args: Args) -> anyhow::Result<()> {
     for image in images {
         let short = image.manifest_digest.get(..19).unwrap_or(&image.manifest_digest);
         println!(
-            "{:<50} {:<20} {:>10} {:>8}",
+            "{:<50} {:<20} {:>10} {:>8}{}",
             image.name,
             short,
             human(image.logical_bytes),
-            image.files
+            image.files,
+            if image.broken.is_some() { "  BROKEN" } else { "" }
         );
     }
     Ok(())

@@ -33,6 +33,9 @@ pub fn run(config: &Config, args: Args) -> anyhow::Result<()> {
     let record = store
         .image(&args.image)?
         .with_context(|| format!("no image named {:?} (see `strata images`)", args.image))?;
+    if let Some(reason) = &record.broken {
+        anyhow::bail!("image {} is broken ({reason}); `strata pull` it again", record.name);
+    }
     let target = args
         .target
         .canonicalize()
