@@ -38,6 +38,9 @@ pub struct ObjectStager {
     next_file: u64,
     /// New contents adopted where they lie (see [`adopt`](Self::adopt)).
     deferred: Vec<(PathBuf, Digest)>,
+    /// How many were ever deferred: publish must sync them even after the
+    /// caller has taken the list.
+    deferred_count: usize,
     /// The filesystem of `tmp/` and `objects/`: files on it are adopted in place.
     device: u64,
 }
@@ -79,6 +82,7 @@ impl ObjectStager {
             seen: HashSet::new(),
             next_file: 0,
             deferred: Vec::new(),
+            deferred_count: 0,
             device,
         })
     }
@@ -186,6 +190,7 @@ impl ObjectStager {
         if device == self.device && !self.known(&digest)? {
             self.seen.insert(digest);
             self.deferred.push((source, digest));
+            self.deferred_count += 1;
             return Ok(StagedObject {
                 digest,
                 size,
@@ -218,7 +223,7 @@ impl ObjectStager {
             self.dir.unlink(name)?;
         }
         self.pending.retain(|(_, d)| keep(d));
-        if self.pending.is_empty() && self.deferred.is_empty() {
+        if self.pending.is_empty() && self.deferred_count == 0 {
             return Ok(0);
         }
         // Also makes the contents adopted in place durable.
