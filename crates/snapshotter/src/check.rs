@@ -55,7 +55,7 @@ pub fn check(store: &Store, policy: &ScratchPolicy) -> Result<SnapshotReport, Sn
     for (key, r) in records.iter().filter(|(_, r)| r.kind == Kind::Committed) {
         if crate::ops::has_upper_leftovers(&dir.join(r.id.to_string())) {
             report.orphans.push(format!(
-                "snapshot {key:?}: an interrupted commit left its upper dir (a start removes it)"
+                "snapshot {key:?}: the upper dir of its commit is still there (a start removes it)"
             ));
         }
     }

@@ -7,18 +7,20 @@
 //! (`trusted.overlay.redirect`) becomes an opaque copy of the lower
 //! directory with the upper entries applied. Other `trusted.overlay.*`
 //! xattrs are dropped.
-//! Bodies of regular files above the inline limit are moved (renamed, never
-//! copied) into the store's stage.
+//! Bodies of regular files above the inline limit are hashed where they
+//! lie, on every core, and handed to the store's stager (which moves, never
+//! copies, them into the store after the caller's commit). The walk also
+//! measures the upper dir's usage, so it is read once.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{FileTypeExt, MetadataExt};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use strata_store::ObjectStager;
-use strata_tree::{Content, Dir, FileData, Leaf, LeafId, Node, Stat, Tree};
+use strata_tree::{Content, Digest, Dir, FileData, Leaf, LeafId, Node, Stat, Tree};
 
-use crate::SnapshotError;
+use crate::{SnapshotError, Usage};
 
 const OVERLAY_PREFIX: &[u8] = b"trusted.overlay.";
 const OPAQUE: &[u8] = b"trusted.overlay.opaque";
@@ -27,30 +29,65 @@ const REDIRECT: &[u8] = b"trusted.overlay.redirect";
 
 struct Walk<'a> {
     lower: &'a Tree,
-    stager: &'a mut ObjectStager,
     layer: Tree,
     inodes: HashMap<(u64, u64), LeafId>,
+    /// Files whose bodies become objects, hashed after the walk.
+    bodies: Vec<(LeafId, PathBuf)>,
+    usage: Usage,
+    counted: HashSet<(u64, u64)>,
 }
 
-/// Reads `upper` into a layer tree, staging large file bodies in `stager`.
-/// `lower` is the merged tree the upper dir was mounted over.
-pub(crate) fn layer_from_upper(upper: &Path, lower: &Tree, stager: &mut ObjectStager) -> Result<Tree, SnapshotError> {
+/// Reads `upper` into a layer tree, staging large file bodies in `stager`,
+/// and measures its usage. `lower` is the merged tree the upper dir was
+/// mounted over.
+pub(crate) fn layer_from_upper(
+    upper: &Path,
+    lower: &Tree,
+    stager: &mut ObjectStager,
+) -> Result<(Tree, Usage), SnapshotError> {
     let meta = std::fs::symlink_metadata(upper).map_err(|e| SnapshotError::io("stat", upper, e))?;
     let (stat, _) = read_stat(upper, &meta)?;
     let mut walk = Walk {
         lower,
-        stager,
         layer: Tree::new(stat.clone()),
         inodes: HashMap::new(),
+        bodies: Vec::new(),
+        usage: Usage::default(),
+        counted: HashSet::new(),
     };
+    walk.count(&meta);
     let mut names = Vec::new();
     let root = walk.dir(upper, stat, &mut names)?;
     walk.layer.root = root;
     walk.layer.root.opaque = false;
-    Ok(walk.layer)
+    let Walk {
+        mut layer,
+        bodies,
+        usage,
+        ..
+    } = walk;
+    let paths: Vec<PathBuf> = bodies.iter().map(|(_, path)| path.clone()).collect();
+    for ((id, path), hashed) in bodies.into_iter().zip(strata_store::hash_files(&paths)) {
+        let (digest, size) = hashed?;
+        let staged = stager.adopt(&path, digest, size)?;
+        layer.leaf_mut(id).content = Content::File(FileData::Object {
+            digest: staged.digest,
+            size: staged.size,
+        });
+    }
+    Ok((layer, usage))
 }
 
 impl Walk<'_> {
+    /// Adds an inode to the usage, each inode once.
+    fn count(&mut self, meta: &std::fs::Metadata) {
+        if meta.nlink() > 1 && !meta.is_dir() && !self.counted.insert((meta.dev(), meta.ino())) {
+            return;
+        }
+        self.usage.inodes += 1;
+        self.usage.size += i64::try_from(meta.blocks() * 512).unwrap_or(i64::MAX);
+    }
+
     fn dir(&mut self, path: &Path, stat: Stat, names: &mut Vec<Vec<u8>>) -> Result<Dir, SnapshotError> {
         let mut dir = Dir::new(stat);
         let mut entries: Vec<_> = std::fs::read_dir(path)
@@ -62,15 +99,16 @@ impl Walk<'_> {
             let name = entry.file_name().as_bytes().to_vec();
             let child = entry.path();
             names.push(name.clone());
-            let node = self.entry(path, &child, names)?;
+            let node = self.entry(&child, names)?;
             names.pop();
             dir.entries.insert(name, node);
         }
         Ok(dir)
     }
 
-    fn entry(&mut self, parent: &Path, path: &Path, names: &mut Vec<Vec<u8>>) -> Result<Node, SnapshotError> {
+    fn entry(&mut self, path: &Path, names: &mut Vec<Vec<u8>>) -> Result<Node, SnapshotError> {
         let meta = std::fs::symlink_metadata(path).map_err(|e| SnapshotError::io("stat", path, e))?;
+        self.count(&meta);
         let ft = meta.file_type();
         if ft.is_char_device() && meta.rdev() == 0 {
             return Ok(Node::Whiteout);
@@ -89,11 +127,20 @@ impl Walk<'_> {
         if let Some(id) = self.inodes.get(&key) {
             return Ok(Node::Leaf(*id));
         }
+        let mut body = false;
         let content = if ft.is_file() {
             if overlay.contains_key(METACOPY) {
                 self.lower_content(path, names, overlay.get(REDIRECT))?
+            } else if usize::try_from(meta.len()).is_ok_and(|l| l <= strata_erofs::INLINE_MAX) {
+                let data = std::fs::read(path).map_err(|e| SnapshotError::io("read", path, e))?;
+                Content::File(FileData::Inline(data))
             } else {
-                Content::File(self.body(parent, path, meta.len())?)
+                // Hashed after the walk; the digest is filled in then.
+                body = true;
+                Content::File(FileData::Object {
+                    digest: Digest([0; 32]),
+                    size: meta.len(),
+                })
             }
         } else if ft.is_symlink() {
             let target = std::fs::read_link(path).map_err(|e| SnapshotError::io("read link", path, e))?;
@@ -108,38 +155,13 @@ impl Walk<'_> {
             Content::Socket
         };
         let id = self.layer.push_leaf(Leaf { stat, content });
+        if body {
+            self.bodies.push((id, path.to_owned()));
+        }
         if meta.nlink() > 1 {
             self.inodes.insert(key, id);
         }
         Ok(Node::Leaf(id))
-    }
-
-    fn body(&mut self, parent: &Path, path: &Path, len: u64) -> Result<FileData, SnapshotError> {
-        if usize::try_from(len).is_ok_and(|l| l <= strata_erofs::INLINE_MAX) {
-            let data = std::fs::read(path).map_err(|e| SnapshotError::io("read", path, e))?;
-            return Ok(FileData::Inline(data));
-        }
-        let staged = match path.file_name().and_then(|n| n.to_str()) {
-            Some(name) => self.stager.adopt(parent, name)?,
-            None => {
-                // adopt() takes UTF-8 names; stream the rare other ones.
-                let mut file = std::fs::File::open(path).map_err(|e| SnapshotError::io("open", path, e))?;
-                let mut writer = self.stager.writer()?;
-                let mut buf = vec![0u8; 256 * 1024];
-                loop {
-                    let n = std::io::Read::read(&mut file, &mut buf).map_err(|e| SnapshotError::io("read", path, e))?;
-                    if n == 0 {
-                        break;
-                    }
-                    writer.write(&buf[..n])?;
-                }
-                self.stager.finish(writer)?
-            }
-        };
-        Ok(FileData::Object {
-            digest: staged.digest,
-            size: staged.size,
-        })
     }
 
     /// A directory renamed from the lower tree: the lower directory at its

@@ -436,24 +436,34 @@ impl Snapshotter {
         let dir = self.snap_dir(record.id);
         let (fs, _) = self.upper_of(&record);
         let _import = self.store.lock_shared()?;
+        let mut phases = Phases::start();
         let mut merged = match &record.parent {
             Some(p) => self.load_tree(p, &self.record(p)?)?,
             None => Tree::new(Stat::default_dir()),
         };
-        let usage = disk_usage(&fs)?;
+        phases.mark("load parent");
         let mut stager = self.store.stager()?;
-        let layer = diff::layer_from_upper(&fs, &merged, &mut stager)?;
+        let (layer, usage) = diff::layer_from_upper(&fs, &merged, &mut stager)?;
+        phases.mark("hash");
         strata_tree::merge_layer(&mut merged, layer)?;
         merged.compact();
         let image = strata_erofs::write_image(&merged)?;
         let objects = ObjectRef::all_in(&merged);
+        phases.mark("erofs");
         // New files stay in the upper dir until the DB commit; publish
         // makes them durable where they are.
         let adopted = stager.take_deferred();
         stager.publish()?;
+        phases.mark("sync");
         let id = self.store.put_image(&image)?;
+        phases.mark("put image");
         strata_failpoint::hit("commit.after_publish")?;
-        write_atomic(&dir.join("tree"), &codec::encode(&merged))?;
+        let encoded = codec::encode(&merged).map_err(|e| SnapshotError::BadRecord {
+            key: key.to_owned(),
+            reason: e.to_string(),
+        })?;
+        write_atomic(&dir.join("tree"), &encoded)?;
+        phases.mark("tree");
         let now = Stamp::now();
         let committed = Record {
             id: record.id,
@@ -471,16 +481,25 @@ impl Snapshotter {
         db::delete(&txn, key)?;
         db::put(&txn, name, &committed)?;
         strata_store::add_root_in(&txn, &root_name(record.id), &id, &objects)?;
-        strata_store::add_pending_in(&txn, &adopted)?;
+        self.store.journal_adoptions_in(&txn, &adopted)?;
         txn.commit()?;
+        phases.mark("db");
         strata_failpoint::hit("commit.after_db")?;
         self.release_scratch(&record)?;
         // The upper dir is in the image now: its new files go into the
         // store (any later open of the store does it if this process dies
         // first), the rest is garbage.
-        self.store.adopt_in_place(&adopted, false)?;
-        remove_upper_leftovers(&dir);
-        tracing::debug!(name, key, image = %id.to_hex(), "committed snapshot");
+        self.store.adopt_in_place(&adopted)?;
+        phases.mark("adopt");
+        for sub in ["fs", "work"] {
+            // Past the commit point: a failure here only leaves garbage
+            // that the next start removes.
+            if let Err(e) = self.store.discard(&dir.join(sub)) {
+                tracing::warn!(key, "leaving the old upper dir for the next start: {e}");
+            }
+        }
+        phases.mark("discard");
+        tracing::debug!(name, key, image = %id.to_hex(), phases = %phases, "committed snapshot");
         Ok(())
     }
 
@@ -622,4 +641,35 @@ fn disk_usage(path: &Path) -> Result<Usage, SnapshotError> {
         }
     }
     Ok(usage)
+}
+
+/// Wall time per step of an operation, for the debug log.
+struct Phases {
+    last: std::time::Instant,
+    steps: Vec<(&'static str, std::time::Duration)>,
+}
+
+impl Phases {
+    fn start() -> Self {
+        Phases {
+            last: std::time::Instant::now(),
+            steps: Vec::new(),
+        }
+    }
+
+    fn mark(&mut self, step: &'static str) {
+        let now = std::time::Instant::now();
+        self.steps.push((step, now - self.last));
+        self.last = now;
+    }
+}
+
+impl std::fmt::Display for Phases {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        for (i, (step, took)) in self.steps.iter().enumerate() {
+            let sep = if i == 0 { "" } else { ", " };
+            write!(f, "{sep}{step} {:.1} ms", took.as_secs_f64() * 1e3)?;
+        }
+        Ok(())
+    }
 }

@@ -9,7 +9,7 @@ use strata_store::Store;
 
 #[test]
 fn chain_view_and_rules() {
-    let dir = tempfile::tempdir().unwrap();
+    let dir = common::tempdir();
     let store = Store::open(&dir.path().join("store")).unwrap();
     let sn = Snapshotter::open(store, common::policy()).unwrap();
     let mnt = dir.path().join("mnt");

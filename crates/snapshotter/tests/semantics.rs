@@ -38,7 +38,7 @@ fn labels(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
 
 #[test]
 fn renames_and_metadata_copy_ups_commit_faithfully() {
-    let dir = tempfile::tempdir().unwrap();
+    let dir = common::tempdir();
     let sn = open(dir.path());
     let mnt = dir.path().join("mnt");
     layer(&sn, &mnt, "a", "", "c1", |m| {
@@ -76,7 +76,7 @@ fn renames_and_metadata_copy_ups_commit_faithfully() {
 
 #[test]
 fn chain_of_128_layers_mounts_as_one_lower() {
-    let dir = tempfile::tempdir().unwrap();
+    let dir = common::tempdir();
     let sn = open(dir.path());
     let mnt = dir.path().join("mnt");
     let mut parent = String::new();
@@ -114,7 +114,7 @@ fn chain_of_128_layers_mounts_as_one_lower() {
 
 #[test]
 fn update_usage_walk_and_error_kinds() {
-    let dir = tempfile::tempdir().unwrap();
+    let dir = common::tempdir();
     let sn = open(dir.path());
     let mnt = dir.path().join("mnt");
 
@@ -188,7 +188,7 @@ fn update_usage_walk_and_error_kinds() {
 
 #[test]
 fn state_survives_restart_and_one_snapshotter_owns_a_store() {
-    let dir = tempfile::tempdir().unwrap();
+    let dir = common::tempdir();
     let mnt = dir.path().join("mnt");
     let sn = open(dir.path());
     layer(&sn, &mnt, "a", "", "c", |m| {

@@ -214,12 +214,7 @@ impl Db {
 
     pub fn forget_pending(&self, files: &[(PathBuf, Digest)]) -> Result<(), StoreError> {
         let txn = self.db.begin_write()?;
-        {
-            let mut table = txn.open_table(PENDING)?;
-            for (path, _) in files {
-                table.remove(path.as_os_str().as_bytes())?;
-            }
-        }
+        forget_pending_in(&txn, files)?;
         txn.commit()?;
         Ok(())
     }
@@ -323,6 +318,18 @@ pub fn add_pending_in(txn: &WriteTransaction, files: &[(PathBuf, Digest)]) -> Re
     let mut table = txn.open_table(PENDING)?;
     for (path, digest) in files {
         table.insert(path.as_os_str().as_bytes(), digest.0.as_slice())?;
+    }
+    Ok(())
+}
+
+/// Drops pending rows inside the caller's transaction.
+pub(crate) fn forget_pending_in(txn: &WriteTransaction, files: &[(PathBuf, Digest)]) -> Result<(), StoreError> {
+    if files.is_empty() {
+        return Ok(());
+    }
+    let mut table = txn.open_table(PENDING)?;
+    for (path, _) in files {
+        table.remove(path.as_os_str().as_bytes())?;
     }
     Ok(())
 }

@@ -252,5 +252,5 @@ fn rehash_all(store: &Store, objects: &[Digest]) -> Result<Vec<(Digest, Digest)>
 
 fn hash_object(store: &Store, digest: &Digest) -> Result<Digest, StoreError> {
     let path = store.objects_path().join(digest.object_path());
-    crate::objects::hash_file(&path).map(|(actual, _)| actual)
+    crate::hashing::hash_file(&path).map(|(actual, _)| actual)
 }

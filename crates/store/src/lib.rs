@@ -22,18 +22,21 @@ mod dirfd;
 mod error;
 mod fsck;
 mod gc;
+mod hashing;
 mod images;
 mod lock;
 mod objects;
 mod recover;
+mod trash;
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-pub use db::{add_pending_in, add_root_in, remove_root_in, ImageRecord, ObjectRef};
+pub use db::{add_root_in, remove_root_in, ImageRecord, ObjectRef};
 pub use error::StoreError;
 pub use fsck::{FsckProblem, FsckReport};
 pub use gc::GcReport;
+pub use hashing::{hash_file, hash_files};
 pub use lock::{ExclusiveGuard, ImportSlot, SharedGuard};
 pub use objects::{ObjectStager, StagedObject};
 
@@ -54,6 +57,8 @@ struct Inner {
     images: DirFd,
     tmp: DirFd,
     db: db::Db,
+    moves: objects::Moves,
+    trash: trash::Trash,
 }
 
 impl Store {
@@ -81,6 +86,8 @@ impl Store {
                 images,
                 tmp,
                 db,
+                moves: objects::Moves::default(),
+                trash: trash::Trash::default(),
             }),
         };
         store.finish_pending()?;
@@ -136,6 +143,17 @@ impl Store {
     }
 
     /// Writes an EROFS image durably and returns its id (its own digest).
+    /// Takes the directory `path` (on the store's filesystem) out of the
+    /// way at once and deletes it in the background.
+    pub fn discard(&self, path: &Path) -> Result<(), StoreError> {
+        self.inner.trash.discard(&self.inner.tmp, path)
+    }
+
+    /// Waits until every directory handed to [`discard`](Self::discard) is gone.
+    pub fn wait_for_discards(&self) {
+        self.inner.trash.wait_idle();
+    }
+
     pub fn put_image(&self, bytes: &[u8]) -> Result<strata_tree::Digest, StoreError> {
         images::put(self, bytes)
     }

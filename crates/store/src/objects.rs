@@ -7,10 +7,16 @@ use std::io::Write;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Mutex;
 
 use rustix::fs::{AtFlags, Mode, RenameFlags, CWD};
 use strata_tree::{Digest, VerityHasher};
 
+use crate::hashing::hash_file;
+
+use redb::WriteTransaction;
+
+use crate::db::{add_pending_in, forget_pending_in};
 use crate::dirfd::DirFd;
 use crate::{Store, StoreError};
 
@@ -174,22 +180,21 @@ impl ObjectStager {
         })
     }
 
-    /// Takes a file that already exists (e.g. in a snapshot's upper dir),
-    /// hashing it where it lies. On the store's filesystem a new content is
-    /// left in place and only listed: the caller moves it into `objects/`
-    /// with [`Store::adopt_in_place`] after its own commit point, so a
-    /// failed or killed commit loses nothing. From another filesystem (a
-    /// sized scratch) it is copied into the stage. A known content is left
-    /// where it is.
-    pub fn adopt(&mut self, from_dir: &Path, name: &str) -> Result<StagedObject, StoreError> {
-        let source = from_dir.join(name);
-        let (digest, size) = hash_file(&source)?;
-        let device = std::fs::symlink_metadata(&source)
-            .map_err(|e| StoreError::io("stat", &source, e))?
+    /// Takes a file that already exists (e.g. in a snapshot's upper dir)
+    /// and was hashed where it lies (see [`hash_files`](crate::hash_files)).
+    /// On the store's filesystem a new content is left in place and only
+    /// listed: the caller moves it into `objects/` with
+    /// [`Store::adopt_in_place`] after its own commit point, so a failed or
+    /// killed commit loses nothing. From another filesystem (a sized
+    /// scratch) it is copied into the stage. A known content is left where
+    /// it is.
+    pub fn adopt(&mut self, source: &Path, digest: Digest, size: u64) -> Result<StagedObject, StoreError> {
+        let device = std::fs::symlink_metadata(source)
+            .map_err(|e| StoreError::io("stat", source, e))?
             .dev();
         if device == self.device && !self.known(&digest)? {
             self.seen.insert(digest);
-            self.deferred.push((source, digest));
+            self.deferred.push((source.to_owned(), digest));
             self.deferred_count += 1;
             return Ok(StagedObject {
                 digest,
@@ -199,7 +204,7 @@ impl ObjectStager {
         }
         self.stage_new(digest, size, |dir, staged| {
             let to = dir.path().join(staged);
-            std::fs::copy(&source, &to).map_err(|e| StoreError::io("copy into store", &source, e))?;
+            std::fs::copy(source, &to).map_err(|e| StoreError::io("copy into store", source, e))?;
             rustix::fs::chmodat(
                 dir.fd(),
                 staged,
@@ -223,11 +228,14 @@ impl ObjectStager {
             self.dir.unlink(name)?;
         }
         self.pending.retain(|(_, d)| keep(d));
-        if self.pending.is_empty() && self.deferred_count == 0 {
+        let moved = self.store.inner.moves.take_unsynced();
+        if self.pending.is_empty() && self.deferred_count == 0 && moved.is_empty() {
             return Ok(0);
         }
-        // Also makes the contents adopted in place durable.
+        // Also makes durable the contents adopted in place, and the moves
+        // of earlier commits into `objects/`.
         self.dir.syncfs()?;
+        self.store.inner.moves.synced(moved);
         if self.pending.is_empty() {
             return Ok(0);
         }
@@ -261,23 +269,37 @@ impl ObjectStager {
 
 impl Store {
     /// Moves files listed by [`ObjectStager::adopt`] into `objects/`, a
-    /// rename, never a copy, and forgets them as pending (see
-    /// [`add_pending_in`](crate::add_pending_in)). Their data must be
-    /// durable already (the stager's publish syncs it). With `verify`, each
-    /// is hashed again first and skipped if it changed. A content already
-    /// present, or a file already gone, is left alone. Returns how many
-    /// entered.
-    pub fn adopt_in_place(&self, files: &[(PathBuf, Digest)], verify: bool) -> Result<usize, StoreError> {
-        if files.is_empty() {
-            return Ok(0);
-        }
+    /// rename, never a copy. Their data must be durable already (the
+    /// stager's publish syncs it); the renames are made durable by the next
+    /// publish, and their pending rows (see [`add_pending_in`]) dropped by
+    /// the next [`journal_adoptions_in`](Self::journal_adoptions_in) after
+    /// it. A content already present, or a file already gone, is left
+    /// alone. Returns how many entered.
+    pub fn adopt_in_place(&self, files: &[(PathBuf, Digest)]) -> Result<usize, StoreError> {
+        let added = self.move_into_objects(files, false)?;
+        self.inner.moves.moved(files);
+        Ok(added)
+    }
+
+    /// Inside the caller's transaction: lists `files` as pending moves
+    /// (any later open of the store finishes them if the caller cannot),
+    /// and drops the rows of earlier moves a sync has made durable.
+    pub fn journal_adoptions_in(&self, txn: &WriteTransaction, files: &[(PathBuf, Digest)]) -> Result<(), StoreError> {
+        add_pending_in(txn, files)?;
+        forget_pending_in(txn, &self.inner.moves.take_durable())
+    }
+
+    /// Renames each file into `objects/` and makes it read-only. With
+    /// `verify`, each is hashed again first and skipped if it changed.
+    fn move_into_objects(&self, files: &[(PathBuf, Digest)], verify: bool) -> Result<usize, StoreError> {
         let objects = &self.inner.objects;
         let mut added = 0;
+        let mut fanout_ready = [false; 256];
         for (path, digest) in files {
-            if self.has_object(digest)? {
-                continue;
-            }
             if verify {
+                if self.has_object(digest)? {
+                    continue;
+                }
                 match hash_file(path) {
                     Ok((found, _)) if found == *digest => {}
                     Ok(_) => {
@@ -288,8 +310,13 @@ impl Store {
                     Err(e) => return Err(e),
                 }
             }
-            objects.ensure_dir(&format!("{:02x}", digest.0[0]), 0o755)?;
+            let fan = usize::from(digest.0[0]);
+            if !fanout_ready[fan] {
+                objects.ensure_dir(&format!("{:02x}", digest.0[0]), 0o755)?;
+                fanout_ready[fan] = true;
+            }
             let to = digest.object_path();
+            // A content already present stays; the rename reports it.
             match rustix::fs::renameat_with(CWD, path, objects.fd(), &to, RenameFlags::NOREPLACE) {
                 Ok(()) => added += 1,
                 // Already there, or moved by another process finishing it.
@@ -299,22 +326,52 @@ impl Store {
             rustix::fs::chmodat(objects.fd(), &to, Mode::from_raw_mode(0o444), AtFlags::empty())
                 .map_err(|e| StoreError::io("chmod", objects.path().join(&to), e))?;
         }
-        if added > 0 {
-            objects.syncfs()?;
-        }
-        self.inner.db.forget_pending(files)?;
         Ok(added)
     }
 
-    /// Finishes the moves a killed process left pending.
+    /// Finishes the moves a killed process left pending, each checked
+    /// against its digest, and makes them durable before forgetting them.
     pub(crate) fn finish_pending(&self) -> Result<(), StoreError> {
         let pending = self.inner.db.pending()?;
         if !pending.is_empty() {
-            let added = self.adopt_in_place(&pending, true)?;
+            let added = self.move_into_objects(&pending, true)?;
+            self.inner.objects.syncfs()?;
+            self.inner.db.forget_pending(&pending)?;
             tracing::info!(files = pending.len(), added, "finished pending adoptions");
         }
         Ok(())
     }
+}
+
+/// Moves into `objects/` that are done but not yet durable, then durable
+/// but still listed as pending in the DB.
+#[derive(Default)]
+pub(crate) struct Moves {
+    unsynced: Mutex<Vec<(PathBuf, Digest)>>,
+    durable: Mutex<Vec<(PathBuf, Digest)>>,
+}
+
+impl Moves {
+    fn moved(&self, files: &[(PathBuf, Digest)]) {
+        lock(&self.unsynced).extend_from_slice(files);
+    }
+
+    /// Taken before a sync; handed back to [`synced`](Self::synced) after it.
+    fn take_unsynced(&self) -> Vec<(PathBuf, Digest)> {
+        std::mem::take(&mut *lock(&self.unsynced))
+    }
+
+    fn synced(&self, files: Vec<(PathBuf, Digest)>) {
+        lock(&self.durable).extend(files);
+    }
+
+    fn take_durable(&self) -> Vec<(PathBuf, Digest)> {
+        std::mem::take(&mut *lock(&self.durable))
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 impl Drop for ObjectStager {
@@ -328,23 +385,4 @@ impl Drop for ObjectStager {
             rustix::fs::AtFlags::REMOVEDIR,
         );
     }
-}
-
-/// The fs-verity digest and size of a file's content.
-pub(crate) fn hash_file(path: &std::path::Path) -> Result<(Digest, u64), StoreError> {
-    thread_local! {
-        // One read buffer per thread: zeroing a fresh 1 MiB per file was
-        // most of a commit's CPU time (perf: memset above hashing).
-        static BUFFER: std::cell::RefCell<Vec<u8>> = std::cell::RefCell::new(vec![0u8; 1 << 20]);
-    }
-    let mut file = std::fs::File::open(path).map_err(|e| StoreError::io("open", path, e))?;
-    let mut hasher = VerityHasher::new();
-    BUFFER.with_borrow_mut(|buf| loop {
-        let n = std::io::Read::read(&mut file, buf).map_err(|e| StoreError::io("read", path, e))?;
-        if n == 0 {
-            let size = hasher.len();
-            return Ok((hasher.finish(), size));
-        }
-        hasher.update(&buf[..n]);
-    })
 }

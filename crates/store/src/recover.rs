@@ -6,9 +6,12 @@ use crate::dirfd::DirFd;
 use crate::gc::read_dir;
 use crate::StoreError;
 
-/// The pid embedded in a staging name: `stage-PID-N`, `image-PID-ID`.
+/// The pid embedded in a staging name: `stage-PID-N`, `image-PID-ID`,
+/// `trash-PID-N`.
 fn owner_pid(name: &str) -> Option<i32> {
-    let rest = name.strip_prefix("stage-").or_else(|| name.strip_prefix("image-"))?;
+    let rest = ["stage-", "image-", "trash-"]
+        .iter()
+        .find_map(|prefix| name.strip_prefix(prefix))?;
     rest.split('-').next()?.parse().ok()
 }
 
@@ -50,6 +53,7 @@ mod tests {
     fn names() {
         assert_eq!(owner_pid("stage-123-4"), Some(123));
         assert_eq!(owner_pid("image-77-abcdef"), Some(77));
+        assert_eq!(owner_pid("trash-9-1"), Some(9));
         assert_eq!(owner_pid("other"), None);
         assert!(alive(std::process::id() as i32));
     }

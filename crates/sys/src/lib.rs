@@ -1,12 +1,14 @@
 //! The system-call seam. Everything strata asks of the kernel beyond plain
 //! file I/O goes through here: the new mount API, unmounting, mount-table
-//! lookups. errno values are turned into typed errors once, here.
+//! lookups, starting writeback. errno values are turned into typed errors once, here.
 //!
 //! This is the one crate allowed `unsafe` (for ioctls that safe crates lack);
 //! every such block carries a `// SAFETY:` comment.
 
 mod mountapi;
 mod mountinfo;
+mod writeback;
 
 pub use mountapi::{mount_fs, unmount, FsOption, MountError, MountFlags};
 pub use mountinfo::{is_mountpoint, mounts_under};
+pub use writeback::start_writeback;

@@ -34,9 +34,18 @@ fn read() -> Vec<PathBuf> {
         .unwrap_or_default()
 }
 
-/// True when `path` is itself a mount point.
+/// True when `path` is itself a mount point. One `statx` where the kernel
+/// reports mount roots (5.8+); mountinfo, which grows with every container
+/// on the node, only on older kernels.
 pub fn is_mountpoint(path: &Path) -> bool {
-    read().iter().any(|m| m == path)
+    use rustix::fs::{statx, AtFlags, StatxAttributes, StatxFlags, CWD};
+    match statx(CWD, path, AtFlags::SYMLINK_NOFOLLOW, StatxFlags::BASIC_STATS) {
+        Ok(st) if st.stx_attributes_mask.contains(StatxAttributes::MOUNT_ROOT) => {
+            st.stx_attributes.contains(StatxAttributes::MOUNT_ROOT)
+        }
+        Ok(_) | Err(rustix::io::Errno::NOSYS) => read().iter().any(|m| m == path),
+        Err(_) => false,
+    }
 }
 
 /// Mount points at or below `dir`, deepest first (the order to unmount in).
@@ -50,6 +59,16 @@ pub fn mounts_under(dir: &Path) -> Vec<PathBuf> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn statx_agrees_with_mountinfo() {
+        for path in ["/", "/proc", "/dev"] {
+            let listed = read().iter().any(|m| m == Path::new(path));
+            assert_eq!(is_mountpoint(Path::new(path)), listed, "{path}");
+        }
+        assert!(!is_mountpoint(Path::new("/proc/self")));
+        assert!(!is_mountpoint(Path::new("/no/such/path")));
+    }
 
     #[test]
     fn parses_and_unescapes() {

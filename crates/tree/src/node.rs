@@ -141,6 +141,10 @@ impl Tree {
         &self.leaves[id.0]
     }
 
+    pub fn leaf_mut(&mut self, id: LeafId) -> &mut Leaf {
+        &mut self.leaves[id.0]
+    }
+
     /// Looks up a node by path components.
     pub fn lookup(&self, path: &[Vec<u8>]) -> Option<&Node> {
         let (last, parents) = path.split_last()?;

@@ -65,3 +65,25 @@ pub fn policy() -> strata_snapshotter::ScratchPolicy {
         fs: strata_snapshotter::FsKind::Ext4,
     }
 }
+
+/// A temp dir that unmounts whatever the store left mounted under it (the
+/// images it shares between mounts) before it is removed.
+pub struct TestDir(tempfile::TempDir);
+
+pub fn tempdir() -> TestDir {
+    TestDir(tempfile::tempdir().unwrap())
+}
+
+impl TestDir {
+    pub fn path(&self) -> &Path {
+        self.0.path()
+    }
+}
+
+impl Drop for TestDir {
+    fn drop(&mut self) {
+        for m in strata_sys::mounts_under(self.0.path()) {
+            let _ = unmount(&m, true);
+        }
+    }
+}
