@@ -57,7 +57,9 @@ pub(crate) fn layer_from_upper(
     };
     walk.count(&meta);
     let mut names = Vec::new();
+    let started = std::time::Instant::now();
     let root = walk.dir(upper, stat, &mut names)?;
+    let walked = started.elapsed();
     walk.layer.root = root;
     walk.layer.root.opaque = false;
     let Walk {
@@ -67,7 +69,14 @@ pub(crate) fn layer_from_upper(
         ..
     } = walk;
     let paths: Vec<PathBuf> = bodies.iter().map(|(_, path)| path.clone()).collect();
-    for ((id, path), hashed) in bodies.into_iter().zip(strata_store::hash_files(&paths)) {
+    let hashed = strata_store::hash_files(&paths);
+    tracing::debug!(
+        walk_ms = walked.as_millis(),
+        hash_ms = (started.elapsed() - walked).as_millis(),
+        files = paths.len(),
+        "read upper dir"
+    );
+    for ((id, path), hashed) in bodies.into_iter().zip(hashed) {
         let (digest, size) = hashed?;
         let staged = stager.adopt(&path, digest, size)?;
         layer.leaf_mut(id).content = Content::File(FileData::Object {
