@@ -121,3 +121,47 @@ fn version_mismatch_is_refused() {
     let err = Store::open(dir.path()).err().unwrap();
     assert!(err.to_string().contains("layout version"), "{err}");
 }
+
+/// One commit's worth of adoption, as the snapshotter does it: hash where
+/// the file lies, adopt, publish, journal in a transaction, move.
+fn adopt_commit(store: &Store, upper: &std::path::Path, name: &str, data: &[u8]) -> (std::path::PathBuf, Digest) {
+    let path = upper.join(name);
+    std::fs::write(&path, data).unwrap();
+    let (digest, size) = crate::hash_file(&path).unwrap();
+    let mut stager = store.stager().unwrap();
+    assert!(stager.adopt(&path, digest, size).unwrap().new);
+    let adopted = stager.take_deferred();
+    stager.publish().unwrap();
+    let txn = store.database().begin_write().unwrap();
+    store.journal_adoptions_in(&txn, &adopted).unwrap();
+    txn.commit().unwrap();
+    assert_eq!(store.adopt_in_place(&adopted).unwrap(), 1);
+    (path, digest)
+}
+
+#[test]
+fn adopted_moves_stay_pending_until_a_later_sync() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(&dir.path().join("store")).unwrap();
+    let upper = dir.path().join("store/upper");
+    std::fs::create_dir(&upper).unwrap();
+    let pending = || store.inner.db.pending().unwrap();
+
+    let (first, d1) = adopt_commit(&store, &upper, "a", &[1u8; 5000]);
+    assert!(!first.exists() && store.has_object(&d1).unwrap());
+    // Moved, but no sync has followed the rename yet: still pending.
+    assert_eq!(pending(), vec![(first.clone(), d1)]);
+
+    let (second, d2) = adopt_commit(&store, &upper, "b", &[2u8; 5000]);
+    // The second commit's sync made the first move durable; its transaction
+    // dropped that row and added its own.
+    assert_eq!(pending(), vec![(second.clone(), d2)]);
+
+    // A restart finishes whatever is still listed: the move was done, so
+    // it only forgets the row.
+    drop(store);
+    let store = Store::open(&dir.path().join("store")).unwrap();
+    assert!(store.inner.db.pending().unwrap().is_empty());
+    assert!(store.has_object(&d1).unwrap() && store.has_object(&d2).unwrap());
+    assert!(store.fsck(false).unwrap().problems.is_empty());
+}
