@@ -314,7 +314,7 @@ pub fn remove_root_in(txn: &WriteTransaction, owner: &str) -> Result<bool, Store
 /// Records, inside the caller's transaction, files that are to be moved
 /// into `objects/` once it commits; any later open of the store finishes
 /// the move if the caller cannot.
-pub fn add_pending_in(txn: &WriteTransaction, files: &[(PathBuf, Digest)]) -> Result<(), StoreError> {
+pub(crate) fn add_pending_in(txn: &WriteTransaction, files: &[(PathBuf, Digest)]) -> Result<(), StoreError> {
     let mut table = txn.open_table(PENDING)?;
     for (path, digest) in files {
         table.insert(path.as_os_str().as_bytes(), digest.0.as_slice())?;

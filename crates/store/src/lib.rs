@@ -149,11 +149,6 @@ impl Store {
         self.inner.trash.discard(&self.inner.tmp, path)
     }
 
-    /// Waits until every directory handed to [`discard`](Self::discard) is gone.
-    pub fn wait_for_discards(&self) {
-        self.inner.trash.wait_idle();
-    }
-
     pub fn put_image(&self, bytes: &[u8]) -> Result<strata_tree::Digest, StoreError> {
         images::put(self, bytes)
     }

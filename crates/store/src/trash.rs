@@ -92,7 +92,8 @@ impl Trash {
     }
 
     /// Waits until everything discarded so far is deleted.
-    pub(crate) fn wait_idle(&self) {
+    #[cfg(test)]
+    fn wait_idle(&self) {
         let mut state = self.shared.lock();
         while !state.queue.is_empty() || state.busy {
             if self.worker.lock().unwrap_or_else(|e| e.into_inner()).is_none() {
