@@ -183,7 +183,7 @@ fn containerd_pulls_and_runs_the_family_with_strata() {
     // The family's shared files are stored once.
     let mut distinct = std::collections::BTreeMap::new();
     for tag in FAMILY_TAGS {
-        distinct.extend(distinct_contents(&expected_tree(tag, scratch), 65));
+        distinct.extend(distinct_contents(&expected_tree(tag, scratch)));
     }
     // Objects are named by content, so each is stored once. containerd
     // keeps every layer's committed snapshot, so files a later layer

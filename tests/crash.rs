@@ -64,8 +64,8 @@ fn kill_9_during_pull_loses_nothing() {
     store.ok(&["pull", &layout_ref("devel")]);
     store.ok(&["gc"]);
     store.fsck_clean();
-    let mut distinct = distinct_contents(&expected_tree("minbase", scratch), 64);
-    distinct.extend(distinct_contents(&expected_tree("devel", scratch), 64));
+    let mut distinct = distinct_contents(&expected_tree("minbase", scratch));
+    distinct.extend(distinct_contents(&expected_tree("devel", scratch)));
     assert_eq!(
         store.objects().len(),
         distinct.len(),

@@ -285,9 +285,10 @@ pub fn assert_tree_matches(expected: &Path, mounted: &Path, scratch: &Path) {
     assert!(text.contains("identical"), "{text}");
 }
 
-/// Distinct regular-file contents (sha256 -> size) in an oracle JSON,
-/// optionally only those above `min_size` bytes.
-pub fn distinct_contents(expected: &Path, min_size: u64) -> BTreeMap<String, u64> {
+/// The distinct contents (sha256 to size) of an oracle's files that become
+/// objects: those above the inline limit.
+pub fn distinct_contents(expected: &Path) -> BTreeMap<String, u64> {
+    let min_size = strata_erofs::INLINE_MAX as u64;
     let json: serde_json::Value = serde_json::from_slice(&std::fs::read(expected).unwrap()).unwrap();
     let mut out = BTreeMap::new();
     for entry in json.as_object().expect("path map").values() {

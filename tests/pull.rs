@@ -15,7 +15,7 @@ fn family_is_faithful_deduplicated_and_deterministic() {
     let mut paths = 0;
     for tag in FAMILY_TAGS {
         let expected = expected_tree(tag, scratch);
-        distinct.extend(distinct_contents(&expected, 64));
+        distinct.extend(distinct_contents(&expected));
         paths += path_count(&expected);
         for reference in [registry_ref(tag), layout_ref(tag)] {
             let out = store.ok(&["pull", &reference]);
@@ -83,8 +83,8 @@ fn gc_frees_exactly_the_unshared_objects() {
     let scratch = store.dir.path();
     store.ok(&["pull", &layout_ref("minbase")]);
     store.ok(&["pull", &layout_ref("variant")]);
-    let minbase = set(distinct_contents(&expected_tree("minbase", scratch), 64).into_keys());
-    let variant = set(distinct_contents(&expected_tree("variant", scratch), 64).into_keys());
+    let minbase = set(distinct_contents(&expected_tree("minbase", scratch)).into_keys());
+    let variant = set(distinct_contents(&expected_tree("variant", scratch)).into_keys());
     let only_variant = variant.difference(&minbase).count();
     assert!(only_variant > 0 && only_variant < variant.len());
 

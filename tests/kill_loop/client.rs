@@ -283,10 +283,12 @@ pub(crate) fn write_layer(mounts: &[Mount], dir: &Path, mut files: Files, rng: &
     }
     let stem = key.replace('/', "_");
     for i in 0..1 + rng.below(3) {
+        // Inline in the image, or an object.
+        let inline = strata_erofs::INLINE_MAX as u64;
         let size = if rng.one_in(5) {
-            rng.below(65)
+            rng.below(inline + 1)
         } else {
-            65 + rng.below(20_000)
+            inline + 1 + rng.below(20_000)
         };
         let content = rng.bytes(usize::try_from(size).unwrap());
         let name = format!("{stem}-{i}");

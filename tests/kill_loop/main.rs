@@ -377,7 +377,7 @@ fn kill_9_loop_while_a_client_works() {
         !df.contains("snapshot:"),
         "no snapshot is left, nor may its image be:\n{df}"
     );
-    let live = distinct_contents(&minbase, 64);
+    let live = distinct_contents(&minbase);
     assert_eq!(
         store.objects().len(),
         live.len(),

@@ -1,7 +1,7 @@
 use super::*;
 use strata_tree::Leaf;
 
-fn sample() -> Tree {
+pub(crate) fn sample() -> Tree {
     let mut tree = Tree::new(Stat::default_dir());
     let big = Digest::of(&[7u8; 10_000]);
     let file = tree.push_leaf(Leaf {
