@@ -179,6 +179,11 @@ fn flag(labels: &BTreeMap<String, String>, names: &[&str]) -> Result<bool, Label
     }
 }
 
+/// Whether `key` names a snapshot containerd unpacks a layer into.
+pub fn is_unpack_key(key: &str) -> bool {
+    key.contains("extract-")
+}
+
 /// Turns a snapshot's key and labels into a scratch request.
 pub fn parse_labels(
     key: &str,
@@ -186,7 +191,7 @@ pub fn parse_labels(
     policy: &ScratchPolicy,
 ) -> Result<ScratchRequest, LabelError> {
     // Unpack snapshots never get a sized or shared scratch.
-    if key.contains("extract-") {
+    if is_unpack_key(key) {
         return Ok(ScratchRequest::Plain);
     }
     if flag(labels, &REUSE)? {

@@ -15,5 +15,5 @@ pub mod labels;
 pub mod template;
 
 pub use attach::{fs_used, mount_file, unmount_file};
-pub use labels::{parse_labels, FsKind, LabelError, ScratchPolicy, ScratchRequest};
+pub use labels::{is_unpack_key, parse_labels, FsKind, LabelError, ScratchPolicy, ScratchRequest};
 pub use template::{clone_file, ensure_template, CloneMethod, TemplateError};

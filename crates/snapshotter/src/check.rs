@@ -123,9 +123,6 @@ fn check_record(
                 Some(id) if store.image_path(&id).is_file() => {}
                 _ => problems.push(format!("snapshot {key:?}: its EROFS image is missing")),
             }
-            if !own.join("tree").is_file() {
-                problems.push(format!("snapshot {key:?}: its tree file is missing"));
-            }
         }
         Kind::Active | Kind::View => {
             let upper = match &r.scratch {

@@ -1,5 +1,7 @@
-//! A compact binary encoding of a merged [`Tree`], kept per committed
-//! snapshot (`snapshots/<id>/tree`) so a child's commit can merge onto it.
+//! A compact binary encoding of a merged [`Tree`], which older stores kept
+//! per committed snapshot (`snapshots/<id>/tree`) so a child's commit could
+//! merge onto it. Commit now reads the parent's tree back from its EROFS
+//! image; these files are only read (the encoder is kept for the tests).
 //!
 //! All integers are little-endian; byte strings are a u32 length then bytes.
 //! Files are written zstd-compressed (`"STRATREE2\n"` then one zstd frame
@@ -27,6 +29,7 @@ const MAX_PLAIN_BYTES: u64 = 4 << 30;
 #[error("tree file is corrupt: {0}")]
 pub struct CodecError(&'static str);
 
+#[cfg(test)]
 pub fn encode(tree: &Tree) -> Result<Vec<u8>, CodecError> {
     let plain = encode_plain(tree);
     let mut out = MAGIC_ZSTD.to_vec();
@@ -34,6 +37,7 @@ pub fn encode(tree: &Tree) -> Result<Vec<u8>, CodecError> {
     Ok(out)
 }
 
+#[cfg(test)]
 fn encode_plain(tree: &Tree) -> Vec<u8> {
     let mut out = MAGIC.to_vec();
     out.extend_from_slice(&(tree.leaves.len() as u64).to_le_bytes());
@@ -69,12 +73,14 @@ fn encode_plain(tree: &Tree) -> Vec<u8> {
     out
 }
 
+#[cfg(test)]
 fn put_bytes(out: &mut Vec<u8>, b: &[u8]) {
     let len = u32::try_from(b.len()).expect("names, xattrs and inline data are far below 4 GiB");
     out.extend_from_slice(&len.to_le_bytes());
     out.extend_from_slice(b);
 }
 
+#[cfg(test)]
 fn put_stat(out: &mut Vec<u8>, stat: &Stat) {
     out.extend_from_slice(&stat.mode.to_le_bytes());
     out.extend_from_slice(&stat.uid.to_le_bytes());
@@ -89,6 +95,7 @@ fn put_stat(out: &mut Vec<u8>, stat: &Stat) {
     }
 }
 
+#[cfg(test)]
 fn put_dir(out: &mut Vec<u8>, dir: &Dir) {
     put_stat(out, &dir.stat);
     let n = u32::try_from(dir.entries.len()).expect("entry count fits u32");

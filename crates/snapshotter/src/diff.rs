@@ -17,7 +17,7 @@ use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{FileTypeExt, MetadataExt};
 use std::path::{Path, PathBuf};
 
-use strata_store::ObjectStager;
+use strata_store::{ObjectStager, Prehash};
 use strata_tree::{Content, Digest, Dir, FileData, Leaf, LeafId, Node, Stat, Tree};
 
 use crate::{SnapshotError, Usage};
@@ -31,19 +31,22 @@ struct Walk<'a> {
     lower: &'a Tree,
     layer: Tree,
     inodes: HashMap<(u64, u64), LeafId>,
-    /// Files whose bodies become objects, hashed after the walk.
-    bodies: Vec<(LeafId, PathBuf)>,
+    /// Files whose bodies become objects, hashed after the walk unless
+    /// they were hashed while written.
+    bodies: Vec<(LeafId, PathBuf, std::fs::Metadata)>,
     usage: Usage,
     counted: HashSet<(u64, u64)>,
 }
 
 /// Reads `upper` into a layer tree, staging large file bodies in `stager`,
 /// and measures its usage. `lower` is the merged tree the upper dir was
-/// mounted over.
+/// mounted over; `prehash`, if any, has been hashing files as they were
+/// written (it keeps going during the walk).
 pub(crate) fn layer_from_upper(
     upper: &Path,
     lower: &Tree,
     stager: &mut ObjectStager,
+    prehash: Option<Prehash>,
 ) -> Result<(Tree, Usage), SnapshotError> {
     let meta = std::fs::symlink_metadata(upper).map_err(|e| SnapshotError::io("stat", upper, e))?;
     let (stat, _) = read_stat(upper, &meta)?;
@@ -68,16 +71,32 @@ pub(crate) fn layer_from_upper(
         usage,
         ..
     } = walk;
-    let paths: Vec<PathBuf> = bodies.iter().map(|(_, path)| path.clone()).collect();
-    let hashed = strata_store::hash_files(&paths);
+    let prehashed = prehash.map(Prehash::finish).unwrap_or_default();
+    let bodies: Vec<_> = bodies
+        .into_iter()
+        .map(|(id, path, meta)| {
+            let known = prehashed.get(&meta).map(|digest| (digest, meta.len()));
+            (id, path, known)
+        })
+        .collect();
+    let paths: Vec<PathBuf> = bodies
+        .iter()
+        .filter(|(_, _, known)| known.is_none())
+        .map(|(_, path, _)| path.clone())
+        .collect();
+    let mut hashed = strata_store::hash_files(&paths).into_iter();
     tracing::debug!(
         walk_ms = walked.as_millis(),
         hash_ms = (started.elapsed() - walked).as_millis(),
-        files = paths.len(),
+        hashed = paths.len(),
+        prehashed = bodies.len() - paths.len(),
         "read upper dir"
     );
-    for ((id, path), hashed) in bodies.into_iter().zip(hashed) {
-        let (digest, size) = hashed?;
+    for (id, path, known) in bodies {
+        let (digest, size) = match known {
+            Some(known) => known,
+            None => hashed.next().expect("one result per path")?,
+        };
         let staged = stager.adopt(&path, digest, size)?;
         layer.leaf_mut(id).content = Content::File(FileData::Object {
             digest: staged.digest,
@@ -165,7 +184,7 @@ impl Walk<'_> {
         };
         let id = self.layer.push_leaf(Leaf { stat, content });
         if body {
-            self.bodies.push((id, path.to_owned()));
+            self.bodies.push((id, path.to_owned(), meta.clone()));
         }
         if meta.nlink() > 1 {
             self.inodes.insert(key, id);

@@ -1,12 +1,12 @@
 //! The snapshot operations.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
 use strata_mount::exec::Kernel;
 use strata_mount::{mount_image, OverlayPlan};
-use strata_store::{ObjectRef, Store};
+use strata_store::{ObjectRef, Prehash, Store};
 use strata_tree::{Digest, Stat, Tree};
 
 use strata_scratch::{ScratchPolicy, ScratchRequest};
@@ -16,12 +16,19 @@ use crate::scratch::{ScratchUse, Scratches, Undo};
 use crate::types::Stamp;
 use crate::{codec, diff, Filter, Info, Kind, Mount, SnapshotError, Usage};
 
+mod cleanup;
+
 /// containerd's snapshotter over one store. Operations are serialized.
 pub struct Snapshotter {
     store: Store,
     dir: PathBuf,
     lock: Mutex<()>,
     scratches: Scratches,
+    /// Unpack snapshots' upper dirs being hashed as containerd writes them.
+    prehashes: Mutex<HashMap<u64, Prehash>>,
+    /// The store's `released` counter at the last full gc; `None` until the
+    /// first, and again after a failed commit (which may leave orphans).
+    swept: Mutex<Option<u64>>,
     /// Held for the snapshotter's life: one snapshotter per store.
     _owner: std::fs::File,
 }
@@ -43,6 +50,8 @@ impl Snapshotter {
             store,
             dir,
             lock: Mutex::new(()),
+            prehashes: Mutex::new(HashMap::new()),
+            swept: Mutex::new(None),
             _owner: owner,
         };
         let removed = sn.remove_unknown_dirs()?;
@@ -286,8 +295,30 @@ impl Snapshotter {
             return Err(e);
         }
         tracing::debug!(key, id, %kind, "created snapshot");
+        if kind == Kind::Active && strata_scratch::is_unpack_key(key) {
+            self.start_prehash(id, &dir.join("fs"));
+        }
         let record = self.record(key)?;
         self.mounts_of(&record)
+    }
+
+    /// Hashes an unpack snapshot's files while containerd writes them, so
+    /// its Commit mostly looks digests up. Without it Commit hashes them all.
+    fn start_prehash(&self, id: u64, upper: &Path) {
+        match Prehash::watch(upper) {
+            Ok(watch) => {
+                self.prehashes
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .insert(id, watch);
+            }
+            Err(e) => tracing::debug!(id, "not hashing during the unpack: {e}"),
+        }
+    }
+
+    /// The watch hashing the unpack into snapshot `id`, if there is one.
+    fn take_prehash(&self, id: u64) -> Option<Prehash> {
+        self.prehashes.lock().unwrap_or_else(|e| e.into_inner()).remove(&id)
     }
 
     /// The mounts of an active snapshot or a view.
@@ -408,18 +439,42 @@ impl Snapshotter {
             .collect())
     }
 
+    /// The merged tree of committed snapshot `key`, read back from its
+    /// EROFS image (or from the tree file older stores kept beside it). The
+    /// image must still hash to its name.
     fn load_tree(&self, key: &str, record: &Record) -> Result<Tree, SnapshotError> {
-        let path = self.snap_dir(record.id).join("tree");
-        let bytes = std::fs::read(&path).map_err(|e| SnapshotError::io("read", &path, e))?;
-        codec::decode(&bytes).map_err(|e| SnapshotError::BadRecord {
+        let bad = |reason: String| SnapshotError::BadRecord {
             key: key.to_owned(),
-            reason: e.to_string(),
-        })
+            reason,
+        };
+        let old = self.snap_dir(record.id).join("tree");
+        match std::fs::read(&old) {
+            Ok(bytes) => return codec::decode(&bytes).map_err(|e| bad(e.to_string())),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(SnapshotError::io("read", &old, e)),
+        }
+        let id = image_id(key, record)?;
+        let image = self.store.read_image(&id)?;
+        if Digest::of(&image) != id {
+            return Err(bad(format!(
+                "its EROFS image {} no longer hashes to its name",
+                id.to_hex()
+            )));
+        }
+        Ok(strata_erofs::read_tree(&image)?)
     }
 
     /// Commits the active snapshot `key` as the committed snapshot `name`:
     /// its upper dir becomes one flattened EROFS image of parent + diff.
     pub fn commit(&self, name: &str, key: &str, labels: BTreeMap<String, String>) -> Result<(), SnapshotError> {
+        let committed = self.try_commit(name, key, labels);
+        if committed.is_err() {
+            self.sweep_next_cleanup();
+        }
+        committed
+    }
+
+    fn try_commit(&self, name: &str, key: &str, labels: BTreeMap<String, String>) -> Result<(), SnapshotError> {
         let _g = self.guard();
         let database = self.store.database();
         let record = self.record(key)?;
@@ -442,8 +497,9 @@ impl Snapshotter {
             None => Tree::new(Stat::default_dir()),
         };
         phases.mark("load parent");
+        let prehash = self.take_prehash(record.id);
         let mut stager = self.store.stager()?;
-        let (layer, usage) = diff::layer_from_upper(&fs, &merged, &mut stager)?;
+        let (layer, usage) = diff::layer_from_upper(&fs, &merged, &mut stager, prehash)?;
         phases.mark("hash");
         strata_tree::merge_layer(&mut merged, layer)?;
         merged.compact();
@@ -458,12 +514,6 @@ impl Snapshotter {
         let id = self.store.put_image(&image)?;
         phases.mark("put image");
         strata_failpoint::hit("commit.after_publish")?;
-        let encoded = codec::encode(&merged).map_err(|e| SnapshotError::BadRecord {
-            key: key.to_owned(),
-            reason: e.to_string(),
-        })?;
-        write_atomic(&dir.join("tree"), &encoded)?;
-        phases.mark("tree");
         let now = Stamp::now();
         let committed = Record {
             id: record.id,
@@ -517,6 +567,7 @@ impl Snapshotter {
         strata_store::remove_root_in(&txn, &root_name(record.id))?;
         txn.commit()?;
         strata_failpoint::hit("remove.after_db")?;
+        drop(self.take_prehash(record.id));
         self.release_scratch(&record)?;
         let dir = self.snap_dir(record.id);
         if let Err(e) = std::fs::remove_dir_all(&dir) {
@@ -525,51 +576,6 @@ impl Snapshotter {
         if record.image.is_some() {
             self.release_unused_images()?;
         }
-        Ok(())
-    }
-
-    /// Unmounts the EROFS images no snapshot references.
-    fn release_unused_images(&self) -> Result<(), SnapshotError> {
-        let live: std::collections::HashSet<String> = self.store.live_images()?.iter().map(Digest::to_hex).collect();
-        strata_mount::release_image_mounts(&Kernel, &self.store.root().join("mnt"), |id| live.contains(id))?;
-        Ok(())
-    }
-
-    fn remove_unknown_dirs(&self) -> Result<usize, SnapshotError> {
-        let known: std::collections::HashSet<String> = db::all(self.store.database())?
-            .iter()
-            .map(|(_, r)| r.id.to_string())
-            .collect();
-        let mut removed = 0;
-        for entry in std::fs::read_dir(&self.dir).map_err(|e| SnapshotError::io("read dir", &self.dir, e))? {
-            let entry = entry.map_err(|e| SnapshotError::io("read dir", &self.dir, e))?;
-            let name = entry.file_name().to_string_lossy().into_owned();
-            if known.contains(&name) {
-                continue;
-            }
-            let path = entry.path();
-            if let Err(e) = std::fs::remove_dir_all(&path) {
-                tracing::warn!("removing {}: {e}", path.display());
-                continue;
-            }
-            removed += 1;
-        }
-        Ok(removed)
-    }
-
-    /// Removes what no snapshot needs: unknown snapshot dirs, EROFS mounts
-    /// of images nothing references, then unreferenced objects and images.
-    pub fn cleanup(&self) -> Result<(), SnapshotError> {
-        let _g = self.guard();
-        self.remove_unknown_dirs()?;
-        self.reconcile_scratch(true)?;
-        self.release_unused_images()?;
-        let report = self.store.gc()?;
-        tracing::info!(
-            objects = report.objects_removed,
-            images = report.images_removed,
-            "cleanup"
-        );
         Ok(())
     }
 }
@@ -611,15 +617,6 @@ fn remove_upper_leftovers(dir: &Path) {
     for sub in ["fs", "work"] {
         let _ = std::fs::remove_dir_all(dir.join(sub));
     }
-}
-
-fn write_atomic(path: &Path, data: &[u8]) -> Result<(), SnapshotError> {
-    use std::io::Write;
-    let tmp = path.with_extension("tmp");
-    let mut f = std::fs::File::create(&tmp).map_err(|e| SnapshotError::io("create", &tmp, e))?;
-    f.write_all(data).map_err(|e| SnapshotError::io("write", &tmp, e))?;
-    f.sync_all().map_err(|e| SnapshotError::io("sync", &tmp, e))?;
-    std::fs::rename(&tmp, path).map_err(|e| SnapshotError::io("rename", path, e))
 }
 
 /// Allocated bytes and inodes under `path`, each inode once.

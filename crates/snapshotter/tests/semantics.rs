@@ -6,6 +6,7 @@
 mod common;
 
 use std::collections::BTreeMap;
+use std::io::Write;
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 
@@ -224,4 +225,110 @@ fn state_survives_restart_and_one_snapshotter_owns_a_store() {
     mount(&mounts, &mnt);
     assert_eq!(std::fs::read(mnt.join("scratch")).unwrap(), b"kept");
     assert_eq!(std::fs::read(mnt.join("base")).unwrap(), vec![5u8; 4096]);
+}
+
+/// Writes a layer the way containerd's applier does: each file written,
+/// closed, then chowned, chmodded and given its mtime; one file written
+/// twice (same size, new bytes), one still growing when its first close
+/// was seen, a hard link and a file replaced by a symlink.
+fn unpack_like_containerd(m: &Path) {
+    let stamp = std::time::SystemTime::UNIX_EPOCH + std::time::Duration::from_secs(1_600_000_000);
+    for (i, name) in (0u8..).zip(["a", "d/b", "d/e/f/c", "d/e/f/g/h"]) {
+        let path = m.join(name);
+        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+        std::fs::write(&path, vec![i + 1; 3000 + usize::from(i) * 40_000]).unwrap();
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o640)).unwrap();
+        std::fs::File::options()
+            .write(true)
+            .open(&path)
+            .unwrap()
+            .set_modified(stamp)
+            .unwrap();
+    }
+    // An unpack takes seconds: these pauses give the background hashing
+    // the time it would have had (without them Commit hashes most files),
+    // so the rewrites below land after the first digests were taken.
+    let pause = || std::thread::sleep(std::time::Duration::from_millis(300));
+    pause();
+    std::fs::write(m.join("a"), vec![0xee; 3000]).unwrap();
+    std::fs::OpenOptions::new()
+        .append(true)
+        .open(m.join("d/b"))
+        .unwrap()
+        .write_all(&[9; 700])
+        .unwrap();
+    std::fs::hard_link(m.join("d/e/f/c"), m.join("link")).unwrap();
+    std::fs::write(m.join("gone"), vec![5u8; 8000]).unwrap();
+    std::fs::remove_file(m.join("gone")).unwrap();
+    std::os::unix::fs::symlink("/etc/hostname", m.join("gone")).unwrap();
+    pause();
+}
+
+#[test]
+fn unpack_snapshots_hashed_while_written_name_objects_by_their_bytes() {
+    let dir = common::tempdir();
+    let sn = open(dir.path());
+    let mnt = dir.path().join("mnt");
+    layer(
+        &sn,
+        &mnt,
+        "default/1/extract-1 sha256:x",
+        "",
+        "parent",
+        unpack_like_containerd,
+    );
+    layer(&sn, &mnt, "default/2/extract-2 sha256:y", "parent", "child", |m| {
+        std::fs::write(m.join("d/b"), vec![0x42; 50_000]).unwrap();
+        std::fs::write(m.join("d/e/new"), vec![0x43; 60_000]).unwrap();
+        std::thread::sleep(std::time::Duration::from_millis(300));
+    });
+    // Every object holds the bytes its name (the digest taken while the
+    // file was written) says: a stale digest would show here.
+    let report = sn.store().fsck(false).unwrap();
+    assert!(report.problems.is_empty(), "{:?}", report.problems);
+    assert!(report.objects_checked >= 6, "{report:?}");
+    let mounts = sn.view("v", "child", none()).unwrap();
+    let _m = Mounted(mnt.clone());
+    mount(&mounts, &mnt);
+    assert_eq!(std::fs::read(mnt.join("d/b")).unwrap(), vec![0x42; 50_000]);
+    assert_eq!(std::fs::read(mnt.join("a")).unwrap(), vec![0xee; 3000]);
+}
+
+#[test]
+fn cleanup_sweeps_objects_only_after_something_was_released() {
+    let dir = common::tempdir();
+    let sn = open(dir.path());
+    let mnt = dir.path().join("mnt");
+    let objects = dir.path().join("store/objects");
+    let orphan = |byte: u8| {
+        let data = vec![byte; 4096];
+        let path = objects.join(strata_tree::Digest::of(&data).object_path());
+        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+        std::fs::write(&path, &data).unwrap();
+        path
+    };
+    layer(&sn, &mnt, "a", "", "c1", |m| {
+        std::fs::write(m.join("f"), vec![1u8; 9000]).unwrap()
+    });
+    let first = orphan(7);
+    sn.cleanup().unwrap();
+    assert!(!first.exists(), "the first cleanup sweeps");
+    // A container's snapshot comes and goes: nothing is released.
+    sn.prepare("container", "c1", none()).unwrap();
+    sn.remove("container").unwrap();
+    let second = orphan(8);
+    sn.cleanup().unwrap();
+    assert!(second.exists(), "nothing was released: no sweep");
+    // A failed commit may leave orphans: the next cleanup sweeps.
+    assert!(sn.commit("c1", "a-missing", none()).is_err());
+    sn.cleanup().unwrap();
+    assert!(!second.exists(), "a failed commit makes the next cleanup sweep");
+    let third = orphan(9);
+    sn.cleanup().unwrap();
+    assert!(third.exists());
+    // Removing a committed snapshot releases its root.
+    sn.remove("c1").unwrap();
+    sn.cleanup().unwrap();
+    assert!(!third.exists(), "a released root makes cleanup sweep");
+    assert!(sn.store().tmp_has_garbage().is_ok());
 }

@@ -19,6 +19,19 @@ const ROOTS: TableDefinition<&str, &[u8]> = TableDefinition::new("roots");
 /// Files committed into an image but not yet moved into `objects/`:
 /// absolute path -> digest. See [`crate::Store::adopt_in_place`].
 const PENDING: TableDefinition<&[u8], &[u8]> = TableDefinition::new("pending_adoptions");
+/// Counters; `released` grows with every change that can leave objects or
+/// images unreferenced, so a sweep can be skipped when it has not moved.
+const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
+const RELEASED: &str = "released";
+
+/// Notes, inside the caller's transaction, that something may have become
+/// garbage.
+fn note_release_in(txn: &WriteTransaction) -> Result<(), StoreError> {
+    let mut meta = txn.open_table(META)?;
+    let now = meta.get(RELEASED)?.map_or(0, |v| v.value());
+    meta.insert(RELEASED, now.wrapping_add(1))?;
+    Ok(())
+}
 
 /// A named image in the store.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -119,6 +132,7 @@ impl Db {
         txn.open_table(IMAGE_OBJECTS)?;
         txn.open_table(ROOTS)?;
         txn.open_table(PENDING)?;
+        txn.open_table(META)?;
         txn.commit()?;
         Ok(Db { db })
     }
@@ -134,10 +148,23 @@ impl Db {
         {
             txn.open_table(IMAGE_OBJECTS)?
                 .insert(id.0.as_slice(), pack(objects).as_slice())?;
-            txn.open_table(IMAGES)?.insert(record.name.as_str(), json.as_slice())?;
+            if txn
+                .open_table(IMAGES)?
+                .insert(record.name.as_str(), json.as_slice())?
+                .is_some()
+            {
+                note_release_in(&txn)?;
+            }
         }
         txn.commit()?;
         Ok(())
+    }
+
+    /// The `released` counter: equal values mean nothing was released in
+    /// between.
+    pub fn released(&self) -> Result<u64, StoreError> {
+        let txn = self.db.begin_read()?;
+        Ok(txn.open_table(META)?.get(RELEASED)?.map_or(0, |v| v.value()))
     }
 
     pub fn image(&self, name: &str) -> Result<Option<ImageRecord>, StoreError> {
@@ -165,6 +192,7 @@ impl Db {
         let json = serde_json::to_vec(record).expect("records serialize");
         let txn = self.db.begin_write()?;
         txn.open_table(IMAGES)?.insert(record.name.as_str(), json.as_slice())?;
+        note_release_in(&txn)?;
         txn.commit()?;
         Ok(())
     }
@@ -172,6 +200,9 @@ impl Db {
     pub fn remove_image(&self, name: &str) -> Result<bool, StoreError> {
         let txn = self.db.begin_write()?;
         let removed = txn.open_table(IMAGES)?.remove(name)?.is_some();
+        if removed {
+            note_release_in(&txn)?;
+        }
         txn.commit()?;
         Ok(removed)
     }
@@ -302,13 +333,19 @@ pub fn add_root_in(txn: &WriteTransaction, owner: &str, id: &Digest, objects: &[
     if refs.get(id.0.as_slice())?.is_none() {
         refs.insert(id.0.as_slice(), pack(objects).as_slice())?;
     }
-    txn.open_table(ROOTS)?.insert(owner, id.0.as_slice())?;
+    if txn.open_table(ROOTS)?.insert(owner, id.0.as_slice())?.is_some() {
+        note_release_in(txn)?;
+    }
     Ok(())
 }
 
 /// Drops the gc root `owner` inside the caller's transaction.
 pub fn remove_root_in(txn: &WriteTransaction, owner: &str) -> Result<bool, StoreError> {
-    Ok(txn.open_table(ROOTS)?.remove(owner)?.is_some())
+    let removed = txn.open_table(ROOTS)?.remove(owner)?.is_some();
+    if removed {
+        note_release_in(txn)?;
+    }
+    Ok(removed)
 }
 
 /// Records, inside the caller's transaction, files that are to be moved

@@ -66,6 +66,10 @@ pub(crate) fn run(store: &Store) -> Result<GcReport, StoreError> {
 
     let tmp = store.inner.tmp.path().to_owned();
     for entry in read_dir(&tmp)? {
+        // A live process's trash thread is deleting it already.
+        if crate::recover::is_live_trash(&entry.file_name().to_string_lossy()) {
+            continue;
+        }
         let path = entry.path();
         let meta = entry.metadata().map_err(|e| StoreError::io("stat", &path, e))?;
         report.bytes_freed += allocated_tree(&path);
@@ -77,7 +81,9 @@ pub(crate) fn run(store: &Store) -> Result<GcReport, StoreError> {
         result.map_err(|e| StoreError::io("remove", &path, e))?;
         report.tmp_removed += 1;
     }
-    store.inner.objects.syncfs()?;
+    if report != GcReport::default() {
+        store.inner.objects.syncfs()?;
+    }
     Ok(report)
 }
 

@@ -17,20 +17,26 @@ pub fn hash_file(path: &std::path::Path) -> Result<(Digest, u64), StoreError> {
 
 /// [`hash_file`], then `after` with the still open file.
 fn hash_file_then(path: &std::path::Path, after: impl FnOnce(std::fs::File)) -> Result<(Digest, u64), StoreError> {
+    let mut file = std::fs::File::open(path).map_err(|e| StoreError::io("open", path, e))?;
+    let hashed = hash_open_file(&mut file, path)?;
+    after(file);
+    Ok(hashed)
+}
+
+/// The fs-verity digest and size of what is left to read of `file`;
+/// `path` only names it in errors.
+pub(crate) fn hash_open_file(file: &mut std::fs::File, path: &std::path::Path) -> Result<(Digest, u64), StoreError> {
     thread_local! {
         // One read buffer per thread: zeroing a fresh 1 MiB per file was
         // most of a commit's CPU time (perf: memset above hashing).
         static BUFFER: std::cell::RefCell<Vec<u8>> = std::cell::RefCell::new(vec![0u8; 1 << 20]);
     }
-    let mut file = std::fs::File::open(path).map_err(|e| StoreError::io("open", path, e))?;
     let mut hasher = VerityHasher::new();
     BUFFER.with_borrow_mut(move |buf| loop {
-        let n = std::io::Read::read(&mut file, buf).map_err(|e| StoreError::io("read", path, e))?;
+        let n = std::io::Read::read(file, buf).map_err(|e| StoreError::io("read", path, e))?;
         if n == 0 {
             let size = hasher.len();
-            let digest = hasher.finish();
-            after(file);
-            return Ok((digest, size));
+            return Ok((hasher.finish(), size));
         }
         hasher.update(&buf[..n]);
     })

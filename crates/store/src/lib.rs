@@ -26,6 +26,7 @@ mod hashing;
 mod images;
 mod lock;
 mod objects;
+mod prehash;
 mod recover;
 mod trash;
 
@@ -39,6 +40,7 @@ pub use gc::GcReport;
 pub use hashing::{hash_file, hash_files};
 pub use lock::{ExclusiveGuard, ImportSlot, SharedGuard};
 pub use objects::{ObjectStager, StagedObject};
+pub use prehash::{Prehash, Prehashed};
 
 use dirfd::DirFd;
 
@@ -209,6 +211,23 @@ impl Store {
 
     pub fn gc(&self) -> Result<GcReport, StoreError> {
         gc::run(self)
+    }
+
+    /// A counter that moves whenever a root or image name is dropped or
+    /// replaced, in any process: while it stands still, and `tmp/` holds
+    /// nothing of dead processes, a [`Store::gc`] would find nothing the
+    /// last one did not (short of a failed import or commit, whose caller
+    /// knows).
+    pub fn released(&self) -> Result<u64, StoreError> {
+        self.inner.db.released()
+    }
+
+    /// Whether `tmp/` holds anything but the trash live processes are
+    /// deleting.
+    pub fn tmp_has_garbage(&self) -> Result<bool, StoreError> {
+        Ok(gc::read_dir(self.inner.tmp.path())?
+            .iter()
+            .any(|e| !recover::is_live_trash(&e.file_name().to_string_lossy())))
     }
 
     pub fn fsck(&self, repair: bool) -> Result<FsckReport, StoreError> {

@@ -15,6 +15,11 @@ fn owner_pid(name: &str) -> Option<i32> {
     rest.split('-').next()?.parse().ok()
 }
 
+/// Whether `name` in `tmp/` is a trash dir a live process is deleting.
+pub(crate) fn is_live_trash(name: &str) -> bool {
+    name.starts_with("trash-") && owner_pid(name).is_some_and(alive)
+}
+
 fn alive(pid: i32) -> bool {
     match rustix::process::Pid::from_raw(pid) {
         Some(pid) => rustix::process::test_kill_process(pid).is_ok(),
@@ -56,6 +61,9 @@ mod tests {
         assert_eq!(owner_pid("trash-9-1"), Some(9));
         assert_eq!(owner_pid("other"), None);
         assert!(alive(std::process::id() as i32));
+        assert!(is_live_trash(&format!("trash-{}-3", std::process::id())));
+        assert!(!is_live_trash("trash-99999999-3"));
+        assert!(!is_live_trash(&format!("stage-{}-3", std::process::id())));
     }
 
     #[test]

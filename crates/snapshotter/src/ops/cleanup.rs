@@ -1,0 +1,73 @@
+//! Cleanup: what containerd asks for after its garbage collection, and
+//! what Remove and start-up share with it.
+
+use strata_mount::exec::Kernel;
+use strata_tree::Digest;
+
+use super::Snapshotter;
+use crate::{db, SnapshotError};
+
+impl Snapshotter {
+    /// Unmounts the EROFS images no snapshot references.
+    pub(super) fn release_unused_images(&self) -> Result<(), SnapshotError> {
+        let live: std::collections::HashSet<String> = self.store.live_images()?.iter().map(Digest::to_hex).collect();
+        strata_mount::release_image_mounts(&Kernel, &self.store.root().join("mnt"), |id| live.contains(id))?;
+        Ok(())
+    }
+
+    pub(super) fn remove_unknown_dirs(&self) -> Result<usize, SnapshotError> {
+        let known: std::collections::HashSet<String> = db::all(self.store.database())?
+            .iter()
+            .map(|(_, r)| r.id.to_string())
+            .collect();
+        let mut removed = 0;
+        for entry in std::fs::read_dir(&self.dir).map_err(|e| SnapshotError::io("read dir", &self.dir, e))? {
+            let entry = entry.map_err(|e| SnapshotError::io("read dir", &self.dir, e))?;
+            let name = entry.file_name().to_string_lossy().into_owned();
+            if known.contains(&name) {
+                continue;
+            }
+            let path = entry.path();
+            if let Err(e) = std::fs::remove_dir_all(&path) {
+                tracing::warn!("removing {}: {e}", path.display());
+                continue;
+            }
+            removed += 1;
+        }
+        Ok(removed)
+    }
+
+    /// Removes what no snapshot needs: unknown snapshot dirs, EROFS mounts
+    /// of images nothing references, then unreferenced objects and images.
+    /// containerd calls this after every garbage collection, that is after
+    /// nearly every container removal: the object sweep is skipped when
+    /// nothing was released since the last one, and runs outside the
+    /// snapshotter's lock (under the store's exclusive lock, which commits
+    /// take shared), so containers starting meanwhile do not wait for it.
+    pub fn cleanup(&self) -> Result<(), SnapshotError> {
+        {
+            let _g = self.guard();
+            self.remove_unknown_dirs()?;
+            self.reconcile_scratch(true)?;
+            self.release_unused_images()?;
+        }
+        let mut swept = self.swept.lock().unwrap_or_else(|e| e.into_inner());
+        let released = self.store.released()?;
+        if *swept == Some(released) && !self.store.tmp_has_garbage()? {
+            return Ok(());
+        }
+        let report = self.store.gc()?;
+        *swept = Some(released);
+        tracing::info!(
+            objects = report.objects_removed,
+            images = report.images_removed,
+            "cleanup"
+        );
+        Ok(())
+    }
+
+    /// A failed commit may have left an image or objects nothing names.
+    pub(super) fn sweep_next_cleanup(&self) {
+        *self.swept.lock().unwrap_or_else(|e| e.into_inner()) = None;
+    }
+}

@@ -1,0 +1,366 @@
+//! Hashing files while another process is still writing the tree they are in.
+//!
+//! containerd unpacks a layer into an `extract-` snapshot and only then calls
+//! Commit, which needs every new file's digest. A [`Prehash`] watches that
+//! upper dir with inotify during the unpack and hashes each file once its
+//! writer closes it, on a thread of its own, so Commit mostly looks digests
+//! up instead of reading files.
+//!
+//! A digest is kept per inode and is replaced or dropped by every later
+//! event that can change the inode's content: a later close after writing
+//! hashes it again, a bare modification (a truncate) drops it. The writer is
+//! trusted not to write through a shared mapping after closing its fd.
+//! Files the watch may have missed (the first entries of a directory made
+//! before its watch was added) are simply absent: the caller hashes those
+//! itself. If the kernel drops events (queue overflow) or a watch cannot be
+//! added, every digest is dropped.
+
+use std::collections::HashMap;
+use std::ffi::OsStr;
+use std::os::fd::{AsFd, OwnedFd};
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc::{channel, Receiver, Sender};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+
+use rustix::event::{eventfd, poll, EventfdFlags, PollFd, PollFlags};
+use rustix::fs::inotify::{self, CreateFlags, ReadFlags, WatchFlags};
+use rustix::fs::{openat2, Mode, OFlags, ResolveFlags};
+use strata_tree::Digest;
+
+use crate::hashing::hash_open_file;
+
+/// Digests of files by `(device, inode)`, with the size that was hashed.
+#[derive(Debug, Default)]
+pub struct Prehashed {
+    digests: HashMap<(u64, u64), (Digest, u64)>,
+}
+
+impl Prehashed {
+    /// The digest of the file `meta` describes, if it was hashed at this size.
+    pub fn get(&self, meta: &std::fs::Metadata) -> Option<Digest> {
+        match self.digests.get(&(meta.dev(), meta.ino())) {
+            Some((digest, size)) if *size == meta.len() => Some(*digest),
+            _ => None,
+        }
+    }
+
+    pub fn len(&self) -> usize {
+        self.digests.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.digests.is_empty()
+    }
+}
+
+enum Job {
+    Hash(PathBuf),
+    Forget(PathBuf),
+    /// Events were lost: nothing hashed so far can be trusted.
+    Lost,
+}
+
+/// A watch on one directory tree, hashing files as their writers close them.
+pub struct Prehash {
+    wake: Arc<OwnedFd>,
+    finishing: Arc<AtomicBool>,
+    abort: Arc<AtomicBool>,
+    reader: Option<JoinHandle<()>>,
+    hasher: Option<JoinHandle<Prehashed>>,
+}
+
+const WATCH: WatchFlags = WatchFlags::CLOSE_WRITE
+    .union(WatchFlags::MODIFY)
+    .union(WatchFlags::CREATE)
+    .union(WatchFlags::MOVED_TO)
+    .union(WatchFlags::ONLYDIR);
+
+/// Opens `rel` below `root` without following any symlink, so a tree that
+/// changes under the watch can never lead it outside `root`.
+fn open_beneath(root: &OwnedFd, rel: &Path, flags: OFlags) -> std::io::Result<OwnedFd> {
+    let resolve = ResolveFlags::BENEATH | ResolveFlags::NO_SYMLINKS | ResolveFlags::NO_MAGICLINKS;
+    Ok(openat2(
+        root,
+        rel,
+        flags | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+        Mode::empty(),
+        resolve,
+    )?)
+}
+
+/// The same inode as `fd`, through its `/proc/self/fd` link.
+fn proc_path(fd: &OwnedFd) -> PathBuf {
+    PathBuf::from(format!("/proc/self/fd/{}", std::os::fd::AsRawFd::as_raw_fd(fd)))
+}
+
+impl Prehash {
+    /// Starts watching `root` and everything that appears below it.
+    pub fn watch(root: &Path) -> std::io::Result<Prehash> {
+        let inotify = inotify::init(CreateFlags::CLOEXEC | CreateFlags::NONBLOCK)?;
+        let root = Arc::new(rustix::fs::open(
+            root,
+            OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC,
+            Mode::empty(),
+        )?);
+        let wake = Arc::new(eventfd(0, EventfdFlags::CLOEXEC | EventfdFlags::NONBLOCK)?);
+        let abort = Arc::new(AtomicBool::new(false));
+        let finishing = Arc::new(AtomicBool::new(false));
+        let (jobs, queued) = channel();
+        let mut watches = Watches {
+            inotify,
+            root: Arc::clone(&root),
+            dirs: HashMap::new(),
+            jobs,
+            lost: false,
+        };
+        watches.add_tree(PathBuf::from("."));
+        if watches.lost {
+            return Err(std::io::Error::other("cannot watch the directory tree"));
+        }
+        let reader = {
+            let wake = Arc::clone(&wake);
+            std::thread::Builder::new()
+                .name("strata-prehash-watch".into())
+                .spawn(move || watches.run(&wake))?
+        };
+        let hasher = {
+            let (finishing, abort) = (Arc::clone(&finishing), Arc::clone(&abort));
+            std::thread::Builder::new()
+                .name("strata-prehash".into())
+                .spawn(move || hash_jobs(&root, &queued, &finishing, &abort))?
+        };
+        Ok(Prehash {
+            wake,
+            finishing,
+            abort,
+            reader: Some(reader),
+            hasher: Some(hasher),
+        })
+    }
+
+    /// Stops watching and returns every digest still valid. Files still
+    /// queued are left for the caller to hash (it can use every core). Only
+    /// call it once the writer has closed its files.
+    pub fn finish(mut self) -> Prehashed {
+        self.finishing.store(true, Ordering::Relaxed);
+        self.stop();
+        self.hasher.take().and_then(|h| h.join().ok()).unwrap_or_default()
+    }
+
+    /// [`Prehash::finish`], but hashes every file still queued first.
+    #[cfg(test)]
+    fn finish_queued(mut self) -> Prehashed {
+        self.stop();
+        self.hasher.take().and_then(|h| h.join().ok()).unwrap_or_default()
+    }
+
+    fn stop(&mut self) {
+        let _ = rustix::io::write(&*self.wake, &1u64.to_ne_bytes());
+        if let Some(reader) = self.reader.take() {
+            let _ = reader.join();
+        }
+    }
+}
+
+impl Drop for Prehash {
+    fn drop(&mut self) {
+        self.abort.store(true, Ordering::Relaxed);
+        self.stop();
+        if let Some(hasher) = self.hasher.take() {
+            let _ = hasher.join();
+        }
+    }
+}
+
+struct Watches {
+    inotify: OwnedFd,
+    root: Arc<OwnedFd>,
+    /// Watched directories, relative to the root.
+    dirs: HashMap<i32, PathBuf>,
+    jobs: Sender<Job>,
+    lost: bool,
+}
+
+impl Watches {
+    /// Reads events until `wake` fires, then reads what is left and stops.
+    fn run(mut self, wake: &OwnedFd) {
+        let mut buf = vec![std::mem::MaybeUninit::<u8>::uninit(); 64 * 1024];
+        loop {
+            let mut fds = [
+                PollFd::new(&self.inotify, PollFlags::IN),
+                PollFd::new(wake, PollFlags::IN),
+            ];
+            if poll(&mut fds, None).is_err() {
+                self.lose();
+                return;
+            }
+            let stopping = !fds[1].revents().is_empty();
+            self.read_events(&mut buf);
+            if stopping || self.lost {
+                return;
+            }
+        }
+    }
+
+    fn read_events(&mut self, buf: &mut [std::mem::MaybeUninit<u8>]) {
+        let mut last_modified: Option<PathBuf> = None;
+        let mut found = Vec::new();
+        let mut reader = inotify::Reader::new(self.inotify.as_fd(), buf);
+        loop {
+            let event = match reader.next() {
+                Ok(event) => event,
+                Err(rustix::io::Errno::WOULDBLOCK) => break,
+                Err(rustix::io::Errno::INTR) => continue,
+                Err(_) => {
+                    found.push(Found::Lost);
+                    break;
+                }
+            };
+            let flags = event.events();
+            if flags.contains(ReadFlags::QUEUE_OVERFLOW) {
+                found.push(Found::Lost);
+                break;
+            }
+            if flags.contains(ReadFlags::IGNORED) {
+                found.push(Found::Gone(event.wd()));
+                continue;
+            }
+            let (Some(dir), Some(name)) = (self.dirs.get(&event.wd()), event.file_name()) else {
+                continue;
+            };
+            let path = dir.join(OsStr::from_bytes(name.to_bytes()));
+            if flags.contains(ReadFlags::ISDIR) {
+                if flags.intersects(ReadFlags::CREATE | ReadFlags::MOVED_TO) {
+                    found.push(Found::Dir(path));
+                }
+            } else if flags.intersects(ReadFlags::CLOSE_WRITE | ReadFlags::MOVED_TO) {
+                last_modified = None;
+                found.push(Found::File(path));
+            } else if flags.contains(ReadFlags::MODIFY) && last_modified.as_ref() != Some(&path) {
+                last_modified = Some(path.clone());
+                found.push(Found::Modified(path));
+            }
+        }
+        for item in found {
+            match item {
+                Found::Lost => self.lose(),
+                Found::Gone(wd) => {
+                    self.dirs.remove(&wd);
+                }
+                Found::Dir(path) => self.add_tree(path),
+                Found::File(path) => self.send(Job::Hash(path)),
+                Found::Modified(path) => self.send(Job::Forget(path)),
+            }
+        }
+    }
+
+    /// Watches `top` and every directory below it, and queues the files
+    /// already there (their writers may have closed them before the watch).
+    fn add_tree(&mut self, top: PathBuf) {
+        let mut pending = vec![top];
+        while let Some(dir) = pending.pop() {
+            if self.lost {
+                return;
+            }
+            // Gone or replaced before the watch: nothing to hash there.
+            let Ok(fd) = open_beneath(&self.root, &dir, OFlags::RDONLY | OFlags::DIRECTORY) else {
+                continue;
+            };
+            match inotify::add_watch(&self.inotify, proc_path(&fd), WATCH) {
+                Ok(wd) => {
+                    self.dirs.insert(wd, dir.clone());
+                }
+                Err(_) => {
+                    self.lose();
+                    return;
+                }
+            }
+            let Ok(entries) = rustix::fs::Dir::read_from(&fd) else {
+                continue;
+            };
+            for entry in entries.flatten() {
+                let name = OsStr::from_bytes(entry.file_name().to_bytes());
+                if name == "." || name == ".." {
+                    continue;
+                }
+                match entry.file_type() {
+                    rustix::fs::FileType::Directory => pending.push(dir.join(name)),
+                    rustix::fs::FileType::RegularFile => self.send(Job::Hash(dir.join(name))),
+                    _ => {}
+                }
+            }
+        }
+    }
+
+    fn lose(&mut self) {
+        self.lost = true;
+        self.send(Job::Lost);
+    }
+
+    fn send(&self, job: Job) {
+        let _ = self.jobs.send(job);
+    }
+}
+
+enum Found {
+    Lost,
+    Gone(i32),
+    Dir(PathBuf),
+    File(PathBuf),
+    Modified(PathBuf),
+}
+
+/// Runs jobs in order until the watcher hangs up; a later job for an inode
+/// always wins over an earlier one. Once `finishing`, a file still to hash
+/// only loses its old digest.
+fn hash_jobs(root: &OwnedFd, queued: &Receiver<Job>, finishing: &AtomicBool, abort: &AtomicBool) -> Prehashed {
+    let mut out = Prehashed::default();
+    let mut lost = false;
+    for job in queued {
+        if abort.load(Ordering::Relaxed) {
+            return Prehashed::default();
+        }
+        match job {
+            Job::Lost => {
+                lost = true;
+                out.digests.clear();
+            }
+            _ if lost => {}
+            Job::Hash(rel) if !finishing.load(Ordering::Relaxed) => hash_one(root, &rel, &mut out),
+            Job::Hash(rel) | Job::Forget(rel) => {
+                if let Ok(stat) = open_beneath(root, &rel, OFlags::PATH).and_then(|fd| Ok(rustix::fs::fstat(fd)?)) {
+                    out.digests.remove(&(stat.st_dev, stat.st_ino));
+                }
+            }
+        }
+    }
+    out
+}
+
+/// Hashes one regular file below `root`. Anything else there (a symlink,
+/// a device, a fifo, or nothing) is left alone: opening a device could
+/// have side effects, so the file is looked at through an `O_PATH` handle
+/// first.
+fn hash_one(root: &OwnedFd, rel: &Path, out: &mut Prehashed) {
+    let Ok(handle) = open_beneath(root, rel, OFlags::PATH) else {
+        return;
+    };
+    let Ok(stat) = rustix::fs::fstat(&handle) else { return };
+    if rustix::fs::FileType::from_raw_mode(stat.st_mode) != rustix::fs::FileType::RegularFile {
+        return;
+    }
+    let Ok(mut file) = std::fs::File::open(proc_path(&handle)) else {
+        return;
+    };
+    if let Ok(hashed) = hash_open_file(&mut file, rel) {
+        out.digests.insert((stat.st_dev, stat.st_ino), hashed);
+        let _ = strata_sys::start_writeback(file.as_fd());
+    }
+}
+
+#[cfg(test)]
+mod tests;
