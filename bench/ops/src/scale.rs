@@ -100,8 +100,8 @@ fn writable_dir(mounts: &[Mount]) -> Result<PathBuf> {
         .with_context(|| format!("no writable dir in {mount:?}"))
 }
 
-/// `count` files of 256 bytes with distinct contents (too big to inline,
-/// so each is an object), 1,000 per directory.
+/// `count` files of 1 KiB with distinct contents (above strata's inline
+/// limit of 512 bytes, so each is an object), 1,000 per directory.
 fn write_files(dir: &std::path::Path, count: usize, run: &str) -> Result<()> {
     for i in 0..count {
         let sub = dir.join(format!("d{}", i / 1000));
@@ -109,7 +109,7 @@ fn write_files(dir: &std::path::Path, count: usize, run: &str) -> Result<()> {
             std::fs::create_dir_all(&sub)?;
         }
         let mut body = format!("file {i} of run {run}\n").into_bytes();
-        body.resize(256, b'.');
+        body.resize(1024, b'.');
         std::fs::write(sub.join(format!("f{i}")), body)?;
     }
     Ok(())
