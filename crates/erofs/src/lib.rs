@@ -71,10 +71,26 @@ type CfsFs = FileSystem<Sha256HashValue>;
 /// cannot encode or that composefs's reader drops as its own overlay markers
 /// (`{trusted,user}.overlay.{whiteout,whiteouts,opaque}`).
 ///
-/// No I/O, but the work runs on a scoped helper thread with a big stack (see
-/// `on_big_stack`), because it recurses once per directory level.
+/// No I/O; a tree nested deeper than 128 levels is written on a scoped helper
+/// thread with a big stack (see `with_stack_for`), because the writer
+/// recurses once per directory level.
 pub fn write_image(tree: &Tree) -> Result<Vec<u8>, ErofsError> {
-    on_big_stack(|| write_image_here(tree))
+    with_stack_for(depth_of(&tree.root), || write_image_here(tree))
+}
+
+/// How deep directories nest below `root`, found without recursion.
+fn depth_of(root: &Dir) -> usize {
+    let mut deepest = 0;
+    let mut pending = vec![(root, 0usize)];
+    while let Some((dir, depth)) = pending.pop() {
+        deepest = deepest.max(depth);
+        for node in dir.entries.values() {
+            if let Node::Dir(child) = node {
+                pending.push((child, depth + 1));
+            }
+        }
+    }
+    deepest
 }
 
 fn write_image_here(tree: &Tree) -> Result<Vec<u8>, ErofsError> {
@@ -219,6 +235,24 @@ fn convert_leaf(
 /// build, and 512 levels already overflow a 2 MiB tokio worker stack. Only
 /// the touched part is ever committed.
 const STACK: usize = 64 << 20;
+
+/// Trees at most this deep are written and read on the caller's stack
+/// (well under 1 MiB even in a debug build); deeper ones get a thread with
+/// a [`STACK`]-byte stack. Starting that thread costs about 75 µs, 25 times
+/// the write of a small image.
+pub(crate) const CALLER_STACK_DEPTH: usize = 128;
+
+/// Runs `work` on the caller's stack, or on a big one if `depth` needs it.
+pub(crate) fn with_stack_for<T: Send>(
+    depth: usize,
+    work: impl FnOnce() -> Result<T, ErofsError> + Send,
+) -> Result<T, ErofsError> {
+    if depth <= CALLER_STACK_DEPTH {
+        work()
+    } else {
+        on_big_stack(work)
+    }
+}
 
 /// Runs `work` to completion on a scoped thread with a [`STACK`]-byte stack;
 /// a panic in it resumes in the caller.

@@ -16,7 +16,7 @@ use composefs::tree::{Directory, FileSystem, RegularFile};
 use strata_tree::{Content, Digest, Dir, FileData, Leaf, LeafId, Node, Stat, Tree};
 use zerocopy::FromBytes;
 
-use crate::{check_name, on_big_stack, ErofsError, INLINE_MAX, MAX_DEPTH, SYMLINK_MAX};
+use crate::{check_name, with_stack_for, ErofsError, INLINE_MAX, MAX_DEPTH, SYMLINK_MAX};
 
 /// Reads an image written by [`write_image`](crate::write_image) back into
 /// the merged tree it was written from.
@@ -34,11 +34,12 @@ use crate::{check_name, on_big_stack, ErofsError, INLINE_MAX, MAX_DEPTH, SYMLINK
 /// [`MAX_DEPTH`]) are [`ErofsError::Corrupt`], as is anything composefs's
 /// reader rejects.
 ///
-/// No I/O, but the parse runs on a scoped helper thread with a big stack
-/// (see `on_big_stack`), because composefs's reader is recursive.
+/// No I/O; an image nested deeper than 128 levels is parsed on a scoped
+/// helper thread with a big stack (see `with_stack_for`), because
+/// composefs's reader is recursive.
 pub fn read_tree(image: &[u8]) -> Result<Tree, ErofsError> {
-    check_image(image)?;
-    on_big_stack(|| convert(image))
+    let depth = check_image(image)?;
+    with_stack_for(depth, || convert(image))
 }
 
 fn corrupt(reason: String) -> ErofsError {
@@ -65,8 +66,8 @@ fn convert(image: &[u8]) -> Result<Tree, ErofsError> {
 /// skip silently), and a directory graph that is a tree of bounded depth.
 /// composefs's reader walks a directory once per entry naming it, so a
 /// directory named twice at each of many levels would take exponential time,
-/// and it recurses per level.
-fn check_image(image: &[u8]) -> Result<(), ErofsError> {
+/// and it recurses per level. Returns how deep directories nest.
+fn check_image(image: &[u8]) -> Result<usize, ErofsError> {
     let err = |e: composefs::erofs::reader::ErofsReaderError| corrupt(e.to_string());
     let img = Image::open(image).and_then(Image::restrict_to_composefs).map_err(err)?;
     let version = img.header.composefs_version.get();
@@ -91,9 +92,11 @@ fn check_image(image: &[u8]) -> Result<(), ErofsError> {
     let root = u64::from(img.sb.root_nid.get());
     let mut dirs = HashSet::from([root]);
     let mut stack = vec![(root, 0usize)];
+    let mut deepest = 0;
     // Every entry takes a 12-byte header of its own in a sound image.
     let mut budget = image.len() / 12;
     while let Some((nid, depth)) = stack.pop() {
+        deepest = deepest.max(depth);
         let inode = img.inode(nid).map_err(err)?;
         if !inode.mode().is_dir() {
             return Err(corrupt(format!("inode {nid} is listed as a directory but is not one")));
@@ -125,7 +128,7 @@ fn check_image(image: &[u8]) -> Result<(), ErofsError> {
             }
         }
     }
-    Ok(())
+    Ok(deepest)
 }
 
 /// A directory's entries, in block then inline order as composefs reads

@@ -275,6 +275,25 @@ fn mtime_nsec_is_not_stored() {
 }
 
 #[test]
+fn nested_trees_fit_a_two_mib_stack_on_either_side_of_the_cutoff() {
+    // tokio's worker threads have 2 MiB: the depth that is still written on
+    // the caller's stack, and one past it that gets the big stack.
+    std::thread::Builder::new()
+        .stack_size(2 << 20)
+        .spawn(|| {
+            for depth in [crate::CALLER_STACK_DEPTH, crate::CALLER_STACK_DEPTH + 1, 600] {
+                let path = vec!["d"; depth].join("/");
+                let mut tree = Tree::new(Stat::default_dir());
+                leaf(&mut tree, &format!("{path}/f"), stat(0o644, 1), inline(1));
+                assert_round_trip(&tree);
+            }
+        })
+        .unwrap()
+        .join()
+        .unwrap();
+}
+
+#[test]
 fn deepest_tree_round_trips() {
     // Deep recursion in the writer, composefs and here: give it room.
     std::thread::Builder::new()
