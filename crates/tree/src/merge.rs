@@ -1,7 +1,34 @@
-//! Overlay merge: applies one layer tree on top of a lower tree, the way
-//! containerd applies a layer tar onto a root filesystem.
+//! Overlay merge: applies one layer tree on top of a lower tree, with the
+//! result containerd's applier gives when it extracts the layer's tar in
+//! order onto the lower root filesystem.
+//!
+//! The layer tree already holds the effect of its entries in tar order (see
+//! the builder in `strata-image`): a whiteout or an opaque marker removed
+//! what the layer had before it, a later entry replaced an earlier one, and
+//! a hard link to a file the layer did not hold is a stand-in leaf
+//! ([`LowerCheck::Link`]) at the link's path. What is left for the merge is
+//! what needs the lower tree:
+//! - a stand-in becomes the lower leaf at its target, which must be a
+//!   non-directory there (containerd: `link(2)` fails with ENOENT or EPERM);
+//!   every stand-in is checked, even one a later entry replaced, as the
+//!   link was made when it was read;
+//! - so are the directories an entry went through as implicit parents that
+//!   a later entry named, replaced or removed ([`LowerCheck::Dirs`]): each
+//!   must be a directory or missing in the lower tree;
+//! - a whiteout removes the lower entry; an opaque directory drops every
+//!   lower entry below it;
+//! - a named directory replaces a lower non-directory and merges into a
+//!   lower directory (its stat replaces the lower one); an implicit one
+//!   keeps the lower directory's stat, and is refused over a lower
+//!   non-directory (containerd's `mkparent` fails with ENOTDIR; over a
+//!   symlink it would follow the link, which strata never does), unless the
+//!   layer removed that path first (`fresh`).
+//!
+//! Every walk here uses an explicit stack: depth comes from the input.
 
-use crate::{Dir, Node, Tree};
+use std::collections::BTreeMap;
+
+use crate::{Dir, LeafId, LowerCheck, Node, Tree, TreePath};
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum MergeError {
@@ -9,95 +36,167 @@ pub enum MergeError {
     LinkTargetMissing { link: String, target: String },
     #[error("hard link {link:?} points at directory {target:?}")]
     LinkToDirectory { link: String, target: String },
-    #[error("hard link {link:?} needs parent directory {parent:?}, which is not a directory")]
-    LinkParentNotDir { link: String, parent: String },
+    #[error("the layer puts entries below {path:?}, which is not a directory in the lower layers")]
+    NotADirectory { path: String },
 }
 
 fn shown(path: &[Vec<u8>]) -> String {
     String::from_utf8_lossy(&path.join(&b'/')).into_owned()
 }
 
-/// Applies `layer` onto `lower`: whiteouts remove, opaque directories hide
-/// lower entries, everything else replaces or merges. Leaves of `lower` that
-/// become unreachable stay in the table until [`Tree::compact`].
-pub fn merge_layer(lower: &mut Tree, layer: Tree) -> Result<(), MergeError> {
-    // Hard links into lower layers resolve against the tree as it was before
-    // this layer, like a tar applied in order onto the lower root.
-    let mut links = Vec::with_capacity(layer.lower_links.len());
-    for (link, target) in &layer.lower_links {
-        match lower.lookup(target) {
-            Some(Node::Leaf(id)) => links.push((link.clone(), *id)),
+/// Applies `layer` onto `lower`. Leaves of `lower` that become unreachable
+/// stay in the table until [`Tree::compact`].
+pub fn merge_layer(lower: &mut Tree, mut layer: Tree) -> Result<(), MergeError> {
+    let offset = lower.leaves.len();
+    let mut remap: Vec<LeafId> = (0..layer.leaves.len()).map(|i| LeafId(offset + i)).collect();
+    for check in &layer.lower_links {
+        let (leaf, path, target) = match check {
+            LowerCheck::Link { leaf, path, target } => (leaf, path, target),
+            LowerCheck::Dirs { path, dirs } => {
+                check_dirs(&lower.root, path, dirs)?;
+                continue;
+            }
+            LowerCheck::LinkHeader { leaf, stat } => {
+                // The stand-in's Link came first and set its slot.
+                let target = remap.get(leaf.0).and_then(|id| lower.leaves.get_mut(id.0));
+                if let Some(target) = target {
+                    let symlink = matches!(target.content, crate::Content::Symlink(_));
+                    target.stat.apply_link_header(stat, symlink);
+                }
+                continue;
+            }
+        };
+        let id = match lower.lookup(target) {
+            Some(Node::Leaf(id)) => *id,
             Some(Node::Dir(_)) => {
                 return Err(MergeError::LinkToDirectory {
-                    link: shown(link),
+                    link: shown(path),
                     target: shown(target),
                 })
             }
             _ => {
                 return Err(MergeError::LinkTargetMissing {
-                    link: shown(link),
+                    link: shown(path),
                     target: shown(target),
                 })
             }
+        };
+        if let Some(slot) = remap.get_mut(leaf.0) {
+            *slot = id;
         }
     }
+    lower.leaves.append(&mut layer.leaves);
+    let root = std::mem::take(&mut layer.root);
+    merge_dirs(&mut lower.root, root, &remap, offset)
+}
 
-    let offset = lower.leaves.len();
-    lower.leaves.extend(layer.leaves);
-    merge_dir(&mut lower.root, layer.root, offset);
-
-    for (link, id) in links {
-        let (name, parents) = link.split_last().expect("a link is never the root");
-        let mut dir = &mut lower.root;
-        for (depth, parent) in parents.iter().enumerate() {
-            let entry = dir
-                .entries
-                .entry(parent.clone())
-                .or_insert_with(|| Node::Dir(Box::new(Dir::new(crate::Stat::default_dir()))));
-            match entry {
-                Node::Dir(child) => dir = child,
-                _ => {
-                    return Err(MergeError::LinkParentNotDir {
-                        link: shown(&link),
-                        parent: shown(&parents[..=depth]),
-                    })
+/// Merges `layer` into `lower`, depth first with an explicit stack.
+fn merge_dirs(lower: &mut Dir, layer: Dir, remap: &[LeafId], offset: usize) -> Result<(), MergeError> {
+    // Every directory visited, as (parent index, name), to name a path in an error.
+    let mut names: Vec<(usize, Vec<u8>)> = vec![(0, Vec::new())];
+    let mut stack = vec![(lower, layer, 0usize)];
+    while let Some((lower, mut layer, at)) = stack.pop() {
+        if layer.opaque {
+            lower.entries.clear();
+        }
+        if !layer.implicit {
+            lower.stat = std::mem::take(&mut layer.stat);
+        }
+        let mut subdirs = BTreeMap::new();
+        for (name, node) in std::mem::take(&mut layer.entries) {
+            match node {
+                Node::Whiteout => {
+                    lower.entries.remove(&name);
+                }
+                Node::Leaf(id) => {
+                    let id = remap.get(id.0).copied().unwrap_or(LeafId(id.0 + offset));
+                    lower.entries.insert(name, Node::Leaf(id));
+                }
+                Node::Dir(child) => {
+                    let merge_into_lower = match lower.entries.get(&name) {
+                        Some(Node::Dir(_)) => !child.fresh,
+                        Some(Node::Leaf(_)) if child.implicit && !child.fresh => {
+                            return Err(MergeError::NotADirectory {
+                                path: path_of(&names, at, &name),
+                            })
+                        }
+                        _ => false,
+                    };
+                    if !merge_into_lower {
+                        let fresh = Dir::new(child.stat.clone());
+                        lower.entries.insert(name.clone(), Node::Dir(Box::new(fresh)));
+                    }
+                    subdirs.insert(name, child);
                 }
             }
         }
-        dir.entries.insert(name.clone(), Node::Leaf(id));
+        if subdirs.is_empty() {
+            continue;
+        }
+        for (name, node) in lower.entries.iter_mut() {
+            let (Some(child), Node::Dir(dir)) = (subdirs.remove(name), node) else {
+                continue;
+            };
+            names.push((at, name.clone()));
+            stack.push((&mut **dir, *child, names.len() - 1));
+        }
     }
     Ok(())
 }
 
-fn merge_dir(lower: &mut Dir, layer: Dir, offset: usize) {
-    if layer.opaque {
-        lower.entries.clear();
-    }
-    if !layer.implicit {
-        lower.stat = layer.stat;
-    }
-    for (name, node) in layer.entries {
-        match node {
-            Node::Whiteout => {
-                lower.entries.remove(&name);
-            }
-            Node::Leaf(id) => {
-                lower.entries.insert(name, Node::Leaf(shift(id, offset)));
-            }
-            Node::Dir(child) => match lower.entries.get_mut(&name) {
-                Some(Node::Dir(existing)) => merge_dir(existing, *child, offset),
-                _ => {
-                    let mut fresh = Dir::new(child.stat.clone());
-                    merge_dir(&mut fresh, *child, offset);
-                    lower.entries.insert(name, Node::Dir(Box::new(fresh)));
-                }
-            },
+/// Checks that every implicit, not fresh, directory of `dirs` (placed at
+/// `path`) is a directory or missing in `lower`.
+fn check_dirs(lower: &Dir, path: &[Vec<u8>], dirs: &Dir) -> Result<(), MergeError> {
+    let Some((name, parents)) = path.split_last() else {
+        return Ok(());
+    };
+    let mut at = lower;
+    for parent in parents {
+        match at.entries.get(parent) {
+            Some(Node::Dir(child)) => at = child,
+            // A lower non-directory on the way was replaced before.
+            _ => return Ok(()),
         }
     }
+    let needs_dir = |dir: &Dir| dir.implicit && !dir.fresh;
+    let mut names: Vec<(usize, Vec<u8>)> = vec![(0, Vec::new())];
+    let mut stack = vec![(at, name.as_slice(), dirs, 0usize)];
+    while let Some((lower_parent, name, dir, parent_at)) = stack.pop() {
+        match lower_parent.entries.get(name) {
+            Some(Node::Dir(lower_dir)) => {
+                names.push((parent_at, name.to_vec()));
+                let here = names.len() - 1;
+                for (child_name, node) in dir.entries.iter() {
+                    if let Node::Dir(child) = node {
+                        stack.push((lower_dir, child_name, child, here));
+                    }
+                }
+            }
+            Some(_) if needs_dir(dir) => {
+                let below = path_of(&names, parent_at, name);
+                let full: TreePath = parents
+                    .iter()
+                    .cloned()
+                    .chain(std::iter::once(below.into_bytes()))
+                    .collect();
+                return Err(MergeError::NotADirectory { path: shown(&full) });
+            }
+            _ => {}
+        }
+    }
+    Ok(())
 }
 
-fn shift(id: crate::LeafId, offset: usize) -> crate::LeafId {
-    crate::LeafId(id.0 + offset)
+/// The path of `name` in the directory `names[at]`.
+fn path_of(names: &[(usize, Vec<u8>)], mut at: usize, name: &[u8]) -> String {
+    let mut path: TreePath = vec![name.to_vec()];
+    while at != 0 {
+        let (parent, dir_name) = &names[at];
+        path.push(dir_name.clone());
+        at = *parent;
+    }
+    path.reverse();
+    shown(&path)
 }
 
 #[cfg(test)]
@@ -133,6 +232,19 @@ mod tests {
         dir.entries.insert(last.clone(), node);
     }
 
+    fn lower_link(tree: &mut Tree, path: &str, target: &str) {
+        let leaf = tree.push_leaf(Leaf {
+            stat: Stat::default(),
+            content: Content::Fifo,
+        });
+        insert(tree, path, Node::Leaf(leaf));
+        tree.lower_links.push(LowerCheck::Link {
+            leaf,
+            path: p(path),
+            target: p(target),
+        });
+    }
+
     fn body(tree: &Tree, path: &str) -> Option<Vec<u8>> {
         match tree.lookup(&p(path))? {
             Node::Leaf(id) => match &tree.leaf(*id).content {
@@ -161,7 +273,7 @@ mod tests {
         };
         opt.opaque = true;
         file(&mut layer, "etc/passwd", b"new");
-        layer.lower_links.push((p("etc/link"), p("etc/passwd")));
+        lower_link(&mut layer, "etc/link", "etc/passwd");
 
         merge_layer(&mut lower, layer).unwrap();
         lower.compact();
@@ -180,13 +292,30 @@ mod tests {
         let mut lower = Tree::new(Stat::default_dir());
         file(&mut lower, "d/f", b"x");
         let mut layer = Tree::new(Stat::default_dir());
-        layer.lower_links.push((p("l"), p("missing")));
+        lower_link(&mut layer, "l", "missing");
         let err = merge_layer(&mut lower.clone(), layer).unwrap_err();
         assert!(matches!(err, MergeError::LinkTargetMissing { .. }));
         let mut layer = Tree::new(Stat::default_dir());
-        layer.lower_links.push((p("l"), p("d")));
+        lower_link(&mut layer, "l", "d");
         let err = merge_layer(&mut lower, layer).unwrap_err();
         assert!(matches!(err, MergeError::LinkToDirectory { .. }));
+    }
+
+    #[test]
+    fn implicit_dir_over_a_lower_file_is_refused_unless_fresh() {
+        let mut lower = Tree::new(Stat::default_dir());
+        file(&mut lower, "a", b"file");
+        let mut layer = Tree::new(Stat::default_dir());
+        layer.root.implicit = true;
+        file(&mut layer, "a/x", b"x");
+        let err = merge_layer(&mut lower.clone(), layer.clone()).unwrap_err();
+        assert_eq!(err, MergeError::NotADirectory { path: "a".into() });
+        let Some(Node::Dir(a)) = layer.root.entries.get_mut(b"a".as_slice()) else {
+            panic!()
+        };
+        a.fresh = true;
+        merge_layer(&mut lower, layer).unwrap();
+        assert_eq!(body(&lower, "a/x").unwrap(), b"x");
     }
 
     #[test]

@@ -1,7 +1,8 @@
 //! Directory trees with hard links: directories own their children; every
 //! non-directory is a [`Leaf`] in a table, so hard links share one leaf.
 
-use std::collections::BTreeMap;
+use std::collections::{btree_map, BTreeMap};
+use std::ops::{Deref, DerefMut};
 
 use crate::Digest;
 
@@ -26,6 +27,22 @@ impl Stat {
         Stat {
             mode: 0o755,
             ..Stat::default()
+        }
+    }
+
+    /// Applies a hard link entry's header to the inode it links to, as
+    /// containerd's applier does: owner, mtime, xattrs (added to the inode's)
+    /// and, unless the inode is a symlink, the mode.
+    pub fn apply_link_header(&mut self, header: &Stat, symlink: bool) {
+        self.uid = header.uid;
+        self.gid = header.gid;
+        if !symlink {
+            self.mode = header.mode;
+        }
+        self.mtime_sec = header.mtime_sec;
+        self.mtime_nsec = header.mtime_nsec;
+        for (name, value) in &header.xattrs {
+            self.xattrs.insert(name.clone(), value.clone());
         }
     }
 }
@@ -86,7 +103,11 @@ pub struct Dir {
     /// Only in layer trees: the layer never named this directory itself (it
     /// only holds entries below it), so its stat must not replace the lower one.
     pub implicit: bool,
-    pub entries: BTreeMap<Vec<u8>, Node>,
+    /// Only in layer trees, with `implicit`: the layer removed what was at
+    /// this path before an entry below made the directory again, so it
+    /// replaces the lower entry whatever its type, with a default stat.
+    pub fresh: bool,
+    pub entries: Entries,
 }
 
 impl Dir {
@@ -95,22 +116,115 @@ impl Dir {
             stat,
             opaque: false,
             implicit: false,
-            entries: BTreeMap::new(),
+            fresh: false,
+            entries: Entries::default(),
         }
+    }
+}
+
+/// A directory's children by name. Dropping it tears the subtree down with
+/// an explicit stack, so a chain of any depth cannot overflow the stack.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Entries(BTreeMap<Vec<u8>, Node>);
+
+impl Deref for Entries {
+    type Target = BTreeMap<Vec<u8>, Node>;
+    fn deref(&self) -> &Self::Target {
+        &self.0
+    }
+}
+
+impl DerefMut for Entries {
+    fn deref_mut(&mut self) -> &mut Self::Target {
+        &mut self.0
+    }
+}
+
+impl Drop for Entries {
+    fn drop(&mut self) {
+        if self.0.is_empty() {
+            return;
+        }
+        let mut pending = vec![std::mem::take(&mut self.0)];
+        while let Some(map) = pending.last_mut() {
+            let Some((_, node)) = map.pop_first() else {
+                pending.pop();
+                continue;
+            };
+            if let Node::Dir(mut child) = node {
+                let grandchildren = std::mem::take(&mut child.entries.0);
+                if !grandchildren.is_empty() {
+                    pending.push(grandchildren);
+                }
+            }
+        }
+    }
+}
+
+impl IntoIterator for Entries {
+    type Item = (Vec<u8>, Node);
+    type IntoIter = btree_map::IntoIter<Vec<u8>, Node>;
+    fn into_iter(mut self) -> Self::IntoIter {
+        std::mem::take(&mut self.0).into_iter()
+    }
+}
+
+impl<'a> IntoIterator for &'a Entries {
+    type Item = (&'a Vec<u8>, &'a Node);
+    type IntoIter = btree_map::Iter<'a, Vec<u8>, Node>;
+    fn into_iter(self) -> Self::IntoIter {
+        self.0.iter()
+    }
+}
+
+impl<'a> IntoIterator for &'a mut Entries {
+    type Item = (&'a Vec<u8>, &'a mut Node);
+    type IntoIter = btree_map::IterMut<'a, Vec<u8>, Node>;
+    fn into_iter(self) -> Self::IntoIter {
+        self.0.iter_mut()
+    }
+}
+
+impl FromIterator<(Vec<u8>, Node)> for Entries {
+    fn from_iter<I: IntoIterator<Item = (Vec<u8>, Node)>>(iter: I) -> Self {
+        Entries(iter.into_iter().collect())
     }
 }
 
 /// A directory tree plus the leaf table its [`Node::Leaf`]s index.
 ///
-/// A layer tree may carry whiteouts, opaque flags and unresolved hard links
-/// to lower layers; a merged tree carries none of those.
+/// A layer tree may carry whiteouts, opaque flags and hard links to lower
+/// layers; a merged tree carries none of those.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Tree {
     pub root: Dir,
     pub leaves: Vec<Leaf>,
-    /// Hard links whose target is not in this layer: (link path, target path).
-    /// They are resolved against the lower tree by the merge.
-    pub lower_links: Vec<(TreePath, TreePath)>,
+    /// Only in layer trees: what the merge checks against the lower tree
+    /// as it was before the layer, in the layer's order: hard links to a
+    /// lower file, and directories the layer went through.
+    pub lower_links: Vec<LowerCheck>,
+}
+
+/// A fact about the lower tree that one of the layer's entries relied on.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum LowerCheck {
+    /// A hard link, read in the layer, to a file the layer did not hold at
+    /// that point: `leaf` (a stand-in in the layer's table, shared by later
+    /// links to it) becomes the lower tree's leaf at `target`. `path` is
+    /// where the link was read, for messages.
+    Link {
+        leaf: LeafId,
+        path: TreePath,
+        target: TreePath,
+    },
+    /// Directories an entry went through as parents while the lower ones
+    /// showed, which a later entry replaced or removed: placed at `path`,
+    /// every directory of `dirs` that is `implicit` and not `fresh` must be
+    /// a directory, or missing, in the lower tree.
+    Dirs { path: TreePath, dirs: Box<Dir> },
+    /// A later hard link entry's header for the lower file behind stand-in
+    /// `leaf` (see [`Stat::apply_link_header`]).
+    LinkHeader { leaf: LeafId, stat: Stat },
 }
 
 /// Counts over the reachable part of a tree.
@@ -160,16 +274,17 @@ impl Tree {
 
     /// Visits every reachable leaf id, in sorted path order, once per link.
     pub fn for_each_leaf(&self, mut visit: impl FnMut(LeafId)) {
-        fn walk(dir: &Dir, visit: &mut dyn FnMut(LeafId)) {
-            for node in dir.entries.values() {
-                match node {
-                    Node::Dir(child) => walk(child, visit),
-                    Node::Leaf(id) => visit(*id),
-                    Node::Whiteout => {}
+        let mut stack = vec![self.root.entries.values()];
+        while let Some(iter) = stack.last_mut() {
+            match iter.next() {
+                None => {
+                    stack.pop();
                 }
+                Some(Node::Dir(child)) => stack.push(child.entries.values()),
+                Some(Node::Leaf(id)) => visit(*id),
+                Some(Node::Whiteout) => {}
             }
         }
-        walk(&self.root, &mut visit);
     }
 
     /// Object digests of every reachable file, sorted and deduplicated.
@@ -186,36 +301,34 @@ impl Tree {
     }
 
     pub fn stats(&self) -> TreeStats {
-        fn count_dirs(dir: &Dir) -> u64 {
-            1 + dir
-                .entries
-                .values()
-                .map(|node| match node {
-                    Node::Dir(child) => count_dirs(child),
-                    _ => 0,
-                })
-                .sum::<u64>()
-        }
         let mut seen = vec![false; self.leaves.len()];
-        let mut stats = TreeStats {
-            dirs: count_dirs(&self.root),
-            ..TreeStats::default()
-        };
-        self.for_each_leaf(|id| {
-            if std::mem::replace(&mut seen[id.0], true) {
-                return;
+        let mut stats = TreeStats::default();
+        let mut stack = vec![&self.root];
+        while let Some(dir) = stack.pop() {
+            stats.dirs += 1;
+            for node in dir.entries.values() {
+                match node {
+                    Node::Dir(child) => stack.push(child),
+                    Node::Leaf(id) => {
+                        if std::mem::replace(&mut seen[id.0], true) {
+                            continue;
+                        }
+                        stats.leaves += 1;
+                        if let Content::File(data) = &self.leaf(*id).content {
+                            stats.files += 1;
+                            stats.logical_bytes += data.size();
+                        }
+                    }
+                    Node::Whiteout => {}
+                }
             }
-            stats.leaves += 1;
-            if let Content::File(data) = &self.leaf(id).content {
-                stats.files += 1;
-                stats.logical_bytes += data.size();
-            }
-        });
+        }
         stats
     }
 
     /// Drops unreachable leaves and renumbers the rest in path order, so two
-    /// equal trees have equal tables whatever their history.
+    /// equal trees have equal tables whatever their history. Meant for merged
+    /// trees: in a layer tree it would forget unreachable lower links.
     pub fn compact(&mut self) {
         let mut remap: Vec<Option<usize>> = vec![None; self.leaves.len()];
         let mut order = Vec::new();
@@ -226,16 +339,30 @@ impl Tree {
             }
         });
         let mut old: Vec<Option<Leaf>> = std::mem::take(&mut self.leaves).into_iter().map(Some).collect();
-        self.leaves = order.iter().map(|&i| old[i].take().expect("each leaf once")).collect();
-        fn renumber(dir: &mut Dir, remap: &[Option<usize>]) {
+        self.leaves = order.iter().filter_map(|&i| old[i].take()).collect();
+        let mut stack = vec![&mut self.root];
+        while let Some(dir) = stack.pop() {
             for node in dir.entries.values_mut() {
                 match node {
-                    Node::Dir(child) => renumber(child, remap),
-                    Node::Leaf(id) => *id = LeafId(remap[id.0].expect("reachable")),
+                    Node::Dir(child) => stack.push(child),
+                    Node::Leaf(id) => {
+                        if let Some(new) = remap[id.0] {
+                            *id = LeafId(new);
+                        }
+                    }
                     Node::Whiteout => {}
                 }
             }
         }
-        renumber(&mut self.root, &remap);
+        self.lower_links.retain_mut(|check| match check {
+            LowerCheck::Link { leaf, .. } | LowerCheck::LinkHeader { leaf, .. } => match remap[leaf.0] {
+                Some(new) => {
+                    *leaf = LeafId(new);
+                    true
+                }
+                None => false,
+            },
+            LowerCheck::Dirs { .. } => true,
+        });
     }
 }
