@@ -22,9 +22,37 @@ const REFUSED: &[(&str, &str)] = &[
     ("bomb", "past the limit"),
     ("whiteout-root", "whiteout names no entry"),
     ("hardlink-dir", "hard link to a directory"),
+    (
+        "sparse-bomb",
+        "a file of 268435456 bytes takes the layer past the limit of 104857600",
+    ),
+    (
+        "longname-huge",
+        "GNU long name of 1073741824 bytes is over the path limit",
+    ),
+    (
+        "pax-huge",
+        "PAX extended header of 1073741824 bytes is over the limit of 1048576",
+    ),
+    ("xattr-nul", "contains a NUL byte"),
+    ("bad-capability", "security.capability of 2 bytes"),
+    ("symlink-nul", "GNU long link target contains a NUL byte"),
+    ("empty-diff-ids", "1 layers in the manifest but 0 diff_ids"),
+    ("size-lie", "more bytes than the descriptor's size"),
 ];
 
-const ACCEPTED: &[&str] = &["overlay-xattr", "device", "deep", "longname"];
+const ACCEPTED: &[&str] = &[
+    "overlay-xattr",
+    "device",
+    "deep",
+    "longname",
+    "sparse",
+    "char-whiteout",
+    "v7-dir",
+    "aufs",
+    "no-platform",
+    "user-overlay",
+];
 
 fn case_ref(case: &str) -> String {
     format!("oci:{}:latest", hostile_dir().join(case).display())
@@ -112,4 +140,32 @@ fn odd_but_legitimate_layers_import_faithfully() {
 
     let m = store.mount(&case_ref("longname"));
     assert_eq!(std::fs::read(m.join("n".repeat(255))).unwrap(), b"255-byte name\n");
+
+    // Sparse files read back whole, holes as zeros (PAX 1.0 and old GNU).
+    let mut sparse = vec![0u8; 6000];
+    for i in 0..60usize {
+        sparse[(i / 10) * 1024 + i % 10] = b"abcdefghijklmnopqrstuvwxyz"[i % 26];
+    }
+    let m = store.mount(&case_ref("sparse"));
+    assert_eq!(std::fs::read(m.join("pax10")).unwrap(), sparse);
+    assert_eq!(std::fs::read(m.join("gnu")).unwrap(), sparse);
+    assert!(!m.join("GNUSparseFile.0").exists());
+
+    // A 0/0 char device is a whiteout, as on containerd's overlayfs.
+    let m = store.mount(&case_ref("char-whiteout"));
+    assert!(std::fs::symlink_metadata(m.join("a/victim")).is_err());
+    assert_eq!(std::fs::read(m.join("a/keep")).unwrap(), b"kept\n");
+
+    let m = store.mount(&case_ref("v7-dir"));
+    assert_eq!(std::fs::read(m.join("olddir/file")).unwrap(), b"v7!\n");
+
+    let m = store.mount(&case_ref("aufs"));
+    let names: Vec<_> = std::fs::read_dir(&m).unwrap().map(|e| e.unwrap().file_name()).collect();
+    assert_eq!(names, vec![std::ffi::OsString::from("ok.txt")]);
+
+    let m = store.mount(&case_ref("no-platform"));
+    assert_eq!(std::fs::read(m.join("ok.txt")).unwrap(), b"no platform\n");
+
+    let m = store.mount(&case_ref("user-overlay"));
+    assert_eq!(std::fs::read(m.join("dir/file")).unwrap(), b"user overlay\n");
 }

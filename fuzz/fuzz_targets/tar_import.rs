@@ -40,6 +40,7 @@ fuzz_target!(|data: &[u8]| {
         max_entries: 100_000,
         max_depth: 256,
         max_path_bytes: 4096,
+        max_entries_per_image: 100_000,
     };
     let (store, dir) = store();
     let progress = Arc::new(Progress::default());

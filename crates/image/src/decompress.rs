@@ -1,4 +1,5 @@
-//! The first stage of a layer import: reads the raw blob, checks its digest,
+//! The first stage of a layer import: reads the raw blob, checks its size
+//! against the descriptor (failing as soon as a source sends more) and its digest,
 //! decompresses it on its own thread, checks the uncompressed digest
 //! (diff_id) and stops a decompression bomb at the configured limit.
 
@@ -47,21 +48,89 @@ impl Compression {
 pub(crate) struct Expected {
     pub layer: String,
     pub blob_digest: String,
+    /// The descriptor's size: the blob must be exactly this long.
+    pub blob_size: u64,
     pub diff_id: Option<String>,
     pub limit: u64,
 }
 
-struct HashingReader<R> {
+/// Hashes and counts a blob; a read past `expected` bytes fails at once.
+pub(crate) struct HashingReader<R> {
     inner: R,
     hasher: Sha256,
-    progress: Arc<Progress>,
+    progress: Option<Arc<Progress>>,
+    count: u64,
+    expected: u64,
+    /// Set when the source sent more than `expected`.
+    overrun: bool,
+}
+
+impl<R: Read> HashingReader<R> {
+    pub(crate) fn new(inner: R, expected: u64, progress: Option<Arc<Progress>>) -> Self {
+        HashingReader {
+            inner,
+            hasher: Sha256::new(),
+            progress,
+            count: 0,
+            expected,
+            overrun: false,
+        }
+    }
+
+    pub(crate) fn overran(&self) -> bool {
+        self.overrun
+    }
+
+    /// Reads to the end and checks the size, then the digest.
+    pub(crate) fn finish(mut self, digest: &str, what: &'static str) -> Result<(), ImportError> {
+        let drained = io::copy(&mut self, &mut io::sink());
+        if self.overrun {
+            return Err(ImportError::BlobTooLong {
+                digest: digest.to_owned(),
+                expected: self.expected,
+            });
+        }
+        drained.map_err(|e| ImportError::Io {
+            what: format!("blob {digest}"),
+            source: e,
+        })?;
+        if self.count != self.expected {
+            return Err(ImportError::BlobSizeMismatch {
+                digest: digest.to_owned(),
+                actual: self.count,
+                expected: self.expected,
+            });
+        }
+        let actual = format!("sha256:{}", hex::encode(self.hasher.finalize()));
+        if actual != digest {
+            return Err(ImportError::DigestMismatch {
+                what,
+                digest: digest.to_owned(),
+                actual,
+            });
+        }
+        Ok(())
+    }
 }
 
 impl<R: Read> Read for HashingReader<R> {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        let n = self.inner.read(buf)?;
+        if self.overrun {
+            return Err(io::Error::other("blob longer than its descriptor says"));
+        }
+        // One byte more than expected is enough to know.
+        let room = self.expected.saturating_sub(self.count).saturating_add(1);
+        let want = usize::try_from(room).unwrap_or(usize::MAX).min(buf.len());
+        let n = self.inner.read(&mut buf[..want])?;
+        self.count += n as u64;
+        if self.count > self.expected {
+            self.overrun = true;
+            return Err(io::Error::other("blob longer than its descriptor says"));
+        }
         self.hasher.update(&buf[..n]);
-        Progress::add(&self.progress.bytes, n as u64);
+        if let Some(progress) = &self.progress {
+            Progress::add(&progress.bytes, n as u64);
+        }
         Ok(n)
     }
 }
@@ -99,13 +168,10 @@ fn run(
         layer: expected.layer.clone(),
         reason,
     };
-    let mut hashing = HashingReader {
-        inner: raw,
-        hasher: Sha256::new(),
-        progress,
-    };
+    let mut hashing = HashingReader::new(raw, expected.blob_size, Some(progress));
     let mut diff_hasher = Sha256::new();
     let mut total: u64 = 0;
+    let mut decode_err = None;
     {
         let mut decoder: Box<dyn Read + '_> = match compression {
             Compression::None => Box::new(&mut hashing),
@@ -116,7 +182,13 @@ fn run(
         };
         loop {
             let mut chunk = vec![0u8; CHUNK];
-            let n = read_full(&mut decoder, &mut chunk).map_err(|e| layer_err(format!("decompressing: {e}")))?;
+            let n = match read_full(&mut decoder, &mut chunk) {
+                Ok(n) => n,
+                Err(e) => {
+                    decode_err = Some(e);
+                    break;
+                }
+            };
             if n == 0 {
                 break;
             }
@@ -136,15 +208,16 @@ fn run(
             }
         }
     }
-    io::copy(&mut hashing, &mut io::sink()).map_err(|e| layer_err(format!("reading blob: {e}")))?;
-    let actual = format!("sha256:{}", hex::encode(hashing.hasher.finalize()));
-    if actual != expected.blob_digest {
-        return Err(ImportError::DigestMismatch {
-            what: "layer blob",
+    if hashing.overrun {
+        return Err(ImportError::BlobTooLong {
             digest: expected.blob_digest.clone(),
-            actual,
+            expected: expected.blob_size,
         });
     }
+    if let Some(e) = decode_err {
+        return Err(layer_err(format!("decompressing: {e}")));
+    }
+    hashing.finish(&expected.blob_digest, "layer blob")?;
     if let Some(diff_id) = &expected.diff_id {
         let actual = format!("sha256:{}", hex::encode(diff_hasher.finalize()));
         if &actual != diff_id {

@@ -32,6 +32,19 @@ pub enum ImportError {
     TooLarge { layer: String, limit: u64 },
     #[error("layer {layer} has more than {limit} entries")]
     TooManyEntries { layer: String, limit: u64 },
+    #[error("layer {layer}: the image has more than {limit} entries (limits.max_entries_per_image)")]
+    TooManyImageEntries { layer: String, limit: u64 },
+    #[error("blob {digest}: more bytes than the descriptor's size of {expected}")]
+    BlobTooLong { digest: String, expected: u64 },
+    #[error("blob {digest}: {actual} bytes, descriptor says {expected}")]
+    BlobSizeMismatch { digest: String, actual: u64, expected: u64 },
+    #[error("{what} {digest}: too large ({size} bytes, over the limit of {limit} for a document)")]
+    DocumentTooLarge {
+        what: &'static str,
+        digest: String,
+        size: u64,
+        limit: u64,
+    },
     #[error("registry refused the credentials for {url} (pass --creds USER:PASSWORD, or check them)")]
     Unauthorized { url: String },
     #[error("registry: {0}")]

@@ -2,14 +2,38 @@
 //! layer [`Tree`] (metadata) and staged objects (file bodies). Nothing is
 //! created at a path the archive names; every path is validated as a list of
 //! plain names, and every parent must be a directory of this layer tree.
+//!
+//! The tar stream is read by [`archive`], which follows Go's archive/tar
+//! (containerd's reader) and bounds what headers make it hold. What the
+//! EROFS image would not carry faithfully is refused or normalised here:
+//!
+//! - a character device 0/0 is a whiteout of its name: containerd's
+//!   applier creates it as such a device in an overlayfs upper dir, where
+//!   it is one;
+//! - xattr names and values must be ones setxattr takes, and
+//!   `security.capability` a revision 2 or 3 `vfs_cap_data` ([`xattr`]);
+//! - `trusted.overlay.*` is dropped (it would steer overlayfs), and so are
+//!   `user.overlay.{opaque,whiteout,whiteouts}`, which composefs's reader
+//!   takes as its own markers (with a warning); other `user.overlay.*` stay;
+//! - AUFS's metadata at the root (`.wh..wh.plnk`, ...) is skipped, as
+//!   Docker does;
+//! - every file's full size, sparse holes included, counts against the
+//!   layer's byte limit, and every entry against the image's entry limit.
 
 use std::collections::BTreeMap;
 use std::io::Read;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use strata_erofs::INLINE_MAX;
 use strata_store::{ObjectRef, ObjectStager, Store};
-use strata_tree::{split_path, Content, Dir, FileData, Leaf, Node, Stat, Tree};
+use strata_tree::{split_path, Content, FileData, Leaf, Stat, Tree};
+
+mod archive;
+mod builder;
+mod xattr;
+use archive::{Archive, ArchiveError, Header};
+use builder::{NewNode, TreeBuilder};
 
 use crate::decompress::{self, Compression, Expected};
 use crate::{Descriptor, ImportError, Progress};
@@ -28,6 +52,11 @@ pub struct Limits {
     pub max_depth: usize,
     /// Bytes in an entry's path (and a link's target).
     pub max_path_bytes: usize,
+    /// Tar entries across all layers of one image. A pull holds about
+    /// 700 bytes per entry at its peak (layer trees, merged tree, EROFS
+    /// writer), so the default bounds it near 1.4 GB while staying several
+    /// times above the largest real images (a few hundred thousand entries).
+    pub max_entries_per_image: u64,
 }
 
 impl Default for Limits {
@@ -37,6 +66,7 @@ impl Default for Limits {
             max_entries: 10_000_000,
             max_depth: 1024,
             max_path_bytes: 4096,
+            max_entries_per_image: 2_000_000,
         }
     }
 }
@@ -48,8 +78,42 @@ pub struct LayerImport {
     pub objects: Vec<ObjectRef>,
 }
 
+/// xattrs composefs's reader takes for its own overlay markers; an EROFS
+/// image cannot carry them from a layer, so they are dropped with a warning.
+const COMPOSEFS_MARKERS: [&[u8]; 3] = [
+    b"user.overlay.opaque",
+    b"user.overlay.whiteout",
+    b"user.overlay.whiteouts",
+];
+
+/// The entries one image may still have, shared by its layers' imports.
+#[derive(Debug)]
+pub(crate) struct EntryBudget {
+    used: AtomicU64,
+    limit: u64,
+}
+
+impl EntryBudget {
+    pub(crate) fn new(limit: u64) -> Self {
+        EntryBudget {
+            used: AtomicU64::new(0),
+            limit,
+        }
+    }
+
+    fn take(&self, layer: &str) -> Result<(), ImportError> {
+        if self.used.fetch_add(1, Ordering::Relaxed) >= self.limit {
+            return Err(ImportError::TooManyImageEntries {
+                layer: layer.to_owned(),
+                limit: self.limit,
+            });
+        }
+        Ok(())
+    }
+}
+
 /// Imports the layer blob `raw` (as described by `desc`), verifying its
-/// digest and, when given, its diff_id.
+/// size, its digest and, when given, its diff_id.
 pub fn import_layer(
     store: &Store,
     desc: &Descriptor,
@@ -58,16 +122,31 @@ pub fn import_layer(
     limits: &Limits,
     progress: &Arc<Progress>,
 ) -> Result<LayerImport, ImportError> {
+    let budget = EntryBudget::new(limits.max_entries_per_image);
+    import_layer_in(store, desc, diff_id, raw, limits, progress, &budget)
+}
+
+/// [`import_layer`], drawing entries from an image-wide budget.
+pub(crate) fn import_layer_in(
+    store: &Store,
+    desc: &Descriptor,
+    diff_id: Option<&str>,
+    raw: Box<dyn Read + Send>,
+    limits: &Limits,
+    progress: &Arc<Progress>,
+    budget: &EntryBudget,
+) -> Result<LayerImport, ImportError> {
     let compression = Compression::from_media_type(&desc.media_type)?;
     let expected = Expected {
         layer: desc.digest.clone(),
         blob_digest: desc.digest.clone(),
+        blob_size: desc.size,
         diff_id: diff_id.map(str::to_owned),
         limit: limits.max_layer_bytes,
     };
     let (mut reader, verdict) = decompress::spawn(raw, compression, expected, progress.clone());
     let mut builder = LayerBuilder::new(store, &desc.digest, limits, progress)?;
-    let parsed = builder.read_archive(&mut reader);
+    let parsed = builder.read_archive(&mut reader, budget);
     // Read the rest, even after a tar error, so the digests cover every byte
     // (the tar end marker may also come before the stream's end).
     let _ = std::io::copy(&mut reader, &mut std::io::sink());
@@ -85,7 +164,7 @@ pub fn import_layer(
     objects.sort_unstable();
     objects.dedup();
     Ok(LayerImport {
-        tree: builder.tree,
+        tree: builder.tree.tree,
         stager: builder.stager,
         objects,
     })
@@ -95,29 +174,25 @@ struct LayerBuilder<'a> {
     layer: &'a str,
     limits: &'a Limits,
     progress: &'a Progress,
-    tree: Tree,
+    tree: TreeBuilder<'a>,
     stager: ObjectStager,
     objects: Vec<ObjectRef>,
     buf: Vec<u8>,
-}
-
-enum NewNode {
-    Dir(Stat),
-    Leaf(Leaf),
+    /// File bytes this layer has written (sparse holes included).
+    written: u64,
 }
 
 impl<'a> LayerBuilder<'a> {
     fn new(store: &Store, layer: &'a str, limits: &'a Limits, progress: &'a Progress) -> Result<Self, ImportError> {
-        let mut tree = Tree::new(Stat::default_dir());
-        tree.root.implicit = true;
         Ok(LayerBuilder {
             layer,
             limits,
             progress,
-            tree,
+            tree: TreeBuilder::new(layer, limits.max_depth),
             stager: store.stager()?,
             objects: Vec::new(),
             buf: Vec::new(),
+            written: 0,
         })
     }
 
@@ -129,12 +204,13 @@ impl<'a> LayerBuilder<'a> {
         }
     }
 
-    fn read_archive(&mut self, reader: &mut dyn Read) -> Result<(), ImportError> {
-        let mut archive = tar::Archive::new(reader);
-        let entries = archive.entries().map_err(|e| self.tar_err(e))?;
+    fn read_archive(&mut self, reader: &mut dyn Read, budget: &EntryBudget) -> Result<(), ImportError> {
+        let mut archive = Archive::new(reader, self.limits.max_path_bytes);
         let mut count = 0u64;
-        for entry in entries {
-            let entry = entry.map_err(|e| self.tar_err(e))?;
+        while let Some(header) = archive.next().map_err(|e| self.archive_err(e))? {
+            if header.typeflag == b'g' {
+                continue; // Global PAX headers: ignored, as containerd does.
+            }
             count += 1;
             if count > self.limits.max_entries {
                 return Err(ImportError::TooManyEntries {
@@ -142,9 +218,24 @@ impl<'a> LayerBuilder<'a> {
                     limit: self.limits.max_entries,
                 });
             }
-            self.add_entry(entry)?;
+            budget.take(self.layer)?;
+            self.add_entry(header, &mut archive)?;
         }
         Ok(())
+    }
+
+    fn archive_err(&self, e: ArchiveError) -> ImportError {
+        match e {
+            ArchiveError::Io(e) => ImportError::Layer {
+                layer: self.layer.to_owned(),
+                reason: format!("reading tar: {e}"),
+            },
+            ArchiveError::Header(reason) => ImportError::Layer {
+                layer: self.layer.to_owned(),
+                reason: format!("reading tar: {reason}"),
+            },
+            ArchiveError::Entry { path, reason } => self.entry_err(&path, reason),
+        }
     }
 
     fn check_path_len(&self, raw_path: &[u8]) -> Result<(), ImportError> {
@@ -162,130 +253,122 @@ impl<'a> LayerBuilder<'a> {
         })
     }
 
-    fn tar_err(&self, e: std::io::Error) -> ImportError {
-        ImportError::Layer {
-            layer: self.layer.to_owned(),
-            reason: format!("reading tar: {e}"),
+    fn add_entry(&mut self, header: Header, archive: &mut Archive<'_>) -> Result<(), ImportError> {
+        let raw_path = &header.path[..];
+        self.check_path_len(raw_path)?;
+        let path = split_path(raw_path, self.limits.max_depth).map_err(|e| self.entry_err(raw_path, e))?;
+        if is_aufs_metadata(&path) {
+            return Ok(()); // Docker skips AUFS's own files.
         }
-    }
-
-    fn add_entry(&mut self, mut entry: tar::Entry<'_, &mut dyn Read>) -> Result<(), ImportError> {
-        use tar::EntryType as T;
-        let raw_path = entry.path_bytes().into_owned();
-        let kind = entry.header().entry_type();
-        if matches!(kind, T::XGlobalHeader) {
-            return Ok(());
-        }
-        self.check_path_len(&raw_path)?;
-        let path = split_path(&raw_path, self.limits.max_depth).map_err(|e| self.entry_err(&raw_path, e))?;
-        let stat = self.read_stat(&mut entry, &raw_path)?;
+        let stat = self.read_stat(&header)?;
 
         if let Some(name) = path.last() {
             if let Some(target) = name.strip_prefix(b".wh.") {
-                return self.whiteout(&path, target, &raw_path);
+                return self.tree.whiteout(&path, target, raw_path);
             }
         }
 
-        let node = match kind {
-            T::Directory => NewNode::Dir(stat),
-            T::Regular | T::Continuous | T::GNUSparse => {
-                let data = self.read_body(&mut entry, &raw_path)?;
+        let node = match header.typeflag {
+            b'5' => NewNode::Dir(stat),
+            b'0' | b'7' => {
+                let data = self.read_body(archive, header.size, raw_path)?;
                 Progress::add(&self.progress.files, 1);
                 NewNode::Leaf(Leaf {
                     stat,
                     content: Content::File(data),
                 })
             }
-            T::Symlink => {
-                let target = entry
-                    .link_name_bytes()
-                    .ok_or_else(|| self.entry_err(&raw_path, "symlink without a target"))?;
+            b'2' => {
+                let target = header.link.clone();
+                if target.contains(&0) {
+                    return Err(self.entry_err(raw_path, "symlink target contains a NUL byte"));
+                }
                 NewNode::Leaf(Leaf {
                     stat,
-                    content: Content::Symlink(target.into_owned()),
+                    content: Content::Symlink(target),
                 })
             }
-            T::Link => {
-                let target = entry
-                    .link_name_bytes()
-                    .ok_or_else(|| self.entry_err(&raw_path, "hard link without a target"))?
-                    .into_owned();
-                return self.hard_link(path, &target, &raw_path);
-            }
-            T::Char | T::Block => {
-                let header = entry.header();
-                let major = header.device_major().ok().flatten().unwrap_or(0);
-                let minor = header.device_minor().ok().flatten().unwrap_or(0);
+            b'1' => return self.tree.hard_link_with_stat(path, &header.link, Some(stat), raw_path),
+            kind @ (b'3' | b'4') => {
+                let bad = |what: &str| self.entry_err(raw_path, format!("invalid device {what} in tar header"));
+                let major = u32::try_from(header.dev_major).map_err(|_| bad("major"))?;
+                let minor = u32::try_from(header.dev_minor).map_err(|_| bad("minor"))?;
                 let rdev = makedev(major, minor);
-                let content = if kind == T::Char {
+                let content = if kind == b'3' {
+                    if rdev == 0 && !path.is_empty() {
+                        // What containerd's applier makes of it on overlayfs.
+                        let (name, _) = path.split_last().expect("not the root");
+                        let name = name.clone();
+                        return self.tree.whiteout(&path, &name, raw_path);
+                    }
                     Content::CharDevice(rdev)
                 } else {
                     Content::BlockDevice(rdev)
                 };
                 NewNode::Leaf(Leaf { stat, content })
             }
-            T::Fifo => NewNode::Leaf(Leaf {
+            b'6' => NewNode::Leaf(Leaf {
                 stat,
                 content: Content::Fifo,
             }),
-            other => return Err(self.entry_err(&raw_path, format!("unsupported tar entry type {other:?}"))),
+            other => {
+                return Err(self.entry_err(raw_path, format!("unsupported tar entry type {:?}", char::from(other))))
+            }
         };
-        self.insert(&path, node, &raw_path)
+        self.tree.insert(&path, node, raw_path)
     }
 
-    fn read_stat(&self, entry: &mut tar::Entry<'_, &mut dyn Read>, raw_path: &[u8]) -> Result<Stat, ImportError> {
-        let header = entry.header();
+    fn read_stat(&self, header: &Header) -> Result<Stat, ImportError> {
+        let raw_path = &header.path[..];
         let bad = |what: &str| self.entry_err(raw_path, format!("invalid {what} in tar header"));
         let mut stat = Stat {
-            mode: header.mode().map_err(|_| bad("mode"))? & 0o7777,
-            uid: u32::try_from(header.uid().map_err(|_| bad("uid"))?).map_err(|_| bad("uid"))?,
-            gid: u32::try_from(header.gid().map_err(|_| bad("gid"))?).map_err(|_| bad("gid"))?,
-            mtime_sec: i64::try_from(header.mtime().map_err(|_| bad("mtime"))?).map_err(|_| bad("mtime"))?,
-            mtime_nsec: 0,
+            mode: u32::try_from(header.mode & 0o7777).map_err(|_| bad("mode"))?,
+            uid: u32::try_from(header.uid).map_err(|_| bad("uid"))?,
+            gid: u32::try_from(header.gid).map_err(|_| bad("gid"))?,
+            mtime_sec: header.mtime.0,
+            mtime_nsec: header.mtime.1,
             xattrs: BTreeMap::new(),
         };
-        let Some(pax) = entry.pax_extensions().map_err(|_| bad("PAX header"))? else {
-            return Ok(stat);
-        };
-        for ext in pax {
-            let ext = ext.map_err(|_| bad("PAX record"))?;
-            let Ok(key) = ext.key() else { continue };
-            let value = ext.value_bytes();
-            let text = || std::str::from_utf8(value).map_err(|_| bad(key));
-            match key {
-                "uid" => stat.uid = text()?.parse().map_err(|_| bad("uid"))?,
-                "gid" => stat.gid = text()?.parse().map_err(|_| bad("gid"))?,
-                "mtime" => (stat.mtime_sec, stat.mtime_nsec) = parse_pax_time(text()?).ok_or_else(|| bad("mtime"))?,
-                _ => {
-                    if let Some(name) = key.strip_prefix("SCHILY.xattr.") {
-                        // trusted.overlay.* would let an image steer overlayfs
-                        // (redirects, metacopy); it never comes from a layer.
-                        if !name.starts_with("trusted.overlay.") {
-                            stat.xattrs.insert(name.as_bytes().to_vec(), value.to_vec());
-                        }
-                    }
-                }
+        for (name, value) in &header.xattrs {
+            // trusted.overlay.* would let an image steer overlayfs
+            // (redirects, metacopy); it never comes from a layer.
+            if name.starts_with(b"trusted.overlay.") {
+                continue;
             }
+            if COMPOSEFS_MARKERS.contains(&&name[..]) {
+                tracing::warn!(
+                    layer = self.layer,
+                    path = %String::from_utf8_lossy(raw_path),
+                    xattr = %String::from_utf8_lossy(name),
+                    "dropping an xattr EROFS images cannot hold (composefs reads it as its own marker)"
+                );
+                continue;
+            }
+            xattr::check(name, value).map_err(|why| self.entry_err(raw_path, why))?;
+            stat.xattrs.insert(name.clone(), value.clone());
         }
         Ok(stat)
     }
 
-    fn read_body(
-        &mut self,
-        entry: &mut tar::Entry<'_, &mut dyn Read>,
-        raw_path: &[u8],
-    ) -> Result<FileData, ImportError> {
-        let size = entry.size();
+    fn read_body(&mut self, archive: &mut Archive<'_>, size: u64, raw_path: &[u8]) -> Result<FileData, ImportError> {
+        // Sparse holes count: the limit bounds what is written, not what was sent.
+        self.written = self.written.saturating_add(size);
+        if self.written > self.limits.max_layer_bytes {
+            return Err(self.entry_err(
+                raw_path,
+                format!(
+                    "a file of {size} bytes takes the layer past the limit of {} bytes (raise --max-layer-bytes if it is genuine)",
+                    self.limits.max_layer_bytes
+                ),
+            ));
+        }
         let io_err = |s: &Self, e: std::io::Error| s.entry_err(raw_path, format!("reading file body: {e}"));
         if size <= IN_MEMORY_MAX {
             let mut buf = std::mem::take(&mut self.buf);
             buf.clear();
-            let read = entry.read_to_end(&mut buf);
+            let read = archive.read_to_end(&mut buf);
             if let Err(e) = read {
                 return Err(io_err(self, e));
-            }
-            if buf.len() as u64 != size {
-                return Err(self.entry_err(raw_path, "file body shorter than its header says"));
             }
             let data = if buf.len() <= INLINE_MAX {
                 FileData::Inline(buf.clone())
@@ -303,7 +386,7 @@ impl<'a> LayerBuilder<'a> {
         let mut writer = self.stager.writer()?;
         let mut chunk = vec![0u8; 256 * 1024];
         loop {
-            let n = entry.read(&mut chunk).map_err(|e| io_err(self, e))?;
+            let n = archive.read(&mut chunk).map_err(|e| io_err(self, e))?;
             if n == 0 {
                 break;
             }
@@ -332,148 +415,20 @@ impl<'a> LayerBuilder<'a> {
             size: staged.size,
         });
     }
+}
 
-    /// The directory that holds `parents`, creating implicit directories.
-    fn parent_dir(&mut self, parents: &[Vec<u8>], raw_path: &[u8]) -> Result<&mut Dir, ImportError> {
-        let mut dir = &mut self.tree.root;
-        for name in parents {
-            let entry = dir.entries.entry(name.clone()).or_insert_with(|| {
-                let mut fresh = Dir::new(Stat::default_dir());
-                fresh.implicit = true;
-                Node::Dir(Box::new(fresh))
-            });
-            if matches!(entry, Node::Whiteout) {
-                // Whited out earlier in this layer: the directory this layer
-                // creates hides whatever the lower layers had.
-                let mut fresh = Dir::new(Stat::default_dir());
-                fresh.implicit = true;
-                fresh.opaque = true;
-                *entry = Node::Dir(Box::new(fresh));
-            }
-            match entry {
-                Node::Dir(child) => dir = child,
-                _ => {
-                    return Err(ImportError::Entry {
-                        layer: self.layer.to_owned(),
-                        path: String::from_utf8_lossy(raw_path).into_owned(),
-                        reason: format!(
-                            "goes through {:?}, which is not a directory in this layer",
-                            String::from_utf8_lossy(name)
-                        ),
-                    })
-                }
-            }
-        }
-        Ok(dir)
-    }
-
-    fn insert(&mut self, path: &[Vec<u8>], node: NewNode, raw_path: &[u8]) -> Result<(), ImportError> {
-        let Some((name, parents)) = path.split_last() else {
-            return match node {
-                NewNode::Dir(stat) => {
-                    self.tree.root.stat = stat;
-                    self.tree.root.implicit = false;
-                    Ok(())
-                }
-                NewNode::Leaf(_) => Err(self.entry_err(raw_path, "the root must be a directory")),
-            };
-        };
-        let stat = match node {
-            NewNode::Leaf(leaf) => {
-                let id = self.tree.push_leaf(leaf);
-                let dir = self.parent_dir(parents, raw_path)?;
-                dir.entries.insert(name.clone(), Node::Leaf(id));
-                return Ok(());
-            }
-            NewNode::Dir(stat) => stat,
-        };
-        let dir = self.parent_dir(parents, raw_path)?;
-        match dir.entries.get_mut(name) {
-            // A directory named again: new metadata, same children.
-            Some(Node::Dir(existing)) => {
-                existing.stat = stat;
-                existing.implicit = false;
-            }
-            existing => {
-                // Replacing a whiteout of this layer hides the lower directory.
-                let opaque = matches!(existing, Some(Node::Whiteout));
-                let mut fresh = Dir::new(stat);
-                fresh.opaque = opaque;
-                dir.entries.insert(name.clone(), Node::Dir(Box::new(fresh)));
-            }
-        }
-        Ok(())
-    }
-
-    fn whiteout(&mut self, path: &[Vec<u8>], target: &[u8], raw_path: &[u8]) -> Result<(), ImportError> {
-        let parents = &path[..path.len() - 1];
-        if target == b".wh..opq" {
-            self.parent_dir(parents, raw_path)?.opaque = true;
-            return Ok(());
-        }
-        if target.is_empty() || target == b"." || target == b".." || target.contains(&b'/') {
-            return Err(self.entry_err(raw_path, "whiteout names no entry"));
-        }
-        let dir = self.parent_dir(parents, raw_path)?;
-        match dir.entries.get_mut(target) {
-            // Whiteouts only hide lower layers; this layer's own entry stays.
-            Some(Node::Dir(existing)) => existing.opaque = true,
-            Some(_) => {}
-            None => {
-                dir.entries.insert(target.to_vec(), Node::Whiteout);
-            }
-        }
-        Ok(())
-    }
-
-    fn hard_link(&mut self, path: Vec<Vec<u8>>, target: &[u8], raw_path: &[u8]) -> Result<(), ImportError> {
-        let target_path = split_path(target, self.limits.max_depth).map_err(|e| self.entry_err(raw_path, e))?;
-        if path.is_empty() || target_path.is_empty() {
-            return Err(self.entry_err(raw_path, "hard link to or from the root"));
-        }
-        match self.tree.lookup(&target_path) {
-            Some(Node::Leaf(id)) => {
-                let id = *id;
-                let (name, parents) = path.split_last().expect("not the root");
-                self.parent_dir(parents, raw_path)?
-                    .entries
-                    .insert(name.clone(), Node::Leaf(id));
-                Ok(())
-            }
-            Some(Node::Dir(_)) => Err(self.entry_err(raw_path, "hard link to a directory")),
-            // Not in this layer (yet): it must be in a lower layer, checked at merge.
-            _ => {
-                self.parent_dir(&path[..path.len() - 1], raw_path)?;
-                self.tree.lower_links.push((path, target_path));
-                Ok(())
-            }
-        }
-    }
+/// AUFS's own files at the root (`.wh..wh.plnk`, `.wh..wh.aufs`,
+/// `.wh..wh.orph`, what is under them), which Docker skips; the root's
+/// opaque marker `.wh..wh..opq` is not one of them.
+fn is_aufs_metadata(path: &[Vec<u8>]) -> bool {
+    path.first()
+        .is_some_and(|first| first.starts_with(b".wh..wh.") && !(path.len() == 1 && first == b".wh..wh..opq"))
 }
 
 /// glibc's `makedev`.
 fn makedev(major: u32, minor: u32) -> u64 {
     let (major, minor) = (u64::from(major), u64::from(minor));
     ((major & 0xffff_f000) << 32) | ((major & 0xfff) << 8) | ((minor & 0xffff_ff00) << 12) | (minor & 0xff)
-}
-
-/// PAX times: `SECONDS[.FRACTION]`, possibly negative.
-fn parse_pax_time(text: &str) -> Option<(i64, u32)> {
-    let (secs, frac) = text.split_once('.').unwrap_or((text, ""));
-    let secs: i64 = secs.parse().ok()?;
-    if frac.is_empty() {
-        return Some((secs, 0));
-    }
-    if !frac.bytes().all(|b| b.is_ascii_digit()) {
-        return None;
-    }
-    let digits: String = frac.chars().chain(std::iter::repeat('0')).take(9).collect();
-    let nanos: u32 = digits.parse().ok()?;
-    if secs < 0 && nanos > 0 {
-        Some((secs - 1, 1_000_000_000 - nanos))
-    } else {
-        Some((secs, nanos))
-    }
 }
 
 #[cfg(test)]

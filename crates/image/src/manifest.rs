@@ -151,21 +151,26 @@ pub fn parse_document(bytes: &[u8], media_type: Option<&str>) -> Result<Document
     }
 }
 
-/// Picks the entry for `platform`: same OS and architecture, and the same
-/// variant when both name one.
-pub fn select_platform<'a>(entries: &'a [Descriptor], platform: &Platform) -> Result<&'a Descriptor, ImportError> {
-    entries
+impl Platform {
+    /// Same OS and architecture, and the same variant when both name one.
+    pub fn matches(&self, wanted: &Platform) -> bool {
+        self.os == wanted.os
+            && self.architecture == wanted.architecture
+            && (wanted.variant.is_none() || self.variant.is_none() || self.variant == wanted.variant)
+    }
+}
+
+/// The index entries that may be for `platform`, in containerd's order:
+/// the first entry that names it, then every entry that names no platform
+/// (the caller checks those against their config).
+pub fn platform_candidates<'a>(entries: &'a [Descriptor], platform: &Platform) -> Vec<&'a Descriptor> {
+    let named = entries
         .iter()
-        .find(|entry| {
-            entry.platform.as_ref().is_some_and(|p| {
-                p.os == platform.os
-                    && p.architecture == platform.architecture
-                    && (platform.variant.is_none() || p.variant.is_none() || p.variant == platform.variant)
-            })
-        })
-        .ok_or_else(|| ImportError::NoPlatform {
-            platform: platform.to_string(),
-        })
+        .find(|e| e.platform.as_ref().is_some_and(|p| p.matches(platform)));
+    named
+        .into_iter()
+        .chain(entries.iter().filter(|e| e.platform.is_none()))
+        .collect()
 }
 
 pub fn parse_config(bytes: &[u8]) -> Result<ImageConfig, ImportError> {
@@ -241,15 +246,12 @@ mod tests {
             os: "linux".into(),
             variant: None,
         };
-        assert_eq!(select_platform(&entries, &amd).unwrap().digest, d('b'));
+        assert_eq!(platform_candidates(&entries, &amd)[0].digest, d('b'));
         let s390 = Platform {
             architecture: "s390x".into(),
             ..amd
         };
-        assert!(matches!(
-            select_platform(&entries, &s390),
-            Err(ImportError::NoPlatform { .. })
-        ));
+        assert!(platform_candidates(&entries, &s390).is_empty());
     }
 
     #[test]

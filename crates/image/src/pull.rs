@@ -11,8 +11,9 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use strata_store::{ImageRecord, ObjectRef, Store};
 use strata_tree::{merge_layer, Digest, Stat, Tree};
 
+use crate::layer::{import_layer_in, EntryBudget};
 use crate::source::{resolve, BlobSource};
-use crate::{import_layer, ImportError, LayerImport, Limits, Platform, Progress};
+use crate::{ImportError, LayerImport, Limits, Platform, Progress};
 
 #[derive(Clone, Debug)]
 pub struct PullOptions {
@@ -120,6 +121,7 @@ fn import_all(
     let results: Mutex<Vec<Option<Result<LayerImport, ImportError>>>> =
         Mutex::new((0..layers.len()).map(|_| None).collect());
     let workers = options.parallel_layers.clamp(1, layers.len().max(1));
+    let budget = EntryBudget::new(options.limits.max_entries_per_image);
     std::thread::scope(|scope| {
         for _ in 0..workers {
             scope.spawn(|| loop {
@@ -131,7 +133,7 @@ fn import_all(
                 let diff_id = resolved.config.diff_ids.get(i).map(String::as_str);
                 let result = source
                     .open_blob(desc)
-                    .and_then(|raw| import_layer(store, desc, diff_id, raw, &options.limits, progress));
+                    .and_then(|raw| import_layer_in(store, desc, diff_id, raw, &options.limits, progress, &budget));
                 if result.is_err() {
                     failed.store(true, Ordering::Relaxed);
                 } else {

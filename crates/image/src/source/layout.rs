@@ -53,10 +53,24 @@ impl BlobSource for LayoutSource {
 
     fn root_document(&self) -> Result<Fetched, ImportError> {
         let index_path = self.dir.join("index.json");
-        let bytes = std::fs::read(&index_path).map_err(|e| ImportError::Io {
+        let io_err = |e| ImportError::Io {
             what: index_path.display().to_string(),
             source: e,
-        })?;
+        };
+        let mut bytes = Vec::new();
+        std::fs::File::open(&index_path)
+            .map_err(io_err)?
+            .take(super::MAX_DOCUMENT + 1)
+            .read_to_end(&mut bytes)
+            .map_err(io_err)?;
+        if bytes.len() as u64 > super::MAX_DOCUMENT {
+            return Err(ImportError::DocumentTooLarge {
+                what: "index",
+                digest: index_path.display().to_string(),
+                size: bytes.len() as u64,
+                limit: super::MAX_DOCUMENT,
+            });
+        }
         let Document::Index(entries) = parse_document(&bytes, Some(crate::manifest::OCI_INDEX))? else {
             return Err(ImportError::Malformed {
                 what: "index.json",
@@ -88,7 +102,7 @@ impl BlobSource for LayoutSource {
 
     fn document(&self, desc: &Descriptor) -> Result<Fetched, ImportError> {
         Ok(Fetched {
-            bytes: self.blob_bytes(desc)?,
+            bytes: super::read_document(self.open_blob(desc)?, desc, "manifest")?,
             media_type: Some(desc.media_type.clone()),
             expected_digest: Some(desc.digest.clone()),
         })
