@@ -568,3 +568,151 @@ fn hostile_images_through_containerd_stay_inside_the_store() {
     drop(cd);
     assert!(serve.stop().success());
 }
+
+/// Writes an OCI layout at `dir` (tag `latest`) holding one gzip layer: a
+/// chain `d/d/…` `depth` levels deep with a file and a FIFO at the bottom.
+fn deep_chain_layout(dir: &Path, depth: usize) {
+    let script = r#"
+import gzip, hashlib, io, json, os, sys, tarfile
+out, depth = sys.argv[1], int(sys.argv[2])
+raw = io.BytesIO()
+with tarfile.open(fileobj=raw, mode="w", format=tarfile.PAX_FORMAT) as tar:
+    def add(name, kind, data=b""):
+        ti = tarfile.TarInfo(name)
+        ti.type, ti.mode, ti.mtime, ti.size = kind, 0o755, 1704067200, len(data)
+        tar.addfile(ti, io.BytesIO(data) if data else None)
+    path = ""
+    for _ in range(depth):
+        path += "d/"
+        add(path, tarfile.DIRTYPE)
+    add(path + "f", tarfile.REGTYPE, b"bottom" * 200)
+    add(path + "p", tarfile.FIFOTYPE)
+    add("top", tarfile.REGTYPE, b"top\n")
+diff = raw.getvalue()
+layer = gzip.compress(diff, mtime=0)
+blobs = os.path.join(out, "blobs", "sha256")
+os.makedirs(blobs, exist_ok=True)
+def put(data):
+    d = hashlib.sha256(data).hexdigest()
+    open(os.path.join(blobs, d), "wb").write(data)
+    return "sha256:" + d
+config = json.dumps({"architecture": "amd64", "os": "linux", "config": {},
+    "rootfs": {"type": "layers", "diff_ids": ["sha256:" + hashlib.sha256(diff).hexdigest()]}}).encode()
+manifest = json.dumps({"schemaVersion": 2, "mediaType": "application/vnd.oci.image.manifest.v1+json",
+    "config": {"mediaType": "application/vnd.oci.image.config.v1+json", "digest": put(config), "size": len(config)},
+    "layers": [{"mediaType": "application/vnd.oci.image.layer.v1.tar+gzip", "digest": put(layer), "size": len(layer)}]}).encode()
+index = {"schemaVersion": 2, "manifests": [{"mediaType": "application/vnd.oci.image.manifest.v1+json",
+    "digest": put(manifest), "size": len(manifest), "annotations": {"org.opencontainers.image.ref.name": "latest"}}]}
+json.dump(index, open(os.path.join(out, "index.json"), "w"))
+json.dump({"imageLayoutVersion": "1.0.0"}, open(os.path.join(out, "oci-layout"), "w"))
+"#;
+    let status = std::process::Command::new("python3")
+        .args(["-c", script])
+        .arg(dir)
+        .arg(depth.to_string())
+        .status()
+        .unwrap();
+    assert!(status.success());
+}
+
+/// How deep `d/d/…` goes below `top`, and whether `f` is at the bottom.
+fn chain_depth(top: &Path) -> (usize, bool) {
+    use rustix::fs::{openat, Mode, OFlags};
+    let mut at = rustix::fs::open(top, OFlags::RDONLY | OFlags::DIRECTORY, Mode::empty()).unwrap();
+    let mut depth = 0;
+    while let Ok(next) = openat(&at, "d", OFlags::RDONLY | OFlags::DIRECTORY, Mode::empty()) {
+        at = next;
+        depth += 1;
+    }
+    (
+        depth,
+        rustix::fs::statat(&at, "f", rustix::fs::AtFlags::empty()).is_ok(),
+    )
+}
+
+/// The image of issue 17: one gzip layer with a 1,900-level directory chain,
+/// which once killed `strata serve` at the layer's Commit (stack overflow).
+/// Then a container makes a 1,500-level chain in its rootfs and its
+/// snapshot is committed with `ctr snapshots commit`. serve survives both
+/// and answers the next call.
+#[test]
+fn deep_chains_through_containerd_keep_serve_alive() {
+    let started = Instant::now();
+    let mark = |what: &str| eprintln!("{:>7.1}s {what}", started.elapsed().as_secs_f64());
+    let store = TestStore::new();
+    let socket = store.dir.path().join("s.sock");
+    let serve = Serve::start(&store.root(), &socket, None, &[]);
+    let cd = Containerd::start(&short_dir(&store), &socket);
+    let layout = store.dir.path().join("deep-layout");
+    deep_chain_layout(&layout, 1900);
+    let reference = format!("{}/strata-deep/chain1900:latest", registry());
+    let pushed = std::process::Command::new("skopeo")
+        .args(["copy", "-q", "--dest-tls-verify=false"])
+        .arg(format!("oci:{}:latest", layout.display()))
+        .arg(format!("docker://{reference}"))
+        .status()
+        .unwrap();
+    assert!(pushed.success(), "pushing the deep image");
+    mark("pushed");
+    cd.ctr(&["images", "pull", "--plain-http", "--snapshotter", "strata", &reference]);
+    mark("pulled");
+    let listed = cd.ctr(&["snapshots", "--snapshotter", "strata", "ls"]);
+    assert!(listed.contains("Committed"), "{listed}");
+    // The committed layer holds the whole chain.
+    let mut c = serve.client();
+    let view = store.dir.path().join("deep-view");
+    let mut found = false;
+    for info in c.list() {
+        if info.kind != strata_grpc::api::snapshots::Kind::Committed as i32 {
+            continue;
+        }
+        let key = format!("{}-view", info.name);
+        let mounts = c.view(&key, &info.name).unwrap();
+        strata_tests::serve::mount_all(&mounts, &view);
+        found |= view.join("top").exists() && chain_depth(&view) == (1900, true);
+        unmount_under(&view);
+        c.remove(&key).unwrap();
+    }
+    assert!(found, "no committed snapshot holds the 1,900-level chain");
+    mark("checked");
+
+    // A container's own 1,500-level chain, committed while it runs.
+    pull(&cd, "strata", "minbase");
+    let id = format!("deep-{}", std::process::id());
+    cd.ctr(&[
+        "run",
+        "-d",
+        "--snapshotter",
+        "strata",
+        &image("minbase"),
+        &id,
+        "sh",
+        "-c",
+        "i=0; while [ $i -lt 1500 ]; do mkdir d && cd d || exit 1; i=$((i+1)); done; mkfifo p; touch /made; sleep 600",
+    ]);
+    let mut made = false;
+    for _ in 0..600 {
+        let out = cd.try_ctr(&["tasks", "exec", "--exec-id", "probe", &id, "test", "-e", "/made"]);
+        if out.status.success() {
+            made = true;
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert!(made, "the container did not finish its chain");
+    mark("chain made");
+    cd.ctr(&["snapshots", "--snapshotter", "strata", "commit", "deep-committed", &id]);
+    let listed = cd.ctr(&["snapshots", "--snapshotter", "strata", "ls"]);
+    assert!(listed.contains("deep-committed"), "{listed}");
+    mark("committed");
+    let _ = cd.try_ctr(&["tasks", "kill", "-s", "KILL", &id]);
+    std::thread::sleep(Duration::from_millis(500));
+    let _ = cd.try_ctr(&["tasks", "delete", &id]);
+    let _ = cd.try_ctr(&["containers", "delete", &id]);
+    cd.ctr(&["snapshots", "--snapshotter", "strata", "ls"]);
+    drop(c);
+    mark("cleaned");
+    drop(cd);
+    mark("containerd stopped");
+    assert!(serve.stop().success(), "strata serve did not survive");
+}

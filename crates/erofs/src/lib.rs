@@ -294,6 +294,14 @@ const READER_DROPS: [&[u8]; 8] = [
     format::XATTR_USERXATTR_OPAQUE,
 ];
 
+/// Whether an image cannot carry the xattr `name` because composefs's
+/// reader takes it for an overlay marker of its own and drops it, such as
+/// `user.overlay.{opaque,whiteout,whiteouts}`. [`write_image`] refuses
+/// trees holding one.
+pub fn reserved_xattr(name: &[u8]) -> bool {
+    READER_DROPS.contains(&&stored_xattr_name(name)[..])
+}
+
 /// Most xattrs on one inode: EROFS counts shared ones in a byte, and any of
 /// them may end up shared.
 const MAX_XATTRS: usize = 255;
@@ -351,7 +359,7 @@ fn convert_stat(stat: &Stat, path: &[u8], external: bool) -> Result<CfsStat, Ero
     for (name, value) in &stat.xattrs {
         let shown = || String::from_utf8_lossy(name).into_owned();
         let stored = stored_xattr_name(name);
-        if READER_DROPS.contains(&&stored[..]) {
+        if reserved_xattr(name) {
             return Err(invalid(format!(
                 "has xattr {:?}, which composefs reserves as an overlay marker",
                 shown()

@@ -86,6 +86,27 @@ mod tests {
     use std::collections::BTreeMap;
     use std::time::Duration;
 
+    /// Timestamps come from the caller (Update): no value may panic.
+    #[test]
+    fn extreme_timestamps_do_not_panic() {
+        for (seconds, nanos) in [
+            (i64::MIN, -1),
+            (i64::MIN, i32::MIN),
+            (i64::MAX, i32::MAX),
+            (i64::MAX, 999_999_999),
+            (-1, -1_000_000_000),
+            (0, i32::MAX),
+        ] {
+            let info = pb::Info {
+                created_at: Some(prost_types::Timestamp { seconds, nanos }),
+                updated_at: Some(prost_types::Timestamp { seconds, nanos }),
+                ..Default::default()
+            };
+            let back = info_to_pb(info_from_pb(info));
+            assert!(back.created_at.is_some());
+        }
+    }
+
     #[test]
     fn info_round_trips_with_nanoseconds() {
         let info = Info {

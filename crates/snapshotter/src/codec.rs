@@ -162,7 +162,8 @@ impl<'a> Reader<'a> {
         Ok(stat)
     }
     fn dir(&mut self, leaves: usize, depth: usize) -> Result<Dir, CodecError> {
-        if depth > 4096 {
+        // Recursive: bounded by what an image could hold anyway.
+        if depth > strata_erofs::MAX_DEPTH {
             return Err(CodecError("too deep"));
         }
         let mut dir = Dir::new(self.stat()?);

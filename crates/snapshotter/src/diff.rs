@@ -6,36 +6,83 @@
 //! the lower file it came from. A directory renamed from a lower layer
 //! (`trusted.overlay.redirect`) becomes an opaque copy of the lower
 //! directory with the upper entries applied. Other `trusted.overlay.*`
-//! xattrs are dropped.
+//! xattrs are dropped, and so are `user.overlay.{opaque,whiteout,whiteouts}`
+//! (with a warning), which an EROFS image cannot carry.
+//!
+//! The walk is iterative and reads through file descriptors only (see
+//! `read`): names are opened below their directory's fd without following
+//! symlinks, so a tree the container changes during the walk can neither
+//! lead it outside the upper dir nor block it. Directories nested deeper
+//! than an EROFS image holds are refused before they are read.
 //! Bodies of regular files above the inline limit are hashed where they
 //! lie, on every core, and handed to the store's stager (which moves, never
 //! copies, them into the store after the caller's commit). The walk also
 //! measures the upper dir's usage, so it is read once.
 
 use std::collections::{HashMap, HashSet};
-use std::os::unix::ffi::OsStrExt;
-use std::os::unix::fs::{FileTypeExt, MetadataExt};
+use std::os::fd::{AsFd, OwnedFd};
+use std::os::unix::ffi::{OsStrExt, OsStringExt};
 use std::path::{Path, PathBuf};
 
-use strata_store::{ObjectStager, Prehash};
+use rustix::fs::{FileType, Mode, OFlags, Stat as RawStat};
+use strata_store::{AdoptSource, ObjectStager, Prehash};
 use strata_tree::{Content, Digest, Dir, FileData, Leaf, LeafId, Node, Stat, Tree};
 
 use crate::{SnapshotError, Usage};
+
+mod lower;
+mod read;
+
+use read::Xattrs;
 
 const OVERLAY_PREFIX: &[u8] = b"trusted.overlay.";
 const OPAQUE: &[u8] = b"trusted.overlay.opaque";
 const METACOPY: &[u8] = b"trusted.overlay.metacopy";
 const REDIRECT: &[u8] = b"trusted.overlay.redirect";
 
+/// A file whose body becomes an object: where it is below the upper dir,
+/// and the inode the walk saw there.
+struct Body {
+    id: LeafId,
+    rel: PathBuf,
+    dev: u64,
+    ino: u64,
+    size: u64,
+}
+
+/// A directory being read: its fd, the names still to read, what it holds
+/// so far, and how to finish it.
+struct Frame {
+    /// Closed while the walk is far below it (see [`OPEN_DIRS`]).
+    fd: Option<OwnedFd>,
+    /// Its device and inode, checked when it is opened again.
+    inode: (u64, u64),
+    names: std::vec::IntoIter<Vec<u8>>,
+    dir: Dir,
+    /// Its name in its parent.
+    name: Vec<u8>,
+    /// `walk.rel`'s length before this directory's name was added.
+    rel_len: usize,
+    opaque: bool,
+    /// For a renamed lower dir: the lower copy to apply this one over, and
+    /// the lower path of its parent's entries to go back to.
+    redirected: Option<(Dir, Vec<Vec<u8>>)>,
+}
+
 struct Walk<'a> {
     lower: &'a Tree,
+    upper: &'a Path,
     layer: Tree,
     inodes: HashMap<(u64, u64), LeafId>,
-    /// Files whose bodies become objects, hashed after the walk unless
-    /// they were hashed while written.
-    bodies: Vec<(LeafId, PathBuf, std::fs::Metadata)>,
+    /// Bodies hashed after the walk unless they were hashed while written.
+    bodies: Vec<Body>,
     usage: Usage,
     counted: HashSet<(u64, u64)>,
+    /// Path below the upper dir of the directory being read.
+    rel: Vec<u8>,
+    /// Lower path of the directory being read (differs from `rel` below a
+    /// renamed directory).
+    names: Vec<Vec<u8>>,
 }
 
 /// Reads `upper` into a layer tree, staging large file bodies in `stager`,
@@ -48,23 +95,27 @@ pub(crate) fn layer_from_upper(
     stager: &mut ObjectStager,
     prehash: Option<Prehash>,
 ) -> Result<(Tree, Usage), SnapshotError> {
-    let meta = std::fs::symlink_metadata(upper).map_err(|e| SnapshotError::io("stat", upper, e))?;
-    let (stat, _) = read_stat(upper, &meta)?;
+    let root = rustix::fs::open(upper, OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC, Mode::empty())
+        .map_err(|e| SnapshotError::io("open", upper, e))?;
+    let raw = rustix::fs::fstat(&root).map_err(|e| SnapshotError::io("stat", upper, e))?;
+    let (stat, _) = read_stat(&root, &raw, upper)?;
     let mut walk = Walk {
         lower,
+        upper,
         layer: Tree::new(stat.clone()),
         inodes: HashMap::new(),
         bodies: Vec::new(),
         usage: Usage::default(),
         counted: HashSet::new(),
+        rel: Vec::new(),
+        names: Vec::new(),
     };
-    walk.count(&meta);
-    let mut names = Vec::new();
+    walk.count(&raw);
     let started = std::time::Instant::now();
-    let root = walk.dir(upper, stat, &mut names)?;
+    let mut root_dir = walk.walk(&root, stat)?;
     let walked = started.elapsed();
-    walk.layer.root = root;
-    walk.layer.root.opaque = false;
+    root_dir.opaque = false;
+    walk.layer.root = root_dir;
     let Walk {
         mut layer,
         bodies,
@@ -72,33 +123,39 @@ pub(crate) fn layer_from_upper(
         ..
     } = walk;
     let prehashed = prehash.map(Prehash::finish).unwrap_or_default();
-    let bodies: Vec<_> = bodies
-        .into_iter()
-        .map(|(id, path, meta)| {
-            let known = prehashed.get(&meta).map(|digest| (digest, meta.len()));
-            (id, path, known)
-        })
-        .collect();
-    let paths: Vec<PathBuf> = bodies
+    let known: Vec<Option<Digest>> = bodies.iter().map(|b| prehashed.lookup(b.dev, b.ino, b.size)).collect();
+    let to_hash: Vec<&Body> = bodies
         .iter()
-        .filter(|(_, _, known)| known.is_none())
-        .map(|(_, path, _)| path.clone())
+        .zip(&known)
+        .filter(|(_, k)| k.is_none())
+        .map(|(b, _)| b)
         .collect();
-    let mut hashed = strata_store::hash_files(&paths).into_iter();
+    let hashed = strata_store::hash_opened(&to_hash, |body: &&Body| open_body(&root, upper, body));
     tracing::debug!(
         walk_ms = walked.as_millis(),
         hash_ms = (started.elapsed() - walked).as_millis(),
-        hashed = paths.len(),
-        prehashed = bodies.len() - paths.len(),
+        hashed = to_hash.len(),
+        prehashed = bodies.len() - to_hash.len(),
         "read upper dir"
     );
-    for (id, path, known) in bodies {
+    let mut hashed = hashed.into_iter();
+    for (body, known) in bodies.iter().zip(known) {
         let (digest, size) = match known {
-            Some(known) => known,
-            None => hashed.next().expect("one result per path")?,
+            Some(digest) => (digest, body.size),
+            None => match hashed.next() {
+                Some(result) => result?,
+                None => return Err(changed(upper, &body.rel, "was not hashed")),
+            },
         };
-        let staged = stager.adopt(&path, digest, size)?;
-        layer.leaf_mut(id).content = Content::File(FileData::Object {
+        let source = AdoptSource {
+            dir: root.as_fd(),
+            dir_path: upper,
+            rel: &body.rel,
+            dev: body.dev,
+            ino: body.ino,
+        };
+        let staged = stager.adopt(&source, digest, size)?;
+        layer.leaf_mut(body.id).content = Content::File(FileData::Object {
             digest: staged.digest,
             size: staged.size,
         });
@@ -106,148 +163,308 @@ pub(crate) fn layer_from_upper(
     Ok((layer, usage))
 }
 
+/// Opens a body for hashing: still the inode the walk saw, still a regular
+/// file.
+fn open_body(root: &OwnedFd, upper: &Path, body: &Body) -> Result<(std::fs::File, PathBuf), SnapshotError> {
+    let path = upper.join(&body.rel);
+    match strata_sys::open_regular(root.as_fd(), &body.rel) {
+        Ok(strata_sys::Opened::File(file, stat)) if (stat.st_dev, stat.st_ino) == (body.dev, body.ino) => {
+            Ok((file, path))
+        }
+        Ok(_) => Err(changed(
+            upper,
+            &body.rel,
+            "was replaced while the snapshot was committed",
+        )),
+        Err(e) if read::gone(&e) => Err(changed(
+            upper,
+            &body.rel,
+            "was removed or moved while the snapshot was committed",
+        )),
+        Err(e) => Err(SnapshotError::io("open", path, e)),
+    }
+}
+
+fn changed(upper: &Path, rel: &Path, what: &'static str) -> SnapshotError {
+    SnapshotError::UpperChanged {
+        path: upper.join(rel),
+        what,
+    }
+}
+
 impl Walk<'_> {
     /// Adds an inode to the usage, each inode once.
-    fn count(&mut self, meta: &std::fs::Metadata) {
-        if meta.nlink() > 1 && !meta.is_dir() && !self.counted.insert((meta.dev(), meta.ino())) {
+    fn count(&mut self, stat: &RawStat) {
+        let is_dir = FileType::from_raw_mode(stat.st_mode) == FileType::Directory;
+        if stat.st_nlink > 1 && !is_dir && !self.counted.insert((stat.st_dev, stat.st_ino)) {
             return;
         }
         self.usage.inodes += 1;
-        self.usage.size += i64::try_from(meta.blocks() * 512).unwrap_or(i64::MAX);
+        let bytes = u64::try_from(stat.st_blocks).unwrap_or(0).saturating_mul(512);
+        self.usage.size = self.usage.size.saturating_add(i64::try_from(bytes).unwrap_or(i64::MAX));
     }
 
-    fn dir(&mut self, path: &Path, stat: Stat, names: &mut Vec<Vec<u8>>) -> Result<Dir, SnapshotError> {
-        let mut dir = Dir::new(stat);
-        let mut entries: Vec<_> = std::fs::read_dir(path)
-            .map_err(|e| SnapshotError::io("read dir", path, e))?
-            .collect::<Result<_, _>>()
-            .map_err(|e| SnapshotError::io("read dir", path, e))?;
-        entries.sort_by_key(|e| e.file_name());
-        for entry in entries {
-            let name = entry.file_name().as_bytes().to_vec();
-            let child = entry.path();
-            names.push(name.clone());
-            let node = self.entry(&child, names)?;
-            names.pop();
-            dir.entries.insert(name, node);
-        }
-        Ok(dir)
+    /// The upper path of `name` in the directory being read, for messages.
+    fn shown(&self, name: &[u8]) -> PathBuf {
+        let mut path = self.upper.join(std::ffi::OsStr::from_bytes(&self.rel));
+        path.push(std::ffi::OsStr::from_bytes(name));
+        path
     }
 
-    fn entry(&mut self, path: &Path, names: &mut Vec<Vec<u8>>) -> Result<Node, SnapshotError> {
-        let meta = std::fs::symlink_metadata(path).map_err(|e| SnapshotError::io("stat", path, e))?;
-        self.count(&meta);
-        let ft = meta.file_type();
-        if ft.is_char_device() && meta.rdev() == 0 {
-            return Ok(Node::Whiteout);
-        }
-        let (stat, overlay) = read_stat(path, &meta)?;
-        if ft.is_dir() {
-            if let Some(redirect) = overlay.get(REDIRECT) {
-                return self.redirected_dir(path, stat, names, redirect);
+    /// Reads the whole tree below the directory `root`, with an explicit
+    /// stack of open directories.
+    fn walk(&mut self, root: &OwnedFd, stat: Stat) -> Result<Dir, SnapshotError> {
+        let root_stat = rustix::fs::fstat(root).map_err(|e| SnapshotError::io("stat", self.upper, e))?;
+        let fd = read::open_dir(root, self.upper)?;
+        let names = read::names(&fd, self.upper)?;
+        let mut stack = vec![Frame {
+            fd: Some(fd),
+            inode: (root_stat.st_dev, root_stat.st_ino),
+            names: names.into_iter(),
+            dir: Dir::new(stat),
+            name: Vec::new(),
+            rel_len: 0,
+            opaque: false,
+            redirected: None,
+        }];
+        while let Some(frame) = stack.last_mut() {
+            let Some(name) = frame.names.next() else {
+                let Some(done) = stack.pop() else { break };
+                let (name, dir) = self.finish(done);
+                match stack.last_mut() {
+                    Some(parent) => {
+                        parent.dir.entries.insert(name, Node::Dir(Box::new(dir)));
+                    }
+                    None => return Ok(dir),
+                }
+                continue;
+            };
+            if frame.fd.is_none() {
+                frame.fd = Some(self.reopen(root, frame.inode)?);
             }
-            let opaque = overlay.get(OPAQUE).is_some_and(|v| v == b"y");
-            let mut dir = self.dir(path, stat, names)?;
-            dir.opaque = opaque;
-            return Ok(Node::Dir(Box::new(dir)));
+            let Some(dirfd) = frame.fd.as_ref() else { continue };
+            let shown = self.shown(&name);
+            let Some((handle, raw)) = read::open_entry(dirfd.as_fd(), &name, &shown)? else {
+                continue; // removed since the directory was listed
+            };
+            self.count(&raw);
+            match self.entry(name.clone(), handle, &raw, &shown, stack.len())? {
+                Entry::Node(node) => {
+                    if let Some(frame) = stack.last_mut() {
+                        frame.dir.entries.insert(name, node);
+                    }
+                }
+                Entry::Dir(frame) => {
+                    stack.push(*frame);
+                    // Only the innermost directories keep their fds open.
+                    if let Some(far) = stack.len().checked_sub(OPEN_DIRS + 1) {
+                        stack[far].fd = None;
+                    }
+                }
+            }
         }
-        let key = (meta.dev(), meta.ino());
+        Err(changed(self.upper, Path::new(""), "lost its root while being read"))
+    }
+
+    /// Opens the directory being read again, by its path below the root,
+    /// checking that it is the same inode.
+    fn reopen(&self, root: &OwnedFd, inode: (u64, u64)) -> Result<OwnedFd, SnapshotError> {
+        let rel = Path::new(std::ffi::OsStr::from_bytes(&self.rel));
+        let path = self.upper.join(rel);
+        let fd = if rel.as_os_str().is_empty() {
+            read::open_dir(root, self.upper)?
+        } else {
+            match strata_sys::open_beneath(root.as_fd(), rel, OFlags::RDONLY | OFlags::DIRECTORY) {
+                Ok(fd) => fd,
+                Err(e) if read::gone(&e) => {
+                    return Err(changed(self.upper, rel, "was moved while the snapshot was committed"))
+                }
+                Err(e) => return Err(SnapshotError::io("open dir", &path, e)),
+            }
+        };
+        let stat = rustix::fs::fstat(&fd).map_err(|e| SnapshotError::io("stat", &path, e))?;
+        if (stat.st_dev, stat.st_ino) != inode {
+            return Err(changed(
+                self.upper,
+                rel,
+                "was replaced while the snapshot was committed",
+            ));
+        }
+        Ok(fd)
+    }
+
+    /// One entry of the directory being read: a node, or a directory to
+    /// read next. `depth` is how deep a directory here would nest.
+    fn entry(
+        &mut self,
+        name: Vec<u8>,
+        handle: OwnedFd,
+        raw: &RawStat,
+        shown: &Path,
+        depth: usize,
+    ) -> Result<Entry, SnapshotError> {
+        let ft = FileType::from_raw_mode(raw.st_mode);
+        if ft == FileType::CharacterDevice && raw.st_rdev == 0 {
+            return Ok(Entry::Node(Node::Whiteout));
+        }
+        if ft == FileType::Directory && depth > strata_erofs::MAX_DEPTH {
+            return Err(SnapshotError::TooDeep {
+                path: shown.to_owned(),
+                max: strata_erofs::MAX_DEPTH,
+            });
+        }
+        let (stat, overlay) = read_stat(&handle, raw, shown)?;
+        if ft == FileType::Directory {
+            return self
+                .enter_dir(name, &handle, raw, stat, &overlay, shown)
+                .map(|f| Entry::Dir(Box::new(f)));
+        }
+        let key = (raw.st_dev, raw.st_ino);
         if let Some(id) = self.inodes.get(&key) {
-            return Ok(Node::Leaf(*id));
+            return Ok(Entry::Node(Node::Leaf(*id)));
         }
+        let size = u64::try_from(raw.st_size).unwrap_or(0);
         let mut body = false;
-        let content = if ft.is_file() {
-            if overlay.contains_key(METACOPY) {
-                self.lower_content(path, names, overlay.get(REDIRECT))?
-            } else if usize::try_from(meta.len()).is_ok_and(|l| l <= strata_erofs::INLINE_MAX) {
-                let data = std::fs::read(path).map_err(|e| SnapshotError::io("read", path, e))?;
-                Content::File(FileData::Inline(data))
-            } else {
+        let content = match ft {
+            FileType::RegularFile if overlay.contains_key(METACOPY) => {
+                self.lower_content(shown, &name, overlay.get(REDIRECT))?
+            }
+            FileType::RegularFile if size == 0 => Content::File(FileData::Inline(Vec::new())),
+            FileType::RegularFile if usize::try_from(size).is_ok_and(|l| l <= strata_erofs::INLINE_MAX) => {
+                match read::small_file(handle, strata_erofs::INLINE_MAX, shown)? {
+                    Some(data) => Content::File(FileData::Inline(data)),
+                    None => {
+                        return Err(SnapshotError::UpperChanged {
+                            path: shown.to_owned(),
+                            what: "was replaced or grew while the snapshot was committed",
+                        })
+                    }
+                }
+            }
+            FileType::RegularFile => {
                 // Hashed after the walk; the digest is filled in then.
                 body = true;
                 Content::File(FileData::Object {
                     digest: Digest([0; 32]),
-                    size: meta.len(),
+                    size,
                 })
             }
-        } else if ft.is_symlink() {
-            let target = std::fs::read_link(path).map_err(|e| SnapshotError::io("read link", path, e))?;
-            Content::Symlink(target.into_os_string().into_encoded_bytes())
-        } else if ft.is_char_device() {
-            Content::CharDevice(meta.rdev())
-        } else if ft.is_block_device() {
-            Content::BlockDevice(meta.rdev())
-        } else if ft.is_fifo() {
-            Content::Fifo
-        } else {
-            Content::Socket
+            FileType::Symlink => Content::Symlink(read::link_target(&handle, shown)?),
+            FileType::CharacterDevice => Content::CharDevice(raw.st_rdev),
+            FileType::BlockDevice => Content::BlockDevice(raw.st_rdev),
+            FileType::Fifo => Content::Fifo,
+            _ => Content::Socket,
         };
         let id = self.layer.push_leaf(Leaf { stat, content });
         if body {
-            self.bodies.push((id, path.to_owned(), meta.clone()));
+            let mut rel = self.rel.clone();
+            if !rel.is_empty() {
+                rel.push(b'/');
+            }
+            rel.extend_from_slice(&name);
+            self.bodies.push(Body {
+                id,
+                rel: PathBuf::from(std::ffi::OsString::from_vec(rel)),
+                dev: raw.st_dev,
+                ino: raw.st_ino,
+                size,
+            });
         }
-        if meta.nlink() > 1 {
+        if raw.st_nlink > 1 {
             self.inodes.insert(key, id);
         }
-        Ok(Node::Leaf(id))
+        Ok(Entry::Node(Node::Leaf(id)))
     }
 
-    /// A directory renamed from the lower tree: the lower directory at its
-    /// redirect, copied whole, with this upper dir's entries over it. The
-    /// result is opaque, so the merge takes it as it is.
-    fn redirected_dir(
+    /// Starts reading the directory `handle` holds. A directory renamed
+    /// from the lower tree is read over a whole copy of the lower directory
+    /// at its redirect; entries below it are found in the lower tree under
+    /// that origin. The result is opaque, so the merge takes it as it is.
+    fn enter_dir(
         &mut self,
-        path: &Path,
+        name: Vec<u8>,
+        handle: &OwnedFd,
+        raw: &RawStat,
         stat: Stat,
-        names: &[Vec<u8>],
-        redirect: &[u8],
-    ) -> Result<Node, SnapshotError> {
-        let mut origin = resolve_redirect(names, redirect);
-        let mut merged = match self.lower.lookup(&origin) {
-            Some(Node::Dir(lower)) => self.copy_lower_dir(lower, &mut HashMap::new()),
-            _ => {
-                return Err(SnapshotError::Unsupported {
-                    path: path.display().to_string(),
-                    reason: "renamed directory whose origin is not a directory of the parent snapshot".into(),
-                })
+        overlay: &Xattrs,
+        shown: &Path,
+    ) -> Result<Frame, SnapshotError> {
+        let fd = read::open_dir(handle, shown)?;
+        let names = read::names(&fd, shown)?;
+        self.names.push(name.clone());
+        let redirected = match overlay.get(REDIRECT) {
+            Some(redirect) => {
+                let origin = resolve_redirect(&self.names, redirect);
+                let Some(Node::Dir(lower)) = self.lower.lookup(&origin) else {
+                    self.names.pop();
+                    return Err(SnapshotError::Unsupported {
+                        path: shown.display().to_string(),
+                        reason: "renamed directory whose origin is not a directory of the parent snapshot".into(),
+                    });
+                };
+                let copy = lower::copy_lower_dir(self.lower, lower, &mut self.layer);
+                Some((copy, std::mem::replace(&mut self.names, origin)))
+            }
+            None => None,
+        };
+        let rel_len = self.rel.len();
+        if rel_len > 0 {
+            self.rel.push(b'/');
+        }
+        self.rel.extend_from_slice(&name);
+        Ok(Frame {
+            fd: Some(fd),
+            inode: (raw.st_dev, raw.st_ino),
+            names: names.into_iter(),
+            dir: Dir::new(stat),
+            name,
+            rel_len,
+            opaque: overlay.get(OPAQUE).is_some_and(|v| v == b"y"),
+            redirected,
+        })
+    }
+
+    /// Ends reading a directory: its name in its parent and what it became.
+    fn finish(&mut self, frame: Frame) -> (Vec<u8>, Dir) {
+        let Frame {
+            mut dir,
+            name,
+            rel_len,
+            opaque,
+            redirected,
+            ..
+        } = frame;
+        self.rel.truncate(rel_len);
+        let dir = match redirected {
+            Some((mut merged, saved)) => {
+                self.names = saved;
+                lower::apply_upper(&mut merged, dir);
+                merged.opaque = true;
+                merged
+            }
+            None => {
+                dir.opaque = opaque;
+                dir
             }
         };
-        // Entries below are found in the lower tree under the origin.
-        let upper = self.dir(path, stat, &mut origin)?;
-        apply_upper(&mut merged, upper);
-        merged.opaque = true;
-        Ok(Node::Dir(Box::new(merged)))
-    }
-
-    /// Copies a lower directory into the layer, keeping hard links within it.
-    fn copy_lower_dir(&mut self, lower: &Dir, ids: &mut HashMap<LeafId, LeafId>) -> Dir {
-        let mut dir = Dir::new(lower.stat.clone());
-        for (name, node) in &lower.entries {
-            let copied = match node {
-                Node::Dir(d) => Node::Dir(Box::new(self.copy_lower_dir(d, ids))),
-                Node::Leaf(id) => Node::Leaf(
-                    *ids.entry(*id)
-                        .or_insert_with(|| self.layer.push_leaf(self.lower.leaf(*id).clone())),
-                ),
-                Node::Whiteout => continue,
-            };
-            dir.entries.insert(name.clone(), copied);
-        }
-        dir
+        self.names.pop();
+        (name, dir)
     }
 
     /// The content of a metadata-only copy-up: the lower file at its
     /// redirect (absolute, or relative to its directory) or its own path.
     fn lower_content(
-        &self,
+        &mut self,
         path: &Path,
-        names: &[Vec<u8>],
+        name: &[u8],
         redirect: Option<&Vec<u8>>,
     ) -> Result<Content, SnapshotError> {
+        self.names.push(name.to_vec());
         let target = match redirect {
-            Some(r) => resolve_redirect(names, r),
-            None => names.to_vec(),
+            Some(r) => resolve_redirect(&self.names, r),
+            None => self.names.clone(),
         };
+        self.names.pop();
         match self.lower.lookup(&target) {
             Some(Node::Leaf(id)) => match &self.lower.leaf(*id).content {
                 c @ Content::File(_) => Ok(c.clone()),
@@ -257,6 +474,16 @@ impl Walk<'_> {
         }
     }
 }
+
+/// What one entry became.
+enum Entry {
+    Node(Node),
+    Dir(Box<Frame>),
+}
+
+/// Directories whose fds the walk keeps open; deeper ones in a chain are
+/// closed and opened again when the walk comes back to them.
+const OPEN_DIRS: usize = 64;
 
 /// Where an overlay redirect points in the lower tree: an absolute path,
 /// or a name in the same directory as `names` (the entry's own lower path).
@@ -273,31 +500,6 @@ fn resolve_redirect(names: &[Vec<u8>], redirect: &[u8]) -> Vec<Vec<u8>> {
     target
 }
 
-/// Applies an upper directory over a copy of its lower one, as overlayfs
-/// shows them merged: whiteouts delete, opaque dirs replace, dirs merge.
-/// Whiteouts and opaque marks are used up; none are left in the result.
-fn apply_upper(lower: &mut Dir, upper: Dir) {
-    lower.stat = upper.stat;
-    for (name, node) in upper.entries {
-        match node {
-            Node::Whiteout => {
-                lower.entries.remove(&name);
-            }
-            Node::Dir(up) => {
-                let mut base = match lower.entries.remove(&name) {
-                    Some(Node::Dir(low)) if !up.opaque => *low,
-                    _ => Dir::new(up.stat.clone()),
-                };
-                apply_upper(&mut base, *up);
-                lower.entries.insert(name, Node::Dir(Box::new(base)));
-            }
-            leaf => {
-                lower.entries.insert(name, leaf);
-            }
-        }
-    }
-}
-
 fn lower_missing(path: &Path) -> SnapshotError {
     SnapshotError::Unsupported {
         path: path.display().to_string(),
@@ -305,54 +507,31 @@ fn lower_missing(path: &Path) -> SnapshotError {
     }
 }
 
-type XattrPair = (Vec<u8>, Vec<u8>);
-type Xattrs = std::collections::BTreeMap<Vec<u8>, Vec<u8>>;
-
-/// The stat of `path`, and its `trusted.overlay.*` xattrs apart.
-fn read_stat(path: &Path, meta: &std::fs::Metadata) -> Result<(Stat, Xattrs), SnapshotError> {
+/// The stat of the inode `handle` holds, and its `trusted.overlay.*`
+/// xattrs apart. xattrs an EROFS image cannot carry are dropped with a
+/// warning.
+fn read_stat(handle: &OwnedFd, raw: &RawStat, shown: &Path) -> Result<(Stat, Xattrs), SnapshotError> {
     let mut stat = Stat {
-        mode: meta.mode() & 0o7777,
-        uid: meta.uid(),
-        gid: meta.gid(),
-        mtime_sec: meta.mtime(),
-        mtime_nsec: u32::try_from(meta.mtime_nsec()).unwrap_or(0),
+        mode: raw.st_mode & 0o7777,
+        uid: raw.st_uid,
+        gid: raw.st_gid,
+        mtime_sec: raw.st_mtime,
+        mtime_nsec: u32::try_from(raw.st_mtime_nsec).unwrap_or(0),
         ..Stat::default()
     };
     let mut overlay = Xattrs::new();
-    for (name, value) in xattrs(path)? {
+    for (name, value) in read::xattrs(handle.as_fd(), shown)? {
         if name.starts_with(OVERLAY_PREFIX) {
             overlay.insert(name, value);
+        } else if strata_erofs::reserved_xattr(&name) {
+            tracing::warn!(
+                path = %shown.display(),
+                xattr = %String::from_utf8_lossy(&name),
+                "dropping an xattr an EROFS image cannot carry"
+            );
         } else {
             stat.xattrs.insert(name, value);
         }
     }
     Ok((stat, overlay))
-}
-
-fn xattrs(path: &Path) -> Result<Vec<XattrPair>, SnapshotError> {
-    let err = |e: rustix::io::Errno| SnapshotError::io("read xattrs", path, e);
-    let size = match rustix::fs::llistxattr_query(path) {
-        Ok(n) => n,
-        Err(rustix::io::Errno::NOTSUP) => return Ok(Vec::new()),
-        Err(e) => return Err(err(e)),
-    };
-    if size == 0 {
-        return Ok(Vec::new());
-    }
-    let mut list = vec![0u8; size];
-    let n = rustix::fs::llistxattr(path, list.as_mut_slice()).map_err(err)?;
-    list.truncate(n);
-    let mut out = Vec::new();
-    for name in list.split(|&b| b == 0).filter(|n| !n.is_empty()) {
-        let len = match rustix::fs::lgetxattr_query(path, name) {
-            Ok(n) => n,
-            Err(rustix::io::Errno::NODATA) => continue,
-            Err(e) => return Err(err(e)),
-        };
-        let mut value = vec![0u8; len];
-        let got = rustix::fs::lgetxattr(path, name, value.as_mut_slice()).map_err(err)?;
-        value.truncate(got);
-        out.push((name.to_vec(), value));
-    }
-    Ok(out)
 }

@@ -35,6 +35,13 @@ pub enum SnapshotError {
     BadFilter { filter: String, reason: String },
     #[error("{path}: {reason}")]
     Unsupported { path: String, reason: String },
+    #[error("{path}: directories nest deeper than {max} levels, the most an EROFS image holds")]
+    TooDeep { path: std::path::PathBuf, max: usize },
+    #[error("{path} {what}; commit again once nothing writes to the snapshot")]
+    UpperChanged {
+        path: std::path::PathBuf,
+        what: &'static str,
+    },
     #[error(transparent)]
     Label(#[from] strata_scratch::LabelError),
     #[error("no snapshot {owner:?} in this namespace owns a scratch to share")]
@@ -76,15 +83,21 @@ impl SnapshotError {
         match self {
             NotFound { .. } | ParentNotFound { .. } | OwnerNotFound { .. } => ErrorKind::NotFound,
             AlreadyExists { .. } => ErrorKind::AlreadyExists,
-            HasChildren { .. } | WrongKind { .. } => ErrorKind::FailedPrecondition,
+            HasChildren { .. }
+            | WrongKind { .. }
+            | Unsupported { .. }
+            | TooDeep { .. }
+            | UpperChanged { .. }
+            | Erofs(strata_erofs::ErofsError::Invalid { .. } | strata_erofs::ErofsError::SymlinkTooLong { .. }) => {
+                ErrorKind::FailedPrecondition
+            }
             ParentNotCommitted { .. }
             | ImmutableField { .. }
             | BadFilter { .. }
             | Label(_)
             | OwnerAmbiguous { .. }
             | OwnerWithoutScratch { .. } => ErrorKind::InvalidArgument,
-            Unsupported { .. }
-            | InUse { .. }
+            InUse { .. }
             | Scratch(_)
             | FailPoint(_)
             | Io { .. }

@@ -619,21 +619,60 @@ fn remove_upper_leftovers(dir: &Path) {
     }
 }
 
-/// Allocated bytes and inodes under `path`, each inode once.
+/// Allocated bytes and inodes under `path`, each inode once. Reads through
+/// fds without following symlinks, with a list of directories (no
+/// recursion), and stops descending below the deepest level an image
+/// holds: such a snapshot cannot be committed anyway.
 fn disk_usage(path: &Path) -> Result<Usage, SnapshotError> {
-    use std::os::unix::fs::MetadataExt;
+    use rustix::fs::{AtFlags, FileType, Mode, OFlags};
+    use std::os::fd::AsFd;
+    use std::os::unix::ffi::OsStrExt;
+    let root = rustix::fs::open(
+        path,
+        OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC,
+        Mode::empty(),
+    )
+    .map_err(|e| SnapshotError::io("open", path, e))?;
     let mut seen = std::collections::HashSet::new();
     let mut usage = Usage::default();
-    let mut stack = vec![path.to_owned()];
-    while let Some(p) = stack.pop() {
-        let meta = std::fs::symlink_metadata(&p).map_err(|e| SnapshotError::io("stat", &p, e))?;
-        if seen.insert((meta.dev(), meta.ino())) {
+    let mut add = |stat: &rustix::fs::Stat| {
+        let is_dir = FileType::from_raw_mode(stat.st_mode) == FileType::Directory;
+        if is_dir || stat.st_nlink < 2 || seen.insert((stat.st_dev, stat.st_ino)) {
             usage.inodes += 1;
-            usage.size += i64::try_from(meta.blocks() * 512).unwrap_or(i64::MAX);
+            let bytes = u64::try_from(stat.st_blocks).unwrap_or(0).saturating_mul(512);
+            usage.size = usage.size.saturating_add(i64::try_from(bytes).unwrap_or(i64::MAX));
         }
-        if meta.is_dir() {
-            for entry in std::fs::read_dir(&p).map_err(|e| SnapshotError::io("read dir", &p, e))? {
-                stack.push(entry.map_err(|e| SnapshotError::io("read dir", &p, e))?.path());
+    };
+    add(&rustix::fs::fstat(&root).map_err(|e| SnapshotError::io("stat", path, e))?);
+    let mut pending: Vec<(PathBuf, usize)> = vec![(PathBuf::new(), 0)];
+    while let Some((rel, depth)) = pending.pop() {
+        let dir = if rel.as_os_str().is_empty() {
+            rustix::fs::openat(
+                &root,
+                ".",
+                OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC,
+                Mode::empty(),
+            )
+            .map_err(std::io::Error::from)
+        } else {
+            strata_sys::open_beneath(root.as_fd(), &rel, OFlags::RDONLY | OFlags::DIRECTORY)
+        };
+        // Gone or replaced since it was listed: nothing to count there.
+        let Ok(dir) = dir else { continue };
+        let Ok(entries) = rustix::fs::Dir::read_from(&dir) else {
+            continue;
+        };
+        for entry in entries.flatten() {
+            let name = entry.file_name().to_bytes();
+            if name == b"." || name == b".." {
+                continue;
+            }
+            let Ok(stat) = rustix::fs::statat(&dir, entry.file_name(), AtFlags::SYMLINK_NOFOLLOW) else {
+                continue;
+            };
+            add(&stat);
+            if FileType::from_raw_mode(stat.st_mode) == FileType::Directory && depth < strata_erofs::MAX_DEPTH {
+                pending.push((rel.join(std::ffi::OsStr::from_bytes(name)), depth + 1));
             }
         }
     }

@@ -8,19 +8,12 @@ use strata_tree::{Digest, VerityHasher};
 
 use crate::StoreError;
 
-type Hashed = Result<(Digest, u64), StoreError>;
+type Hashed<E = StoreError> = Result<(Digest, u64), E>;
 
 /// The fs-verity digest and size of a file's content.
 pub fn hash_file(path: &std::path::Path) -> Result<(Digest, u64), StoreError> {
-    hash_file_then(path, drop)
-}
-
-/// [`hash_file`], then `after` with the still open file.
-fn hash_file_then(path: &std::path::Path, after: impl FnOnce(std::fs::File)) -> Result<(Digest, u64), StoreError> {
     let mut file = std::fs::File::open(path).map_err(|e| StoreError::io("open", path, e))?;
-    let hashed = hash_open_file(&mut file, path)?;
-    after(file);
-    Ok(hashed)
+    hash_open_file(&mut file, path)
 }
 
 /// The fs-verity digest and size of what is left to read of `file`;
@@ -47,12 +40,25 @@ pub(crate) fn hash_open_file(file: &mut std::fs::File, path: &std::path::Path) -
 const WRITEBACK_QUEUE: usize = 256;
 
 /// Hashes every file in `paths` with [`hash_file`], on up to one thread per
+/// core; see [`hash_opened`]. Results are in the order of `paths`.
+pub fn hash_files(paths: &[PathBuf]) -> Vec<Hashed> {
+    hash_opened(paths, |path: &PathBuf| {
+        let file = std::fs::File::open(path).map_err(|e| StoreError::io("open", path, e))?;
+        Ok::<_, StoreError>((file, path.clone()))
+    })
+}
+
+/// Hashes the file `open` gives for each item (with the path that names it
+/// in errors), on up to one thread per
 /// core. Each file hashed is handed to one more thread that starts its
 /// writeback, so the sync that makes them durable waits for less (ext4
 /// allocates blocks as writeback starts: that work stays off the hashers).
-/// Results are in the order of `paths`.
-pub fn hash_files(paths: &[PathBuf]) -> Vec<Hashed> {
-    if paths.is_empty() {
+/// Results are in the order of `items`.
+pub fn hash_opened<T: Sync, E: From<StoreError> + Send>(
+    items: &[T],
+    open: impl Fn(&T) -> Result<(std::fs::File, PathBuf), E> + Sync,
+) -> Vec<Hashed<E>> {
+    if items.is_empty() {
         return Vec::new();
     }
     let (written, to_write) = std::sync::mpsc::sync_channel::<std::fs::File>(WRITEBACK_QUEUE);
@@ -63,34 +69,51 @@ pub fn hash_files(paths: &[PathBuf]) -> Vec<Hashed> {
                 let _ = strata_sys::start_writeback(std::os::fd::AsFd::as_fd(&file));
             }
         });
-    let hash = |path: &PathBuf| {
-        hash_file_then(path, |file| {
-            let _ = written.try_send(file);
-        })
+    let hash = |item: &T| -> Hashed<E> {
+        let (mut file, path) = open(item)?;
+        let hashed = hash_open_file(&mut file, &path)?;
+        let _ = written.try_send(file);
+        Ok(hashed)
     };
     let threads = std::thread::available_parallelism()
         .map_or(1, |n| n.get())
-        .min(paths.len());
+        .min(items.len());
     if threads <= 1 {
-        return paths.iter().map(hash).collect();
+        return items.iter().map(hash).collect();
     }
     let next = AtomicUsize::new(0);
-    let results: Mutex<Vec<Option<Hashed>>> = Mutex::new(std::iter::repeat_with(|| None).take(paths.len()).collect());
+    let results: Mutex<Vec<Option<Hashed<E>>>> =
+        Mutex::new(std::iter::repeat_with(|| None).take(items.len()).collect());
+    let work = || loop {
+        let i = next.fetch_add(1, Ordering::Relaxed);
+        let Some(item) = items.get(i) else { break };
+        let hashed = hash(item);
+        results.lock().unwrap_or_else(|e| e.into_inner())[i] = Some(hashed);
+    };
     std::thread::scope(|scope| {
-        for _ in 0..threads {
-            scope.spawn(|| loop {
-                let i = next.fetch_add(1, Ordering::Relaxed);
-                let Some(path) = paths.get(i) else { break };
-                let hashed = hash(path);
-                results.lock().unwrap_or_else(|e| e.into_inner())[i] = Some(hashed);
-            });
+        // A thread that cannot start leaves its share to the others (or
+        // to this one): `scope.spawn` would panic instead.
+        let started = (0..threads)
+            .filter(|_| {
+                std::thread::Builder::new()
+                    .name("strata-hash".into())
+                    .spawn_scoped(scope, work)
+                    .is_ok()
+            })
+            .count();
+        if started == 0 {
+            work();
         }
     });
     results
         .into_inner()
         .unwrap_or_else(|e| e.into_inner())
         .into_iter()
-        .map(|r| r.expect("every path is hashed"))
+        .map(|r| {
+            r.unwrap_or_else(|| {
+                Err(StoreError::io("hash", "", std::io::Error::other("a hasher thread stopped")).into())
+            })
+        })
         .collect()
 }
 

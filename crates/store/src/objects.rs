@@ -4,15 +4,15 @@
 
 use std::collections::HashSet;
 use std::io::Write;
-use std::os::unix::fs::MetadataExt;
+use std::os::fd::BorrowedFd;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
 
-use rustix::fs::{AtFlags, Mode, RenameFlags, CWD};
+use rustix::fs::{AtFlags, Mode, OFlags, RenameFlags};
+use rustix::io::Errno;
+use strata_sys::Opened;
 use strata_tree::{Digest, VerityHasher};
-
-use crate::hashing::hash_file;
 
 use redb::WriteTransaction;
 
@@ -65,6 +65,61 @@ impl ObjectWriter {
             .write_all(data)
             .map_err(|e| StoreError::io("write object", &self.name, e))
     }
+}
+
+/// A file for [`ObjectStager::adopt`]: `rel` below the directory `dir`
+/// (whose path is `dir_path`), the inode `(dev, ino)` the caller hashed.
+#[derive(Clone, Copy, Debug)]
+pub struct AdoptSource<'a> {
+    pub dir: BorrowedFd<'a>,
+    pub dir_path: &'a Path,
+    pub rel: &'a Path,
+    pub dev: u64,
+    pub ino: u64,
+}
+
+/// Longest path a file adopted in place may have: the moves name it by path
+/// (PATH_MAX is 4096 with its NUL).
+const PATH_NAMEABLE: usize = 4000;
+
+/// Copies `source` into `dir/staged`, hashing what it copies: the same
+/// inode the caller hashed, still a regular file, still with `digest`.
+fn copy_checked(
+    source: &AdoptSource<'_>,
+    path: &Path,
+    dir: &DirFd,
+    staged: &str,
+    digest: Digest,
+) -> Result<(), StoreError> {
+    let changed = |why: &str| StoreError::io("copy into store", path, std::io::Error::other(why.to_owned()));
+    let mut file = match strata_sys::open_regular(source.dir, source.rel) {
+        Ok(Opened::File(file, stat)) if (stat.st_dev, stat.st_ino) == (source.dev, source.ino) => file,
+        Ok(_) => return Err(changed("replaced by another file while being committed")),
+        Err(e) => return Err(StoreError::io("open", path, e)),
+    };
+    let mut out = dir.create_file(staged, 0o444)?;
+    let mut hasher = VerityHasher::new();
+    let mut buf = vec![0u8; 1 << 20];
+    let written = (|| loop {
+        let n = std::io::Read::read(&mut file, &mut buf).map_err(|e| StoreError::io("read", path, e))?;
+        if n == 0 {
+            return Ok(());
+        }
+        hasher.update(&buf[..n]);
+        out.write_all(&buf[..n])
+            .map_err(|e| StoreError::io("write object", dir.path().join(staged), e))?;
+    })();
+    let matches = written.and_then(|()| {
+        if hasher.finish() == digest {
+            Ok(())
+        } else {
+            Err(changed("changed while being committed"))
+        }
+    });
+    if matches.is_err() {
+        let _ = dir.unlink(staged);
+    }
+    matches
 }
 
 impl ObjectStager {
@@ -180,21 +235,28 @@ impl ObjectStager {
         })
     }
 
-    /// Takes a file that already exists (e.g. in a snapshot's upper dir)
-    /// and was hashed where it lies (see [`hash_files`](crate::hash_files)).
-    /// On the store's filesystem a new content is left in place and only
-    /// listed: the caller moves it into `objects/` with
+    /// Takes a regular file that already exists below a directory the
+    /// caller does not trust (a snapshot's upper dir) and was hashed where
+    /// it lies. On the store's filesystem a new content is left in place and
+    /// only listed: the caller moves it into `objects/` with
     /// [`Store::adopt_in_place`] after its own commit point, so a failed or
-    /// killed commit loses nothing. From another filesystem (a sized
-    /// scratch) it is copied into the stage. A known content is left where
-    /// it is.
-    pub fn adopt(&mut self, source: &Path, digest: Digest, size: u64) -> Result<StagedObject, StoreError> {
-        let device = std::fs::symlink_metadata(source)
-            .map_err(|e| StoreError::io("stat", source, e))?
-            .dev();
-        if device == self.device && !self.known(&digest)? {
+    /// killed commit loses nothing (that move hashes it again). From another
+    /// filesystem (a sized scratch), or too deep to be named by one path, it
+    /// is copied into the stage and hashed as it is copied: bytes that no
+    /// longer match `digest` are an error. A known content is left where it is.
+    pub fn adopt(&mut self, source: &AdoptSource<'_>, digest: Digest, size: u64) -> Result<StagedObject, StoreError> {
+        if self.known(&digest)? {
+            return Ok(StagedObject {
+                digest,
+                size,
+                new: false,
+            });
+        }
+        let path = source.dir_path.join(source.rel);
+        let nameable = path.as_os_str().len() < PATH_NAMEABLE && path.starts_with(self.store.root());
+        if source.dev == self.device && nameable {
             self.seen.insert(digest);
-            self.deferred.push((source.to_owned(), digest));
+            self.deferred.push((path, digest));
             self.deferred_count += 1;
             return Ok(StagedObject {
                 digest,
@@ -203,15 +265,7 @@ impl ObjectStager {
             });
         }
         self.stage_new(digest, size, |dir, staged| {
-            let to = dir.path().join(staged);
-            std::fs::copy(source, &to).map_err(|e| StoreError::io("copy into store", source, e))?;
-            rustix::fs::chmodat(
-                dir.fd(),
-                staged,
-                rustix::fs::Mode::from_raw_mode(0o444),
-                rustix::fs::AtFlags::empty(),
-            )
-            .map_err(|e| StoreError::io("chmod", dir.path().join(staged), e))
+            copy_checked(source, &path, dir, staged, digest)
         })
     }
 
@@ -276,7 +330,7 @@ impl Store {
     /// it. A content already present, or a file already gone, is left
     /// alone. Returns how many entered.
     pub fn adopt_in_place(&self, files: &[(PathBuf, Digest)]) -> Result<usize, StoreError> {
-        let added = self.move_into_objects(files, false)?;
+        let added = self.move_into_objects(files)?;
         self.inner.moves.moved(files);
         Ok(added)
     }
@@ -289,44 +343,107 @@ impl Store {
         forget_pending_in(txn, &self.inner.moves.take_durable())
     }
 
-    /// Renames each file into `objects/` and makes it read-only. With
-    /// `verify`, each is hashed again first and skipped if it changed.
-    fn move_into_objects(&self, files: &[(PathBuf, Digest)], verify: bool) -> Result<usize, StoreError> {
+    /// Renames each file into `objects/`, makes it read-only, then hashes
+    /// every one moved again (on every core) and takes out any whose bytes
+    /// no longer match its digest, or that is not a regular file. A file is
+    /// found below the store root without following symlinks; one outside
+    /// it, gone, or already present is skipped.
+    fn move_into_objects(&self, files: &[(PathBuf, Digest)]) -> Result<usize, StoreError> {
         let objects = &self.inner.objects;
-        let mut added = 0;
+        let mut moved = Vec::new();
         let mut fanout_ready = [false; 256];
         for (path, digest) in files {
-            if verify {
-                if self.has_object(digest)? {
-                    continue;
-                }
-                match hash_file(path) {
-                    Ok((found, _)) if found == *digest => {}
-                    Ok(_) => {
-                        tracing::warn!(path = %path.display(), "changed since its commit; not adopted");
-                        continue;
-                    }
-                    Err(StoreError::Io { source, .. }) if source.kind() == std::io::ErrorKind::NotFound => continue,
-                    Err(e) => return Err(e),
-                }
+            if self.has_object(digest)? {
+                continue;
             }
+            let Some((parent, name)) = self.parent_beneath_root(path)? else {
+                continue;
+            };
             let fan = usize::from(digest.0[0]);
             if !fanout_ready[fan] {
                 objects.ensure_dir(&format!("{:02x}", digest.0[0]), 0o755)?;
                 fanout_ready[fan] = true;
             }
+            // Only a regular file moves (checked again after the move).
+            match rustix::fs::statat(&parent, name, AtFlags::SYMLINK_NOFOLLOW) {
+                Ok(stat) if rustix::fs::FileType::from_raw_mode(stat.st_mode) == rustix::fs::FileType::RegularFile => {}
+                Ok(_) | Err(Errno::NOENT) => {
+                    tracing::warn!(path = %path.display(), "no longer a regular file; not adopted");
+                    continue;
+                }
+                Err(e) => return Err(StoreError::io("stat", path, e)),
+            }
             let to = digest.object_path();
             // A content already present stays; the rename reports it.
-            match rustix::fs::renameat_with(CWD, path, objects.fd(), &to, RenameFlags::NOREPLACE) {
-                Ok(()) => added += 1,
+            match rustix::fs::renameat_with(&parent, name, objects.fd(), &to, RenameFlags::NOREPLACE) {
+                Ok(()) => moved.push(*digest),
                 // Already there, or moved by another process finishing it.
                 Err(rustix::io::Errno::EXIST | rustix::io::Errno::NOENT) => continue,
+                // The upper dir changed under the move: its file stays out.
+                Err(e @ (Errno::NOTDIR | Errno::ISDIR | Errno::NOTEMPTY | Errno::LOOP)) => {
+                    tracing::warn!(path = %path.display(), "not adopted: {e}");
+                    continue;
+                }
                 Err(e) => return Err(StoreError::io("move into store", path, e)),
             }
-            rustix::fs::chmodat(objects.fd(), &to, Mode::from_raw_mode(0o444), AtFlags::empty())
-                .map_err(|e| StoreError::io("chmod", objects.path().join(&to), e))?;
+        }
+        let checked = crate::hashing::hash_opened(&moved, |digest: &Digest| {
+            let to = objects.path().join(digest.object_path());
+            match strata_sys::open_regular(objects.fd(), Path::new(&digest.object_path())) {
+                Ok(Opened::File(file, _)) => Ok((file, to)),
+                Ok(Opened::Other(..)) => Err(StoreError::io("hash", &to, std::io::Error::other("not a regular file"))),
+                Err(e) => Err(StoreError::io("open", &to, e)),
+            }
+        });
+        let mut added = 0;
+        for (digest, checked) in moved.iter().zip(checked) {
+            let to = digest.object_path();
+            match checked {
+                Ok((found, _)) if found == *digest => {
+                    rustix::fs::chmodat(objects.fd(), &to, Mode::from_raw_mode(0o444), AtFlags::empty())
+                        .map_err(|e| StoreError::io("chmod", objects.path().join(&to), e))?;
+                    added += 1;
+                }
+                Ok(_) | Err(_) => {
+                    tracing::warn!(object = %digest.to_hex(), "changed since it was hashed; not adopted");
+                    match rustix::fs::unlinkat(objects.fd(), &to, AtFlags::empty()) {
+                        Ok(()) | Err(Errno::NOENT) => {}
+                        Err(Errno::ISDIR | Errno::PERM) => self.discard(&objects.path().join(&to))?,
+                        Err(e) => return Err(StoreError::io("remove", objects.path().join(&to), e)),
+                    }
+                }
+            }
         }
         Ok(added)
+    }
+
+    /// The directory holding `path` (opened below the store root without
+    /// following any symlink) and its last name; `None`, with a warning, if
+    /// `path` is not below the root or its directory is gone or replaced.
+    fn parent_beneath_root<'p>(
+        &self,
+        path: &'p Path,
+    ) -> Result<Option<(std::os::fd::OwnedFd, &'p std::ffi::OsStr)>, StoreError> {
+        let skip = |why: &str| {
+            tracing::warn!(path = %path.display(), "not adopted: {why}");
+            Ok(None)
+        };
+        let (Some(rel), Some(name)) = (path.strip_prefix(&self.inner.root).ok(), path.file_name()) else {
+            return skip("not below the store root");
+        };
+        let parent = rel
+            .parent()
+            .filter(|p| !p.as_os_str().is_empty())
+            .unwrap_or(Path::new("."));
+        match strata_sys::open_beneath(self.inner.root_dir.fd(), parent, OFlags::PATH | OFlags::DIRECTORY) {
+            Ok(fd) => Ok(Some((fd, name))),
+            Err(e) => match rustix::io::Errno::from_io_error(&e) {
+                Some(Errno::NOENT | Errno::NOTDIR | Errno::LOOP | Errno::XDEV) => {
+                    skip("its directory is gone or was replaced")
+                }
+                _ => Err(StoreError::io("open", path, e)),
+            },
+        }
     }
 
     /// Finishes the moves a killed process left pending, each checked
@@ -334,7 +451,7 @@ impl Store {
     pub(crate) fn finish_pending(&self) -> Result<(), StoreError> {
         let pending = self.inner.db.pending()?;
         if !pending.is_empty() {
-            let added = self.move_into_objects(&pending, true)?;
+            let added = self.move_into_objects(&pending)?;
             self.inner.objects.syncfs()?;
             self.inner.db.forget_pending(&pending)?;
             tracing::info!(files = pending.len(), added, "finished pending adoptions");
@@ -384,5 +501,87 @@ impl Drop for ObjectStager {
             self.dir_name.as_str(),
             rustix::fs::AtFlags::REMOVEDIR,
         );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::os::fd::AsFd;
+    use std::os::unix::fs::MetadataExt;
+
+    use super::*;
+
+    fn source<'a>(dir: &'a std::fs::File, dir_path: &'a Path, rel: &'a Path) -> AdoptSource<'a> {
+        let meta = std::fs::symlink_metadata(dir_path.join(rel)).unwrap();
+        AdoptSource {
+            dir: dir.as_fd(),
+            dir_path,
+            rel,
+            dev: meta.dev(),
+            ino: meta.ino(),
+        }
+    }
+
+    /// A file changed between its hash and its move into `objects/` stays
+    /// out of the store; one left alone enters it.
+    #[test]
+    fn adopt_in_place_hashes_what_it_moved() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(&dir.path().join("store")).unwrap();
+        let upper = dir.path().join("store/upper");
+        std::fs::create_dir(&upper).unwrap();
+        let upper_fd = std::fs::File::open(&upper).unwrap();
+        std::fs::write(upper.join("kept"), [1u8; 5000]).unwrap();
+        std::fs::write(upper.join("changed"), [2u8; 5000]).unwrap();
+        let (kept, _) = crate::hash_file(&upper.join("kept")).unwrap();
+        let (changed, _) = crate::hash_file(&upper.join("changed")).unwrap();
+        let mut stager = store.stager().unwrap();
+        for (name, digest) in [("kept", kept), ("changed", changed)] {
+            let staged = stager.adopt(&source(&upper_fd, &upper, Path::new(name)), digest, 5000);
+            assert!(staged.unwrap().new);
+        }
+        let adopted = stager.take_deferred();
+        stager.publish().unwrap();
+        std::fs::write(upper.join("changed"), [3u8; 5000]).unwrap();
+        assert_eq!(store.adopt_in_place(&adopted).unwrap(), 1);
+        assert!(store.has_object(&kept).unwrap());
+        assert!(!store.has_object(&changed).unwrap());
+    }
+
+    /// From another filesystem the file is copied, and hashed as copied: a
+    /// change since its hash is an error and leaves nothing staged.
+    #[test]
+    fn adopt_by_copy_hashes_what_it_copies() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(&dir.path().join("store")).unwrap();
+        let upper = dir.path().join("tmpfs");
+        std::fs::create_dir(&upper).unwrap();
+        strata_sys::mount_fs("tmpfs", &[], strata_sys::MountFlags::default(), &upper).unwrap();
+        struct Unmount<'a>(&'a Path);
+        impl Drop for Unmount<'_> {
+            fn drop(&mut self) {
+                let _ = strata_sys::unmount(self.0, true);
+            }
+        }
+        let _unmount = Unmount(&upper);
+        let upper_fd = std::fs::File::open(&upper).unwrap();
+        std::fs::write(upper.join("f"), [4u8; 5000]).unwrap();
+        let (digest, _) = crate::hash_file(&upper.join("f")).unwrap();
+        std::fs::write(upper.join("f"), [5u8; 5000]).unwrap();
+        let mut stager = store.stager().unwrap();
+        let err = stager
+            .adopt(&source(&upper_fd, &upper, Path::new("f")), digest, 5000)
+            .unwrap_err();
+        assert!(err.to_string().contains("changed while being committed"), "{err}");
+        // A symlink swapped in is not followed.
+        std::fs::remove_file(upper.join("f")).unwrap();
+        std::fs::write(dir.path().join("host"), [4u8; 5000]).unwrap();
+        std::os::unix::fs::symlink(dir.path().join("host"), upper.join("f")).unwrap();
+        let err = stager
+            .adopt(&source(&upper_fd, &upper, Path::new("f")), digest, 5000)
+            .unwrap_err();
+        assert!(err.to_string().contains("replaced"), "{err}");
+        stager.publish().unwrap();
+        assert!(!store.has_object(&digest).unwrap());
     }
 }

@@ -28,7 +28,7 @@ use std::thread::JoinHandle;
 
 use rustix::event::{eventfd, poll, EventfdFlags, PollFd, PollFlags};
 use rustix::fs::inotify::{self, CreateFlags, ReadFlags, WatchFlags};
-use rustix::fs::{openat2, Mode, OFlags, ResolveFlags};
+use rustix::fs::{Mode, OFlags};
 use strata_tree::Digest;
 
 use crate::hashing::hash_open_file;
@@ -42,8 +42,13 @@ pub struct Prehashed {
 impl Prehashed {
     /// The digest of the file `meta` describes, if it was hashed at this size.
     pub fn get(&self, meta: &std::fs::Metadata) -> Option<Digest> {
-        match self.digests.get(&(meta.dev(), meta.ino())) {
-            Some((digest, size)) if *size == meta.len() => Some(*digest),
+        self.lookup(meta.dev(), meta.ino(), meta.len())
+    }
+
+    /// The digest of inode `ino` on device `dev`, if it was hashed at `size`.
+    pub fn lookup(&self, dev: u64, ino: u64, size: u64) -> Option<Digest> {
+        match self.digests.get(&(dev, ino)) {
+            Some((digest, hashed)) if *hashed == size => Some(*digest),
             _ => None,
         }
     }
@@ -89,19 +94,12 @@ fn yield_to_the_writer() {
 /// Opens `rel` below `root` without following any symlink, so a tree that
 /// changes under the watch can never lead it outside `root`.
 fn open_beneath(root: &OwnedFd, rel: &Path, flags: OFlags) -> std::io::Result<OwnedFd> {
-    let resolve = ResolveFlags::BENEATH | ResolveFlags::NO_SYMLINKS | ResolveFlags::NO_MAGICLINKS;
-    Ok(openat2(
-        root,
-        rel,
-        flags | OFlags::NOFOLLOW | OFlags::CLOEXEC,
-        Mode::empty(),
-        resolve,
-    )?)
+    strata_sys::open_beneath(root.as_fd(), rel, flags)
 }
 
 /// The same inode as `fd`, through its `/proc/self/fd` link.
 fn proc_path(fd: &OwnedFd) -> PathBuf {
-    PathBuf::from(format!("/proc/self/fd/{}", std::os::fd::AsRawFd::as_raw_fd(fd)))
+    strata_sys::proc_path(fd.as_fd())
 }
 
 impl Prehash {
@@ -373,14 +371,7 @@ fn hash_jobs(root: &OwnedFd, queued: &Receiver<Job>, finishing: &AtomicBool, abo
 /// have side effects, so the file is looked at through an `O_PATH` handle
 /// first.
 fn hash_one(root: &OwnedFd, rel: &Path, out: &mut Prehashed) {
-    let Ok(handle) = open_beneath(root, rel, OFlags::PATH) else {
-        return;
-    };
-    let Ok(stat) = rustix::fs::fstat(&handle) else { return };
-    if rustix::fs::FileType::from_raw_mode(stat.st_mode) != rustix::fs::FileType::RegularFile {
-        return;
-    }
-    let Ok(mut file) = std::fs::File::open(proc_path(&handle)) else {
+    let Ok(strata_sys::Opened::File(mut file, stat)) = strata_sys::open_regular(root.as_fd(), rel) else {
         return;
     };
     if let Ok(hashed) = hash_open_file(&mut file, rel) {

@@ -129,7 +129,16 @@ fn adopt_commit(store: &Store, upper: &std::path::Path, name: &str, data: &[u8])
     std::fs::write(&path, data).unwrap();
     let (digest, size) = crate::hash_file(&path).unwrap();
     let mut stager = store.stager().unwrap();
-    assert!(stager.adopt(&path, digest, size).unwrap().new);
+    let dir = std::fs::File::open(upper).unwrap();
+    let meta = std::fs::metadata(&path).unwrap();
+    let source = crate::AdoptSource {
+        dir: std::os::fd::AsFd::as_fd(&dir),
+        dir_path: upper,
+        rel: std::path::Path::new(name),
+        dev: std::os::unix::fs::MetadataExt::dev(&meta),
+        ino: std::os::unix::fs::MetadataExt::ino(&meta),
+    };
+    assert!(stager.adopt(&source, digest, size).unwrap().new);
     let adopted = stager.take_deferred();
     stager.publish().unwrap();
     let txn = store.database().begin_write().unwrap();
