@@ -96,20 +96,23 @@ impl TestStore {
         require_root();
         let base = std::env::var_os("STRATA_TEST_TMP").map_or_else(std::env::temp_dir, PathBuf::from);
         std::fs::create_dir_all(&base).unwrap();
-        TestStore {
+        let store = TestStore {
             dir: tempfile::Builder::new()
                 .prefix("strata-test-")
                 .tempdir_in(base)
                 .unwrap(),
             mounts: Default::default(),
-        }
+        };
+        // Empty: the defaults apply, whatever /etc/strata holds.
+        store.set_config("");
+        store
     }
 
     pub fn root(&self) -> PathBuf {
         self.dir.path().join("store")
     }
 
-    /// The config file every `strata` run of this store reads (absent
+    /// The config file every `strata` run of this store reads (empty
     /// until written: the defaults apply).
     pub fn set_config(&self, toml: &str) {
         std::fs::write(self.dir.path().join("config.toml"), toml).unwrap();

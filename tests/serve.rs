@@ -32,8 +32,7 @@ impl Serve {
             .unwrap();
         let mut cmd = Command::new(strata_bin());
         cmd.arg("--root").arg(root).args(["--log-level", "info"]);
-        cmd.arg("--config")
-            .arg(config.unwrap_or(Path::new("/nonexistent/strata.toml")));
+        cmd.arg("--config").arg(config.unwrap_or(Path::new("/dev/null")));
         cmd.args(["serve", "--address"]).arg(socket);
         cmd.envs(env.iter().copied()).stdout(Stdio::null()).stderr(out);
         let mut child = cmd.spawn().unwrap();

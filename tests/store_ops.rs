@@ -11,8 +11,9 @@ fn usage_errors_exit_2_and_failures_exit_1() {
     let out = store.run(&["no-such-verb"]);
     assert_eq!(out.status.code(), Some(2));
 
-    let stderr = store.fails(&["pull", "not a reference"]);
-    assert!(stderr.contains("invalid image reference"), "{stderr}");
+    let out = store.run(&["pull", "not a reference"]);
+    assert_eq!(out.status.code(), Some(2), "a malformed reference is a usage error");
+    assert!(String::from_utf8_lossy(&out.stderr).contains("invalid image reference"));
     let stderr = store.fails(&["rmi", "nothing"]);
     assert!(stderr.contains("no image named"), "{stderr}");
     let target = store.dir.path().join("t");

@@ -61,6 +61,9 @@ pub struct LimitsConfig {
     /// Uncompressed bytes per layer.
     pub max_layer_bytes: u64,
     pub max_entries_per_layer: u64,
+    /// Entries across all layers of one image (each costs memory until
+    /// the layers are merged).
+    pub max_entries_per_image: u64,
     pub max_path_depth: usize,
     /// Bytes in one path of a layer.
     pub max_path_bytes: usize,
@@ -88,6 +91,7 @@ impl Default for LimitsConfig {
         LimitsConfig {
             max_layer_bytes: defaults.max_layer_bytes,
             max_entries_per_layer: defaults.max_entries,
+            max_entries_per_image: defaults.max_entries_per_image,
             max_path_depth: defaults.max_depth,
             max_path_bytes: defaults.max_path_bytes,
             max_concurrent_imports: 4,
@@ -96,19 +100,34 @@ impl Default for LimitsConfig {
     }
 }
 
+const DEFAULT_PATH: &str = "/etc/strata/config.toml";
+
 impl Config {
-    /// Reads `path` if it exists (a missing default file is fine), then
-    /// applies flag overrides.
-    pub fn load(path: &Path, root: Option<PathBuf>, log_level: Option<String>) -> anyhow::Result<Config> {
+    /// Reads the config file (`path`, which must exist, else the default
+    /// path if it exists), then applies flag overrides. Every mistake in
+    /// the file is reported, in file order.
+    pub fn load(path: Option<&Path>, root: Option<PathBuf>, log_level: Option<String>) -> anyhow::Result<Config> {
+        let (path, named) = match path {
+            Some(p) => (p, true),
+            None => (Path::new(DEFAULT_PATH), false),
+        };
         let mut config = match std::fs::read_to_string(path) {
-            Ok(text) => toml::from_str(&text).with_context(|| format!("config {}", path.display()))?,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Config::default(),
+            Ok(text) => parse(&text).map_err(|errors| {
+                anyhow::anyhow!(
+                    "config {} has {} error(s):\n  {}",
+                    path.display(),
+                    errors.len(),
+                    errors.join("\n  ")
+                )
+            })?,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound && !named => Config::default(),
             Err(e) => return Err(e).with_context(|| format!("reading config {}", path.display())),
         };
         if let Some(root) = root {
             config.root = root;
         }
         if let Some(level) = log_level {
+            check_log_level(&level).context("--log-level")?;
             config.log_level = level;
         }
         Ok(config)
@@ -120,6 +139,7 @@ impl Config {
             max_entries: self.limits.max_entries_per_layer,
             max_depth: self.limits.max_path_depth,
             max_path_bytes: self.limits.max_path_bytes,
+            max_entries_per_image: self.limits.max_entries_per_image,
         }
     }
 
@@ -148,5 +168,131 @@ impl Config {
 
     pub fn open_store(&self) -> anyhow::Result<strata_store::Store> {
         strata_store::Store::open(&self.root).with_context(|| format!("opening the store at {}", self.root.display()))
+    }
+
+    /// For verbs that only read: creates nothing, and works on a read-only store.
+    pub fn open_store_read_only(&self) -> anyhow::Result<strata_store::Store> {
+        strata_store::Store::open_read_only(&self.root)
+            .with_context(|| format!("opening the store at {}", self.root.display()))
+    }
+}
+
+const LEVELS: [&str; 6] = ["off", "error", "warn", "info", "debug", "trace"];
+
+/// A level, or comma-separated `LEVEL` / `TARGET=LEVEL` directives.
+fn check_log_level(text: &str) -> anyhow::Result<()> {
+    let ok = text.split(',').all(|directive| {
+        let level = directive.rsplit_once('=').map_or(directive, |(_, l)| l);
+        LEVELS.contains(&level.trim().to_ascii_lowercase().as_str())
+    });
+    anyhow::ensure!(
+        ok,
+        "invalid log level {text:?}: expected one of {} (or TARGET=LEVEL, comma-separated)",
+        LEVELS.join(", ")
+    );
+    Ok(())
+}
+
+/// Parses a config file, checking each key on its own so that every
+/// mistake is found; errors come in file order, with line numbers.
+fn parse(text: &str) -> Result<Config, Vec<String>> {
+    let table: toml::Table = text.parse().map_err(|e: toml::de::Error| vec![e.to_string()])?;
+    let mut errors = Vec::new();
+    for (line, path, header) in key_lines(text) {
+        let Some(value) = lookup(&table, &path) else {
+            continue;
+        };
+        // A header checks only its name; its keys come on their own lines.
+        let mut single = match value {
+            toml::Value::Table(_) if header => toml::Value::Table(toml::Table::new()),
+            _ => value.clone(),
+        };
+        for key in path.iter().rev() {
+            let mut t = toml::Table::new();
+            t.insert(key.clone(), single);
+            single = toml::Value::Table(t);
+        }
+        let key = path.join(".");
+        if let Err(e) = Config::deserialize(single) {
+            errors.push(format!("line {line}: {key}: {}", e.message().trim()));
+        } else if key == "log_level" {
+            if let Err(e) = check_log_level(value.as_str().unwrap_or_default()) {
+                errors.push(format!("line {line}: {key}: {e}"));
+            }
+        }
+    }
+    if !errors.is_empty() {
+        return Err(errors);
+    }
+    toml::from_str(text).map_err(|e: toml::de::Error| vec![e.to_string()])
+}
+
+fn lookup<'a>(table: &'a toml::Table, path: &[String]) -> Option<&'a toml::Value> {
+    let (first, rest) = path.split_first()?;
+    let value = table.get(first)?;
+    match rest {
+        [] => Some(value),
+        _ => lookup(value.as_table()?, rest),
+    }
+}
+
+/// The keys and table headers of a config, in file order with their line
+/// numbers: `[serve]` -> `serve` (a header), `socket = ..` under it ->
+/// `serve.socket`.
+fn key_lines(text: &str) -> Vec<(usize, Vec<String>, bool)> {
+    let split = |key: &str| -> Vec<String> { key.split('.').map(|k| k.trim().trim_matches('"').to_owned()).collect() };
+    let bare = |key: &str| {
+        !key.is_empty()
+            && key
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.' | '"' | ' '))
+    };
+    let mut section: Vec<String> = Vec::new();
+    let mut out = Vec::new();
+    for (n, line) in text.lines().enumerate() {
+        let line = line.trim();
+        if let Some(header) = line.strip_prefix('[') {
+            let name = header.trim_start_matches('[').split(']').next().unwrap_or_default();
+            section = split(name);
+            out.push((n + 1, section.clone(), true));
+        } else if let Some((key, _)) = line.split_once('=') {
+            if bare(key.trim()) {
+                let mut path = section.clone();
+                path.extend(split(key.trim()));
+                out.push((n + 1, path, false));
+            }
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_error_in_file_order() {
+        let text = "log_level = \"loud\"\nbogus = 1\n[serve]\nsocket = 5\n[scratch]\nmax_size_gb = \"big\"\n";
+        let errors = parse(text).unwrap_err();
+        assert_eq!(errors.len(), 4, "{errors:#?}");
+        assert!(
+            errors[0].starts_with("line 1: log_level: invalid log level \"loud\""),
+            "{errors:#?}"
+        );
+        assert!(errors[1].starts_with("line 2: bogus: unknown field"), "{errors:#?}");
+        assert!(errors[2].starts_with("line 4: serve.socket:"), "{errors:#?}");
+        assert!(errors[3].starts_with("line 6: scratch.max_size_gb:"), "{errors:#?}");
+        let ok = parse("log_level = \"info,strata_store=debug\"\n[serve]\nsocket = \"/x\"\n").unwrap();
+        assert_eq!(ok.serve.socket, PathBuf::from("/x"));
+    }
+
+    #[test]
+    fn a_named_config_must_exist() {
+        let dir = tempfile::tempdir().unwrap();
+        let missing = dir.path().join("nope.toml");
+        let e = Config::load(Some(&missing), None, None).unwrap_err();
+        assert!(format!("{e:#}").contains("nope.toml"), "{e:#}");
+        assert!(Config::load(None, None, Some("verbose".into())).is_err());
+        assert!(Config::load(None, None, Some("debug".into())).is_ok());
     }
 }

@@ -17,14 +17,10 @@ struct Cli {
     /// Store root (default: from the config, else /var/lib/strata).
     #[arg(long, global = true, env = "STRATA_ROOT")]
     root: Option<PathBuf>,
-    /// Config file.
-    #[arg(
-        long,
-        global = true,
-        env = "STRATA_CONFIG",
-        default_value = "/etc/strata/config.toml"
-    )]
-    config: PathBuf,
+    /// Config file (default: /etc/strata/config.toml, if it exists; one
+    /// named here must exist).
+    #[arg(long, global = true, env = "STRATA_CONFIG")]
+    config: Option<PathBuf>,
     /// Log level or filter (error, warn, info, debug, trace).
     #[arg(long, global = true, env = "STRATA_LOG")]
     log_level: Option<String>,
@@ -56,13 +52,33 @@ enum Command {
     Version(cmd::version::Args),
 }
 
+/// Exit code of a usage error (bad flags, a malformed reference, a bad config).
+const USAGE: u8 = 2;
+
+/// Marks an error as the user's input being wrong: exit code 2.
+#[derive(Debug)]
+pub struct UsageError(pub String);
+
+impl std::fmt::Display for UsageError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for UsageError {}
+
+/// `anyhow::Error` -> a usage error, keeping its message.
+pub fn usage(e: impl std::fmt::Display) -> anyhow::Error {
+    UsageError(e.to_string()).into()
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    let config = match config::Config::load(&cli.config, cli.root.clone(), cli.log_level.clone()) {
+    let config = match config::Config::load(cli.config.as_deref(), cli.root.clone(), cli.log_level.clone()) {
         Ok(c) => c,
         Err(e) => {
-            eprintln!("strata: {e:#}");
-            return ExitCode::from(2);
+            eprintln!("strata: {}", message(&e));
+            return ExitCode::from(USAGE);
         }
     };
     draw::init_logging(&config.log_level);
@@ -81,13 +97,35 @@ fn main() -> ExitCode {
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("strata: {e:#}");
+            eprintln!("strata: {}", message(&e));
             if disk_full(&e) {
                 eprintln!("strata: the filesystem holding the store is full: free space or run `strata gc`");
             }
-            ExitCode::FAILURE
+            if e.chain().any(|c| c.is::<UsageError>()) {
+                ExitCode::from(USAGE)
+            } else {
+                ExitCode::FAILURE
+            }
         }
     }
+}
+
+/// The error and its causes joined by ": ", leaving out a cause whose text
+/// is already there (library errors often print their source too), so an
+/// OS error appears once.
+fn message(e: &anyhow::Error) -> String {
+    let mut text = String::new();
+    for cause in e.chain() {
+        let part = cause.to_string();
+        if text.contains(&part) {
+            continue;
+        }
+        if !text.is_empty() {
+            text.push_str(": ");
+        }
+        text.push_str(&part);
+    }
+    text
 }
 
 /// True when any cause in the chain is ENOSPC.

@@ -23,5 +23,5 @@ pub use layer::{import_layer, LayerImport, Limits};
 pub use manifest::{parse_config, parse_document, Descriptor, Document, ImageConfig, Manifest, MediaKind, Platform};
 pub use progress::Progress;
 pub use pull::{pull, PullOptions, PullOutcome};
-pub use reference::{ImageRef, RegistryRef};
+pub use reference::{normalize_name, ImageRef, RegistryRef};
 pub use source::{BlobSource, ResolvedImage};

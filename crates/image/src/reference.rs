@@ -92,6 +92,20 @@ pub(crate) fn check_digest(digest: &str) -> Result<&str, ImportError> {
     })
 }
 
+/// Docker Hub's names; the first is the one references are written with.
+const DOCKER_HUB: [&str; 3] = ["docker.io", "index.docker.io", "registry-1.docker.io"];
+
+/// The name an image is recorded and looked up under: a registry reference
+/// in its full form (`library/` for Docker Hub, `:latest` when neither tag
+/// nor digest is given); anything else (a layout reference, a `--name`) as
+/// it is. `pull`, `rmi` and `mount` all go through this.
+pub fn normalize_name(name: &str) -> String {
+    match name.parse::<ImageRef>() {
+        Ok(r @ ImageRef::Registry(_)) => r.to_string(),
+        _ => name.to_owned(),
+    }
+}
+
 impl std::str::FromStr for ImageRef {
     type Err = ImportError;
 
@@ -148,9 +162,20 @@ impl std::str::FromStr for ImageRef {
         } else {
             tag
         };
+        // Docker Hub: one host name, and official images live under `library/`.
+        let (registry, repository) = if DOCKER_HUB.contains(&registry) {
+            let repository = if repository.contains('/') {
+                repository.to_owned()
+            } else {
+                format!("library/{repository}")
+            };
+            (DOCKER_HUB[0].to_owned(), repository)
+        } else {
+            (registry.to_owned(), repository.to_owned())
+        };
         Ok(ImageRef::Registry(RegistryRef {
-            registry: registry.to_owned(),
-            repository: repository.to_owned(),
+            registry,
+            repository,
             tag,
             digest,
         }))
@@ -188,6 +213,33 @@ mod tests {
                 dir: "./lay".into(),
                 tag: None
             }
+        );
+    }
+
+    #[test]
+    fn normalizes_docker_hub_and_latest() {
+        assert_eq!(normalize_name("docker.io/debian:12"), "docker.io/library/debian:12");
+        assert_eq!(
+            normalize_name("index.docker.io/debian"),
+            "docker.io/library/debian:latest"
+        );
+        assert_eq!(normalize_name("docker.io/me/app"), "docker.io/me/app:latest");
+        assert_eq!(
+            normalize_name("127.0.0.1:5000/strata/minbase"),
+            "127.0.0.1:5000/strata/minbase:latest"
+        );
+        assert_eq!(
+            normalize_name("127.0.0.1:5000/strata/minbase:latest"),
+            "127.0.0.1:5000/strata/minbase:latest"
+        );
+        assert_eq!(normalize_name("oci:/l:minbase"), "oci:/l:minbase");
+        assert_eq!(normalize_name("my-name"), "my-name");
+        let ImageRef::Registry(r) = "docker.io/debian:12".parse().unwrap() else {
+            panic!()
+        };
+        assert_eq!(
+            (r.registry.as_str(), r.repository.as_str()),
+            ("docker.io", "library/debian")
         );
     }
 

@@ -11,6 +11,8 @@ pub trait Mounter {
     fn mount(&self, fstype: &str, options: &[FsOption], flags: MountFlags, target: &Path) -> Result<(), MountError>;
     fn unmount(&self, target: &Path) -> Result<(), MountError>;
     fn is_mountpoint(&self, path: &Path) -> bool;
+    /// How many overlays use `lower` as a lower layer.
+    fn overlay_users(&self, lower: &Path) -> usize;
 }
 
 /// The kernel.
@@ -27,6 +29,11 @@ impl Mounter for Kernel {
 
     fn is_mountpoint(&self, path: &Path) -> bool {
         strata_sys::is_mountpoint(path)
+    }
+
+    fn overlay_users(&self, lower: &Path) -> usize {
+        // Unreadable: count one user, so the image mount stays.
+        std::fs::read_to_string("/proc/self/mountinfo").map_or(1, |text| count_overlay_users(&text, lower))
     }
 }
 
@@ -68,16 +75,95 @@ pub fn mount_overlay(m: &dyn Mounter, plan: &OverlayPlan, target: &Path) -> Resu
     }
 }
 
-/// Unmounts an overlay, then its image's EROFS mount if nothing else uses it.
+/// Unmounts an overlay, then its image's EROFS mount if no other overlay
+/// uses it. An overlay does not keep its lower mount busy, so the users
+/// are counted from the mount table; hold [`lock_image_mounts`] around the
+/// mounts and this, so that the count cannot change under it.
 pub fn unmount_overlay(m: &dyn Mounter, target: &Path, image_mount: Option<&Path>) -> Result<(), MountError> {
     m.unmount(target)?;
     if let Some(image_mount) = image_mount {
-        match m.unmount(image_mount) {
-            Ok(()) | Err(MountError::Busy { .. }) => {}
-            Err(e) => return Err(e),
+        if m.is_mountpoint(image_mount) && m.overlay_users(image_mount) == 0 {
+            match m.unmount(image_mount) {
+                Ok(()) | Err(MountError::Busy { .. }) => {}
+                Err(e) => return Err(e),
+            }
         }
     }
     Ok(())
+}
+
+/// Held while image mounts under one `mnt/` dir are made or taken down,
+/// across processes (a `flock` on the directory).
+pub struct ImageMountLock(#[allow(dead_code)] std::os::fd::OwnedFd);
+
+/// Takes [`ImageMountLock`] for `mnt_dir`, creating the directory if needed.
+pub fn lock_image_mounts(mnt_dir: &Path) -> Result<ImageMountLock, MountError> {
+    use rustix::fs::{FlockOperation, Mode, OFlags};
+    let failed = |step, e: std::io::Error| MountError::Mount {
+        fstype: "erofs".into(),
+        target: mnt_dir.to_owned(),
+        step,
+        errno: e,
+    };
+    std::fs::create_dir_all(mnt_dir).map_err(|e| failed("mkdir", e))?;
+    let fd = rustix::fs::open(
+        mnt_dir,
+        OFlags::DIRECTORY | OFlags::RDONLY | OFlags::CLOEXEC,
+        Mode::empty(),
+    )
+    .map_err(|e| failed("open", e.into()))?;
+    rustix::fs::flock(&fd, FlockOperation::LockExclusive).map_err(|e| failed("lock", e.into()))?;
+    Ok(ImageMountLock(fd))
+}
+
+/// How many overlays in `mountinfo` name `lower` as a lower layer.
+pub fn count_overlay_users(mountinfo: &str, lower: &Path) -> usize {
+    let lower = lower.to_string_lossy();
+    mountinfo
+        .lines()
+        .filter_map(|line| {
+            let (_, rest) = line.split_once(" - ")?;
+            let mut fields = rest.split(' ');
+            (fields.next()? == "overlay").then_some(())?;
+            fields.nth(1)
+        })
+        .filter(|options| {
+            options.split(',').any(|option| {
+                let Some((key, value)) = option.split_once('=') else {
+                    return false;
+                };
+                matches!(key, "lowerdir" | "lowerdir+")
+                    && unescape(value).split(':').any(|layer| layer == lower.as_ref())
+            })
+        })
+        .count()
+}
+
+/// Undoes mountinfo's `\ooo` escapes (and overlay's `\` before `:`).
+fn unescape(field: &str) -> String {
+    let bytes = field.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        let octal = bytes
+            .get(i + 1..i + 4)
+            .filter(|d| d.iter().all(|b| (b'0'..=b'7').contains(b)));
+        match (bytes[i], octal) {
+            (b'\\', Some(d)) => {
+                out.push((d[0] - b'0') * 64 + (d[1] - b'0') * 8 + (d[2] - b'0'));
+                i += 4;
+            }
+            (b'\\', None) if i + 1 < bytes.len() => {
+                out.push(bytes[i + 1]);
+                i += 2;
+            }
+            (b, _) => {
+                out.push(b);
+                i += 1;
+            }
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
 }
 
 /// Unmounts and removes the image mount points under `mnt_dir` (named by
@@ -96,6 +182,10 @@ pub fn release_image_mounts(m: &dyn Mounter, mnt_dir: &Path, keep: impl Fn(&str)
         }
         let path = entry.path();
         if m.is_mountpoint(&path) {
+            if m.overlay_users(&path) > 0 {
+                tracing::info!("keeping {}: an overlay uses it", path.display());
+                continue;
+            }
             match m.unmount(&path) {
                 Ok(()) => {}
                 Err(MountError::Busy { .. }) => {
@@ -156,6 +246,23 @@ mod tests {
         fn is_mountpoint(&self, _: &Path) -> bool {
             false
         }
+        fn overlay_users(&self, _: &Path) -> usize {
+            0
+        }
+    }
+
+    #[test]
+    fn counts_overlays_on_a_lower() {
+        let text =
+            "44 27 0:39 / /t/a rw - overlay overlay ro,lowerdir+=/s/mnt/ab,datadir+=/s/objects,redirect_dir=on\n\
+                    47 27 0:42 / /t/b rw - overlay overlay ro,lowerdir=/s/mnt/ab::/s/objects,redirect_dir=on\n\
+                    48 27 0:43 / /t/c rw - overlay overlay ro,lowerdir=/s/mnt/abc::/s/objects\n\
+                    49 27 0:44 / /t/d rw - overlay overlay lowerdir=/x:/s/mnt/sp\\040ace\n\
+                    50 27 0:45 / /s/mnt/ab ro - erofs none ro\n";
+        assert_eq!(count_overlay_users(text, Path::new("/s/mnt/ab")), 2);
+        assert_eq!(count_overlay_users(text, Path::new("/s/mnt/abc")), 1);
+        assert_eq!(count_overlay_users(text, Path::new("/s/mnt/sp ace")), 1);
+        assert_eq!(count_overlay_users(text, Path::new("/s/mnt/none")), 0);
     }
 
     #[test]

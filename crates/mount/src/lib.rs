@@ -10,6 +10,9 @@
 pub mod exec;
 pub mod plan;
 
-pub use exec::{mount_image, mount_overlay, release_image_mounts, unmount_overlay, Mounter};
+pub use exec::{
+    count_overlay_users, lock_image_mounts, mount_image, mount_overlay, release_image_mounts, unmount_overlay,
+    ImageMountLock, Mounter,
+};
 pub use plan::{LowerMode, OverlayPlan};
 pub use strata_sys::MountError;

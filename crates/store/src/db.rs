@@ -137,6 +137,22 @@ impl Db {
         Ok(Db { db })
     }
 
+    /// A private in-memory copy of the DB at `path`, for a store on a
+    /// read-only filesystem: reads see the file as it was; writes stay in
+    /// memory and are lost.
+    pub fn open_copy(path: &Path) -> Result<Self, StoreError> {
+        use redb::StorageBackend;
+        let bytes = std::fs::read(path).map_err(|e| StoreError::io("read", path, e))?;
+        let backend = redb::backends::InMemoryBackend::new();
+        let len = u64::try_from(bytes.len()).unwrap_or(u64::MAX);
+        backend
+            .set_len(len)
+            .and_then(|()| backend.write(0, &bytes))
+            .map_err(|e| StoreError::io("copy", path, std::io::Error::other(e.to_string())))?;
+        let db = redb::Builder::new().create_with_backend(backend)?;
+        Ok(Db { db })
+    }
+
     pub fn raw(&self) -> &Database {
         &self.db
     }

@@ -22,6 +22,8 @@ pub enum StoreError {
         crate::LAYOUT_VERSION
     )]
     LayoutVersion { root: PathBuf, found: String },
+    #[error("{root} is not empty and holds no strata store; give --root an empty or new directory (or the root of an existing store)")]
+    NotAStore { root: PathBuf },
 }
 
 impl StoreError {

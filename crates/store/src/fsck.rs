@@ -103,9 +103,16 @@ pub(crate) fn run(store: &Store, repair: bool) -> Result<FsckReport, StoreError>
     for_each_object(store, |fan, name, digest| {
         match digest {
             Some(d) => objects.push(d),
-            None => report.problems.push(FsckProblem::StrayFile {
-                path: format!("objects/{fan}/{name}"),
-            }),
+            None => {
+                let path = std::path::Path::new("objects").join(fan).join(name);
+                report.problems.push(FsckProblem::StrayFile {
+                    path: path.display().to_string(),
+                });
+                if repair {
+                    crate::gc::remove_entry(store, fan, name)?;
+                    report.repaired += 1;
+                }
+            }
         }
         Ok(())
     })?;
@@ -134,9 +141,21 @@ pub(crate) fn run(store: &Store, repair: bool) -> Result<FsckReport, StoreError>
     let on_disk: HashSet<Digest> = files.iter().filter_map(|(_, id)| *id).collect();
     for (name, id) in &files {
         match id {
-            None => report.problems.push(FsckProblem::StrayFile {
-                path: format!("images/{name}"),
-            }),
+            None => {
+                report.problems.push(FsckProblem::StrayFile {
+                    path: format!("images/{name}"),
+                });
+                if repair {
+                    let path = store.inner.images.path().join(name);
+                    let removed = if path.is_dir() {
+                        std::fs::remove_dir_all(&path)
+                    } else {
+                        std::fs::remove_file(&path)
+                    };
+                    removed.map_err(|e| StoreError::io("remove", &path, e))?;
+                    report.repaired += 1;
+                }
+            }
             Some(id) if !live.images.contains(id) => {
                 report.orphan_images += 1;
                 if repair {

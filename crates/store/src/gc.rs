@@ -32,6 +32,28 @@ pub(crate) fn live_set(store: &Store) -> Result<LiveSet, StoreError> {
     Ok(LiveSet { images, objects })
 }
 
+/// What a gc would remove of objects and images now, without removing
+/// anything (`tmp/` is not counted: live imports stage there).
+pub(crate) fn preview(store: &Store) -> Result<GcReport, StoreError> {
+    let _lock = store.lock_shared()?;
+    let live = live_set(store)?;
+    let mut report = GcReport::default();
+    for (name, id) in list_images(store)? {
+        if id.is_none_or(|id| !live.images.contains(&id)) {
+            report.bytes_freed += allocated(&store.inner.images, &name);
+            report.images_removed += 1;
+        }
+    }
+    for_each_object(store, |fan, name, digest| {
+        if digest.is_none_or(|d| !live.objects.contains(&d)) {
+            report.bytes_freed += allocated_tree(&store.inner.objects.path().join(fan).join(name));
+            report.objects_removed += 1;
+        }
+        Ok(())
+    })?;
+    Ok(report)
+}
+
 pub(crate) fn run(store: &Store) -> Result<GcReport, StoreError> {
     let _lock = store.lock_exclusive()?;
     let live = live_set(store)?;
@@ -57,8 +79,8 @@ pub(crate) fn run(store: &Store) -> Result<GcReport, StoreError> {
 
     for_each_object(store, |fan, name, digest| {
         if digest.is_none_or(|d| !live.objects.contains(&d)) {
-            let dir = store.inner.objects.open_dir(fan)?;
-            report.bytes_freed += remove_counted(&dir, name)?;
+            report.bytes_freed += allocated_tree(&store.inner.objects.path().join(fan).join(name));
+            remove_entry(store, fan, name)?;
             report.objects_removed += 1;
         }
         Ok(())
@@ -102,10 +124,30 @@ fn allocated_tree(path: &std::path::Path) -> u64 {
     total
 }
 
-fn remove_counted(dir: &crate::dirfd::DirFd, name: &str) -> Result<u64, StoreError> {
-    let bytes = rustix::fs::statat(dir.fd(), name, rustix::fs::AtFlags::SYMLINK_NOFOLLOW)
+/// Removes `objects/FAN/NAME` (or `objects/NAME` when `fan` is empty),
+/// whatever it is: stray directories go with their contents.
+pub(crate) fn remove_entry(store: &Store, fan: &str, name: &str) -> Result<(), StoreError> {
+    let path = store.inner.objects.path().join(fan).join(name);
+    let is_dir = std::fs::symlink_metadata(&path).is_ok_and(|m| m.is_dir());
+    let result = if is_dir {
+        std::fs::remove_dir_all(&path)
+    } else {
+        std::fs::remove_file(&path)
+    };
+    match result {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(StoreError::io("remove", &path, e)),
+        _ => Ok(()),
+    }
+}
+
+fn allocated(dir: &crate::dirfd::DirFd, name: &str) -> u64 {
+    rustix::fs::statat(dir.fd(), name, rustix::fs::AtFlags::SYMLINK_NOFOLLOW)
         .map(|st| u64::try_from(st.st_blocks).unwrap_or(0) * 512)
-        .unwrap_or(0);
+        .unwrap_or(0)
+}
+
+fn remove_counted(dir: &crate::dirfd::DirFd, name: &str) -> Result<u64, StoreError> {
+    let bytes = allocated(dir, name);
     dir.unlink(name)?;
     Ok(bytes)
 }
@@ -132,13 +174,18 @@ pub(crate) fn list_images(store: &Store) -> Result<Vec<(String, Option<Digest>)>
 }
 
 /// Calls `visit(fan dir, file name, digest if the name is valid)` for every
-/// file under `objects/`.
+/// file under `objects/`. An entry of `objects/` itself that is no fan-out
+/// directory is visited as (`""`, its name, `None`).
 pub(crate) fn for_each_object(
     store: &Store,
     mut visit: impl FnMut(&str, &str, Option<Digest>) -> Result<(), StoreError>,
 ) -> Result<(), StoreError> {
     for fan in read_dir(store.inner.objects.path())? {
         let fan_name = fan.file_name().to_string_lossy().into_owned();
+        if !fan.file_type().is_ok_and(|t| t.is_dir()) {
+            visit("", &fan_name, None)?;
+            continue;
+        }
         for entry in read_dir(&fan.path())? {
             let name = entry.file_name().to_string_lossy().into_owned();
             let digest = Digest::from_object_path(&fan_name, &name).ok();

@@ -1,7 +1,8 @@
 //! The content-addressed store on one directory:
 //!
 //! ```text
-//! ROOT/version            layout version ("1")
+//! ROOT/version            layout version ("1"); a non-empty directory
+//!                         without it is not a store and is refused
 //! ROOT/lock               flock: imports share it, gc and repair take it alone
 //! ROOT/objects/XX/REST    file contents, named by fs-verity digest, read-only
 //! ROOT/images/ID.erofs    EROFS metadata images, named by their own digest
@@ -37,9 +38,9 @@ pub use db::{add_root_in, remove_root_in, ImageRecord, ObjectRef};
 pub use error::StoreError;
 pub use fsck::{FsckProblem, FsckReport};
 pub use gc::GcReport;
-pub use hashing::{hash_file, hash_files};
+pub use hashing::{hash_file, hash_files, hash_opened};
 pub use lock::{ExclusiveGuard, ImportSlot, SharedGuard};
-pub use objects::{ObjectStager, StagedObject};
+pub use objects::{AdoptSource, ObjectStager, StagedObject};
 pub use prehash::{Prehash, Prehashed};
 
 use dirfd::DirFd;
@@ -63,9 +64,93 @@ struct Inner {
     trash: trash::Trash,
 }
 
+/// What a store root holds, found without changing anything.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum StoreState {
+    /// Nothing there yet (the first write creates a store).
+    Missing,
+    /// A directory with other things in it and no `version`.
+    NotAStore,
+    /// A store of layout `version`; `supported` when this strata reads it.
+    Store {
+        version: String,
+        supported: bool,
+        read_only: bool,
+    },
+}
+
+impl std::fmt::Display for StoreState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            StoreState::Missing => write!(f, "missing"),
+            StoreState::NotAStore => write!(f, "not a store"),
+            StoreState::Store {
+                version,
+                supported,
+                read_only,
+            } => {
+                if !supported {
+                    write!(
+                        f,
+                        "unsupported layout {version}; this strata reads layout {LAYOUT_VERSION}"
+                    )?;
+                } else {
+                    write!(f, "layout {version}")?;
+                }
+                if *read_only {
+                    write!(f, ", read-only")?;
+                }
+                Ok(())
+            }
+        }
+    }
+}
+
+/// Looks at `root` without creating or changing anything.
+pub fn probe(root: &Path) -> Result<StoreState, StoreError> {
+    let entries = match std::fs::read_dir(root) {
+        Ok(entries) => entries,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(StoreState::Missing),
+        Err(e) => return Err(StoreError::io("list", root, e)),
+    };
+    match std::fs::read(root.join("version")) {
+        Ok(bytes) => {
+            let version = String::from_utf8_lossy(&bytes).trim().to_owned();
+            Ok(StoreState::Store {
+                supported: version == LAYOUT_VERSION,
+                version,
+                read_only: !writable(root),
+            })
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            let mut names = Vec::new();
+            for entry in entries {
+                names.push(entry.map_err(|e| StoreError::io("list", root, e))?.file_name());
+            }
+            // A fresh filesystem's `lost+found` does not make it a foreign directory.
+            if names.iter().all(|n| n == "lost+found") {
+                Ok(StoreState::Missing)
+            } else {
+                Ok(StoreState::NotAStore)
+            }
+        }
+        Err(e) => Err(StoreError::io("read", root.join("version"), e)),
+    }
+}
+
+/// Whether this process may change files under `root` (false on a
+/// read-only mount).
+fn writable(root: &Path) -> bool {
+    rustix::fs::access(root, rustix::fs::Access::WRITE_OK).is_ok()
+}
+
 impl Store {
-    /// Opens the store at `root`, creating an empty one if needed.
+    /// Opens the store at `root`, creating an empty one if needed. A
+    /// directory that holds other things is refused.
     pub fn open(root: &Path) -> Result<Store, StoreError> {
+        if probe(root)? == StoreState::NotAStore {
+            return Err(StoreError::NotAStore { root: root.to_owned() });
+        }
         std::fs::create_dir_all(root).map_err(|e| StoreError::io("create store root", root, e))?;
         let root = root
             .canonicalize()
@@ -93,6 +178,36 @@ impl Store {
             }),
         };
         store.finish_pending()?;
+        Ok(store)
+    }
+
+    /// Opens a store for a verb that only reads. A writable one opens as
+    /// usual (a missing one is created empty); on a read-only filesystem
+    /// the DB is read into memory, nothing is written and no start-up
+    /// recovery runs.
+    pub fn open_read_only(root: &Path) -> Result<Store, StoreError> {
+        match probe(root)? {
+            StoreState::NotAStore => return Err(StoreError::NotAStore { root: root.to_owned() }),
+            StoreState::Missing | StoreState::Store { read_only: false, .. } => return Store::open(root),
+            StoreState::Store { .. } => {}
+        }
+        let root = root
+            .canonicalize()
+            .map_err(|e| StoreError::io("resolve store root", root, e))?;
+        let root_dir = DirFd::open(&root)?;
+        check_version(&root_dir, &root)?;
+        let store = Store {
+            inner: Arc::new(Inner {
+                objects: root_dir.open_dir("objects")?,
+                images: root_dir.open_dir("images")?,
+                tmp: root_dir.open_dir("tmp")?,
+                db: db::Db::open_copy(&root.join("db/strata.redb"))?,
+                root,
+                root_dir,
+                moves: objects::Moves::default(),
+                trash: trash::Trash::default(),
+            }),
+        };
         Ok(store)
     }
 
@@ -211,6 +326,11 @@ impl Store {
 
     pub fn gc(&self) -> Result<GcReport, StoreError> {
         gc::run(self)
+    }
+
+    /// What [`Store::gc`] would free of objects and images, removing nothing.
+    pub fn gc_preview(&self) -> Result<GcReport, StoreError> {
+        gc::preview(self)
     }
 
     /// A counter that moves whenever a root or image name is dropped or

@@ -9,7 +9,8 @@ use rustix::fs::{FlockOperation, Mode, OFlags};
 use crate::dirfd::DirFd;
 use crate::StoreError;
 
-pub struct SharedGuard(#[allow(dead_code)] OwnedFd);
+/// `None` on a read-only store without a lock file: nothing can write there.
+pub struct SharedGuard(#[allow(dead_code)] Option<OwnedFd>);
 pub struct ExclusiveGuard(#[allow(dead_code)] OwnedFd);
 
 /// Held while an import runs: one of `max` slot locks.
@@ -45,9 +46,25 @@ pub(crate) fn import_slot(dir: &DirFd, root: &Path, max: usize) -> Result<Import
 }
 
 pub(crate) fn shared(dir: &DirFd, root: &Path) -> Result<SharedGuard, StoreError> {
-    let fd = open(dir, root)?;
+    let fd = match open(dir, root) {
+        Ok(fd) => fd,
+        // A read-only store: flock works on a read-only descriptor too.
+        Err(StoreError::Io { source, .. }) if source.raw_os_error() == Some(rustix::io::Errno::ROFS.raw_os_error()) => {
+            match rustix::fs::openat(
+                dir.fd(),
+                "lock",
+                OFlags::RDONLY | OFlags::CLOEXEC | OFlags::NOFOLLOW,
+                Mode::empty(),
+            ) {
+                Ok(fd) => fd,
+                Err(rustix::io::Errno::NOENT) => return Ok(SharedGuard(None)),
+                Err(e) => return Err(StoreError::io("open lock", root.join("lock"), e)),
+            }
+        }
+        Err(e) => return Err(e),
+    };
     rustix::fs::flock(&fd, FlockOperation::LockShared).map_err(|e| StoreError::io("lock", root.join("lock"), e))?;
-    Ok(SharedGuard(fd))
+    Ok(SharedGuard(Some(fd)))
 }
 
 pub(crate) fn exclusive(dir: &DirFd, root: &Path) -> Result<ExclusiveGuard, StoreError> {

@@ -35,17 +35,24 @@ struct Usage {
     object_bytes: u64,
     erofs_bytes: u64,
     objects: u64,
+    /// Logical bytes over stored bytes, each distinct image counted once
+    /// however many names it has.
     dedup_ratio: f64,
+    /// What `strata gc` would free now: unreferenced objects and images.
+    reclaimable_bytes: u64,
+    reclaimable_objects: u64,
+    reclaimable_images: u64,
 }
 
 pub fn run(config: &Config, args: Args) -> anyhow::Result<()> {
-    let store = config.open_store()?;
+    let store = config.open_store_read_only()?;
     let images = store.images()?;
     let mut per_image = Vec::new();
     let mut users: HashMap<Digest, u32> = HashMap::new();
     let mut sizes: HashMap<Digest, u64> = HashMap::new();
     let mut erofs_seen = HashSet::new();
     let mut erofs_total = 0;
+    let mut logical_total = 0;
     // Named images, then EROFS images only snapshots hold (containerd's
     // layers); for those, logical bytes are the sum of their objects.
     let mut listed: Vec<(String, Digest, Option<u64>)> = Vec::new();
@@ -61,14 +68,16 @@ pub fn run(config: &Config, args: Args) -> anyhow::Result<()> {
     for (name, id, logical) in listed {
         let objects = store.image_objects(&id)?;
         let erofs_bytes = std::fs::metadata(store.image_path(&id)).map_or(0, |m| m.len());
+        let logical = logical.unwrap_or_else(|| objects.iter().map(|o| o.size).sum());
+        // Another name for an image already listed adds no bytes.
         if erofs_seen.insert(id) {
             erofs_total += erofs_bytes;
+            logical_total += logical;
+            for o in &objects {
+                *users.entry(o.digest).or_default() += 1;
+                sizes.insert(o.digest, o.size);
+            }
         }
-        for o in &objects {
-            *users.entry(o.digest).or_default() += 1;
-            sizes.insert(o.digest, o.size);
-        }
-        let logical = logical.unwrap_or_else(|| objects.iter().map(|o| o.size).sum());
         per_image.push((name, logical, objects, erofs_bytes));
     }
     let mut rows = Vec::new();
@@ -85,8 +94,9 @@ pub fn run(config: &Config, args: Args) -> anyhow::Result<()> {
         });
     }
     let object_bytes: u64 = sizes.values().sum();
-    let logical: u64 = rows.iter().map(|r| r.logical_bytes).sum();
+    let logical = logical_total;
     let stored = object_bytes + erofs_total;
+    let reclaimable = store.gc_preview()?;
     let usage = Usage {
         logical_bytes: logical,
         stored_bytes: stored,
@@ -99,6 +109,9 @@ pub fn run(config: &Config, args: Args) -> anyhow::Result<()> {
             logical as f64 / stored as f64
         },
         images: rows,
+        reclaimable_bytes: reclaimable.bytes_freed,
+        reclaimable_objects: reclaimable.objects_removed,
+        reclaimable_images: reclaimable.images_removed,
     };
     if args.json {
         println!("{}", serde_json::to_string_pretty(&usage)?);
@@ -126,6 +139,12 @@ pub fn run(config: &Config, args: Args) -> anyhow::Result<()> {
         human(usage.object_bytes),
         human(usage.erofs_bytes),
         usage.dedup_ratio
+    );
+    println!(
+        "reclaimable by `strata gc`: {} ({} objects, {} images nothing references)",
+        human(usage.reclaimable_bytes),
+        usage.reclaimable_objects,
+        usage.reclaimable_images
     );
     Ok(())
 }

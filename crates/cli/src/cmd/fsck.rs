@@ -12,10 +12,19 @@ pub struct Args {
 
 pub fn run(config: &Config, args: Args) -> anyhow::Result<()> {
     let policy = config.scratch_policy()?;
-    let store = config.open_store()?;
+    // A check only reads, so it also works on a read-only store.
+    let store = if args.repair {
+        config.open_store()?
+    } else {
+        config.open_store_read_only()?
+    };
     let report = store.fsck(args.repair)?;
+    let users = crate::cmd::image_users(&store)?;
     for problem in &report.problems {
-        println!("problem: {problem}");
+        match problem.image().and_then(|id| users.get(&id)) {
+            Some(names) => println!("problem: {problem} (used by {})", names.join(", ")),
+            None => println!("problem: {problem}"),
+        }
     }
     println!(
         "fsck: {} objects and {} images checked, {} problems, {} orphan objects, {} orphan images{}",

@@ -1,7 +1,7 @@
 use std::collections::HashSet;
 
 use strata_mount::exec::Kernel;
-use strata_mount::release_image_mounts;
+use strata_mount::{lock_image_mounts, release_image_mounts};
 
 use crate::config::Config;
 use crate::draw::human;
@@ -13,7 +13,11 @@ pub fn run(config: &Config, _args: Args) -> anyhow::Result<()> {
     let store = config.open_store()?;
     // EROFS mounts of images nothing references any more go first.
     let live: HashSet<String> = store.live_images()?.iter().map(|d| d.to_hex()).collect();
-    release_image_mounts(&Kernel, &store.root().join("mnt"), |id| live.contains(id))?;
+    let mnt = store.root().join("mnt");
+    {
+        let _lock = lock_image_mounts(&mnt)?;
+        release_image_mounts(&Kernel, &mnt, |id| live.contains(id))?;
+    }
     let report = store.gc()?;
     println!(
         "gc: removed {} objects, {} images, {} temp entries; freed {}",

@@ -9,7 +9,7 @@ pub struct Args {
 }
 
 pub fn run(config: &Config, args: Args) -> anyhow::Result<()> {
-    let images = config.open_store()?.images()?;
+    let images = config.open_store_read_only()?.images()?;
     if args.json {
         println!("{}", serde_json::to_string_pretty(&images)?);
         return Ok(());

@@ -2,13 +2,14 @@ use std::path::PathBuf;
 
 use anyhow::Context;
 use strata_mount::exec::Kernel;
-use strata_mount::{mount_image, mount_overlay, OverlayPlan};
+use strata_mount::{lock_image_mounts, mount_image, mount_overlay, Mounter, OverlayPlan};
 
+use crate::cmd::{find_image, mount_error};
 use crate::config::Config;
 
 #[derive(clap::Args)]
 pub struct Args {
-    /// Image name, as `strata images` lists it.
+    /// Image name, as `strata images` lists it (`:latest` may be left out).
     image: String,
     /// Directory to mount on.
     target: PathBuf,
@@ -30,8 +31,7 @@ pub fn scratch_dir(config: &Config, target: &std::path::Path) -> PathBuf {
 
 pub fn run(config: &Config, args: Args) -> anyhow::Result<()> {
     let store = config.open_store()?;
-    let record = store
-        .image(&args.image)?
+    let record = find_image(&store, &args.image)?
         .with_context(|| format!("no image named {:?} (see `strata images`)", args.image))?;
     if let Some(reason) = &record.broken {
         anyhow::bail!("image {} is broken ({reason}); `strata pull` it again", record.name);
@@ -51,7 +51,10 @@ pub fn run(config: &Config, args: Args) -> anyhow::Result<()> {
     store.add_root(&root, &id, &store.image_objects(&id)?)?;
     let result = (|| -> anyhow::Result<()> {
         let meta = store.image_mount_path(&id);
-        mount_image(&Kernel, &store.image_path(&id), &meta)?;
+        // Held until the overlay is up, so no umount of another user of
+        // the image takes its EROFS mount away in between.
+        let _lock = lock_image_mounts(&store.root().join("mnt")).map_err(mount_error)?;
+        let fresh = mount_image(&Kernel, &store.image_path(&id), &meta).map_err(mount_error)?;
         let upper = if args.writable {
             let dir = scratch_dir(config, &target);
             let (upper, work) = (dir.join("upper"), dir.join("work"));
@@ -63,17 +66,22 @@ pub fn run(config: &Config, args: Args) -> anyhow::Result<()> {
             None
         };
         let plan = OverlayPlan {
-            meta,
+            meta: meta.clone(),
             data: store.objects_path(),
             upper,
         };
-        mount_overlay(&Kernel, &plan, &target)?;
+        if let Err(e) = mount_overlay(&Kernel, &plan, &target) {
+            if fresh {
+                let _ = Kernel.unmount(&meta);
+            }
+            return Err(mount_error(e));
+        }
         Ok(())
     })();
     if let Err(e) = result {
         store.remove_root(&root)?;
         return Err(e);
     }
-    println!("mounted {} on {}", args.image, target.display());
+    println!("mounted {} on {}", record.name, target.display());
     Ok(())
 }

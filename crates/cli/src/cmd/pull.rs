@@ -24,7 +24,7 @@ pub struct Args {
 }
 
 pub fn run(config: &Config, args: Args) -> anyhow::Result<()> {
-    let reference: ImageRef = args.reference.parse()?;
+    let reference: ImageRef = args.reference.parse().map_err(crate::usage)?;
     let source: Box<dyn BlobSource> = match &reference {
         ImageRef::Layout { dir, tag } => Box::new(LayoutSource::new(dir, tag.as_deref())),
         ImageRef::Registry(r) => {
@@ -45,7 +45,9 @@ pub fn run(config: &Config, args: Args) -> anyhow::Result<()> {
         limits.max_layer_bytes = max;
     }
     let options = PullOptions {
-        name: args.name.unwrap_or_else(|| args.reference.clone()),
+        name: args
+            .name
+            .unwrap_or_else(|| strata_image::normalize_name(&args.reference)),
         limits,
         parallel_layers: config.limits.parallel_layers,
         platform: Platform::host(),

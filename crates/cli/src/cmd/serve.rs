@@ -22,6 +22,8 @@ pub fn run(config: &Config, args: Args) -> anyhow::Result<()> {
     let policy = config.scratch_policy()?;
     let store = config.open_store()?;
     let snapshotter = Snapshotter::open(store, policy).context("opening the snapshotter")?;
+    // Shown at any log level: the one thing an operator needs to know.
+    eprintln!("strata: serving containerd snapshots on {}", socket.path.display());
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()

@@ -2,9 +2,10 @@ use std::path::PathBuf;
 
 use anyhow::Context;
 use strata_mount::exec::Kernel;
-use strata_mount::unmount_overlay;
+use strata_mount::{lock_image_mounts, unmount_overlay};
 
 use crate::cmd::mount::{root_name, scratch_dir};
+use crate::cmd::mount_error;
 use crate::config::Config;
 
 #[derive(clap::Args)]
@@ -24,7 +25,9 @@ pub fn run(config: &Config, args: Args) -> anyhow::Result<()> {
         .root_image(&root)?
         .with_context(|| format!("{} is not a strata mount", target.display()))?;
     if strata_sys::is_mountpoint(&target) {
-        unmount_overlay(&Kernel, &target, Some(&store.image_mount_path(&id)))?;
+        // The image's EROFS mount goes with its last overlay.
+        let _lock = lock_image_mounts(&store.root().join("mnt")).map_err(mount_error)?;
+        unmount_overlay(&Kernel, &target, Some(&store.image_mount_path(&id))).map_err(mount_error)?;
     }
     let scratch = scratch_dir(config, &target);
     if scratch.exists() {

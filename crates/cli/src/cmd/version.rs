@@ -5,11 +5,12 @@ pub struct Args {}
 
 pub fn run(config: &Config, _args: Args) -> anyhow::Result<()> {
     println!("strata {}", env!("CARGO_PKG_VERSION"));
-    println!(
-        "store: {} (layout {})",
-        config.root.display(),
-        strata_store::LAYOUT_VERSION
-    );
+    // What is there, found without creating or changing anything.
+    let state = match strata_store::probe(&config.root) {
+        Ok(state) => state.to_string(),
+        Err(e) => format!("unreadable: {e}"),
+    };
+    println!("store: {} ({state})", config.root.display());
     let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
     println!("kernel: {}", kernel.trim());
     let filesystems = std::fs::read_to_string("/proc/filesystems").unwrap_or_default();

@@ -22,12 +22,50 @@ pub struct RegistrySource {
     runtime: Arc<tokio::runtime::Runtime>,
 }
 
-fn registry_err(e: oci_client::errors::OciDistributionError) -> ImportError {
-    use oci_client::errors::OciDistributionError as E;
+/// `e` and each of its causes, each once: "error sending request: client
+/// error (Connect): tcp connect error: Connection refused (os error 111)".
+fn with_causes(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut text = e.to_string();
+    let mut cause = e.source();
+    while let Some(c) = cause {
+        let part = c.to_string();
+        if !text.contains(&part) {
+            text = format!("{text}: {part}");
+        }
+        cause = c.source();
+    }
+    text
+}
+
+fn registry_err(
+    e: oci_client::errors::OciDistributionError,
+    reference: &RegistryRef,
+    digest: Option<&str>,
+) -> ImportError {
+    use oci_client::errors::{OciDistributionError as E, OciErrorCode};
+    let not_found = || {
+        let repo = format!("{}/{}", reference.registry, reference.repository);
+        ImportError::Registry(match digest.or(reference.digest.as_deref()) {
+            Some(d) => format!("manifest {d} not found in {repo}"),
+            None => format!(
+                "tag {} not found in {repo}",
+                reference.tag.as_deref().unwrap_or("latest")
+            ),
+        })
+    };
     match e {
         E::UnauthorizedError { url } => ImportError::Unauthorized { url },
         E::AuthenticationFailure(reason) => ImportError::Unauthorized { url: reason },
-        other => ImportError::Registry(other.to_string()),
+        E::ImageManifestNotFoundError(_) | E::ServerError { code: 404, .. } => not_found(),
+        E::RegistryError { envelope, .. }
+            if envelope
+                .errors
+                .iter()
+                .any(|e| matches!(e.code, OciErrorCode::ManifestUnknown | OciErrorCode::NameUnknown)) =>
+        {
+            not_found()
+        }
+        other => ImportError::Registry(with_causes(&other)),
     }
 }
 
@@ -41,6 +79,8 @@ impl RegistrySource {
         let config = ClientConfig {
             protocol,
             platform_resolver: None,
+            connect_timeout: Some(std::time::Duration::from_secs(30)),
+            read_timeout: Some(std::time::Duration::from_secs(120)),
             ..ClientConfig::default()
         };
         let runtime = tokio::runtime::Builder::new_multi_thread()
@@ -77,7 +117,7 @@ impl RegistrySource {
         let (bytes, _) = self
             .runtime
             .block_on(self.client.pull_manifest_raw(&reference, &self.auth, ACCEPTED))
-            .map_err(registry_err)?;
+            .map_err(|e| registry_err(e, &self.reference, digest))?;
         Ok(Fetched {
             bytes: bytes.to_vec(),
             media_type: None,
@@ -110,12 +150,14 @@ impl BlobSource for RegistrySource {
             let mut stream = match client.pull_blob_stream(&reference, digest.as_str()).await {
                 Ok(s) => s,
                 Err(e) => {
-                    let _ = tx.send(Err(io::Error::other(format!("fetching {digest}: {e}")))).await;
+                    let _ = tx
+                        .send(Err(io::Error::other(format!("fetching {digest}: {}", with_causes(&e)))))
+                        .await;
                     return;
                 }
             };
             while let Some(chunk) = stream.next().await {
-                let chunk = chunk.map_err(|e| io::Error::other(format!("fetching {digest}: {e}")));
+                let chunk = chunk.map_err(|e| io::Error::other(format!("fetching {digest}: {}", with_causes(&e))));
                 let failed = chunk.is_err();
                 if tx.send(chunk).await.is_err() || failed {
                     return;
