@@ -41,7 +41,7 @@ func start(bin, root string) (snapshots.Snapshotter, func() error, error) {
 	if err != nil {
 		return nil, nil, err
 	}
-	cmd := exec.Command(bin, "--root", filepath.Join(root, "strata"), "--config", "/nonexistent", "--log-level", "info", "serve", "--address", socket)
+	cmd := exec.Command(bin, "--root", filepath.Join(root, "strata"), "--config", "/dev/null", "--log-level", "info", "serve", "--address", socket)
 	cmd.Stdout, cmd.Stderr = logFile, logFile
 	if err := cmd.Start(); err != nil {
 		return nil, nil, err

@@ -91,14 +91,17 @@ fn bind(opts: &SocketOptions) -> Result<UnixListener, ServeError> {
 }
 
 /// Serves the snapshots API on `opts.path` until `shutdown` resolves, then
-/// lets the calls in flight finish and removes the socket.
+/// lets the calls in flight finish and removes the socket. `ready` runs once
+/// the socket accepts connections (for a service manager's readiness).
 pub async fn serve(
     snapshotter: Arc<Snapshotter>,
     opts: &SocketOptions,
+    ready: impl FnOnce(),
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), ServeError> {
     let listener = bind(opts)?;
     tracing::info!(socket = %opts.path.display(), "serving containerd snapshots API");
+    ready();
     let service = SnapshotService::new(snapshotter);
     let in_flight = service.in_flight();
     let (stopping, stopped) = tokio::sync::oneshot::channel::<()>();

@@ -367,7 +367,8 @@ impl Store {
             // Only a regular file moves (checked again after the move).
             match rustix::fs::statat(&parent, name, AtFlags::SYMLINK_NOFOLLOW) {
                 Ok(stat) if rustix::fs::FileType::from_raw_mode(stat.st_mode) == rustix::fs::FileType::RegularFile => {}
-                Ok(_) | Err(Errno::NOENT) => {
+                Err(Errno::NOENT) => continue,
+                Ok(_) => {
                     tracing::warn!(path = %path.display(), "no longer a regular file; not adopted");
                     continue;
                 }
@@ -438,9 +439,10 @@ impl Store {
         match strata_sys::open_beneath(self.inner.root_dir.fd(), parent, OFlags::PATH | OFlags::DIRECTORY) {
             Ok(fd) => Ok(Some((fd, name))),
             Err(e) => match rustix::io::Errno::from_io_error(&e) {
-                Some(Errno::NOENT | Errno::NOTDIR | Errno::LOOP | Errno::XDEV) => {
-                    skip("its directory is gone or was replaced")
-                }
+                // Moved already, its upper dir discarded: a pending row that
+                // outlived its move (e.g. found by another process after gc).
+                Some(Errno::NOENT) => Ok(None),
+                Some(Errno::NOTDIR | Errno::LOOP | Errno::XDEV) => skip("its directory was replaced"),
                 _ => Err(StoreError::io("open", path, e)),
             },
         }

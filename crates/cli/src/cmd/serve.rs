@@ -28,8 +28,21 @@ pub fn run(config: &Config, args: Args) -> anyhow::Result<()> {
         .enable_all()
         .build()
         .context("starting the async runtime")?;
-    runtime.block_on(strata_grpc::serve(Arc::new(snapshotter), &socket, stop_signal()))?;
+    runtime.block_on(strata_grpc::serve(
+        Arc::new(snapshotter),
+        &socket,
+        || notify(sd_notify::NotifyState::Ready),
+        stop_signal(),
+    ))?;
     Ok(())
+}
+
+/// Tells systemd (when it started us with `Type=notify`) how serving goes;
+/// without `NOTIFY_SOCKET` this does nothing.
+fn notify(state: sd_notify::NotifyState<'_>) {
+    if let Err(e) = sd_notify::notify(&[state]) {
+        tracing::warn!("sd_notify: {e}");
+    }
 }
 
 /// Resolves when SIGTERM or SIGINT arrives; the server then drains.
@@ -43,6 +56,7 @@ async fn stop_signal() {
         _ = term.recv() => "SIGTERM",
         _ = int.recv() => "SIGINT",
     };
+    notify(sd_notify::NotifyState::Stopping);
     tracing::info!("{name}: draining requests in flight");
 }
 
