@@ -23,6 +23,16 @@ pub struct SnapshotReport {
     pub orphans: Vec<String>,
 }
 
+/// The containerd key of every snapshot, by the name of its gc root in the
+/// store (what `Store::roots` lists), so reports can name snapshots as
+/// users know them. Read-only.
+pub fn keys_by_root(store: &Store) -> Result<std::collections::HashMap<String, String>, SnapshotError> {
+    Ok(db::all(store.database())?
+        .into_iter()
+        .map(|(key, record)| (crate::ops::root_name(record.id), key))
+        .collect())
+}
+
 impl SnapshotReport {
     pub fn is_clean(&self) -> bool {
         self.problems.is_empty() && self.orphans.is_empty()

@@ -23,7 +23,7 @@ mod ops;
 mod scratch;
 mod types;
 
-pub use check::{check, SnapshotReport};
+pub use check::{check, keys_by_root, SnapshotReport};
 pub use error::{ErrorKind, SnapshotError};
 pub use filter::Filter;
 pub use ops::Snapshotter;

@@ -332,3 +332,20 @@ fn cleanup_sweeps_objects_only_after_something_was_released() {
     assert!(!third.exists(), "a released root makes cleanup sweep");
     assert!(sn.store().tmp_has_garbage().is_ok());
 }
+
+/// fsck names the snapshots that use a damaged image by their containerd
+/// keys: every gc root of a committed snapshot maps back to its key.
+#[test]
+fn keys_by_root_names_each_committed_snapshot() {
+    let dir = common::tempdir();
+    let sn = open(dir.path());
+    let mnt = dir.path().join("mnt");
+    layer(&sn, &mnt, "default/1/a", "", "default/2/layer", |m| {
+        std::fs::write(m.join("f"), vec![7u8; 9000]).unwrap();
+    });
+    let store = Store::open(&dir.path().join("store")).unwrap();
+    let keys = strata_snapshotter::keys_by_root(&store).unwrap();
+    let roots = store.roots().unwrap();
+    assert_eq!(roots.len(), 1, "{roots:?}");
+    assert_eq!(keys.get(&roots[0]).map(String::as_str), Some("default/2/layer"));
+}

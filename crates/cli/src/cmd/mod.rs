@@ -38,15 +38,20 @@ pub fn mount_error(e: strata_mount::MountError) -> anyhow::Error {
 }
 
 /// Who uses each EROFS image: its image names, then other gc roots
-/// (`mount:PATH`, `snapshot:ID`).
+/// (`mount:PATH`, `snapshot KEY`).
 pub fn image_users(store: &Store) -> anyhow::Result<std::collections::HashMap<strata_tree::Digest, Vec<String>>> {
     let mut users: std::collections::HashMap<_, Vec<String>> = Default::default();
     for image in store.images()? {
         users.entry(image.erofs_id()?).or_default().push(image.name);
     }
+    let keys = strata_snapshotter::keys_by_root(store)?;
     for owner in store.roots()? {
         if let Some(id) = store.root_image(&owner)? {
-            users.entry(id).or_default().push(owner);
+            let name = match keys.get(&owner) {
+                Some(key) => format!("snapshot {key}"),
+                None => owner,
+            };
+            users.entry(id).or_default().push(name);
         }
     }
     Ok(users)
