@@ -62,7 +62,12 @@ pub(crate) fn get(db: &Database, key: &str) -> Result<Option<Record>, SnapshotEr
 
 pub(crate) fn all(db: &Database) -> Result<Vec<(String, Record)>, SnapshotError> {
     let txn = db.begin_read()?;
-    let table = txn.open_table(SNAPSHOTS)?;
+    let table = match txn.open_table(SNAPSHOTS) {
+        Ok(table) => table,
+        // A store the snapshotter never opened has no snapshots.
+        Err(redb::TableError::TableDoesNotExist(_)) => return Ok(Vec::new()),
+        Err(e) => return Err(e.into()),
+    };
     let mut out = Vec::new();
     for row in table.iter()? {
         let (k, v) = row?;

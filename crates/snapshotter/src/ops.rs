@@ -353,7 +353,11 @@ impl Snapshotter {
             }]);
         };
         let meta = self.store.image_mount_path(&image);
-        mount_image(&Kernel, &self.store.image_path(&image), &meta)?;
+        {
+            // `strata mount`/`umount` in another process change these too.
+            let _lock = strata_mount::lock_image_mounts(&self.store.root().join("mnt"))?;
+            mount_image(&Kernel, &self.store.image_path(&image), &meta)?;
+        }
         let upper = (record.kind == Kind::Active).then(|| self.upper_of(record));
         let plan = OverlayPlan {
             meta,

@@ -25,9 +25,13 @@ pub fn run(config: &Config, args: Args) -> anyhow::Result<()> {
         .root_image(&root)?
         .with_context(|| format!("{} is not a strata mount", target.display()))?;
     if strata_sys::is_mountpoint(&target) {
-        // The image's EROFS mount goes with its last overlay.
+        // The image's EROFS mount goes with its last overlay, unless a
+        // snapshot of `strata serve` uses it: containerd mounts those
+        // overlays later, and serve releases the mount itself.
         let _lock = lock_image_mounts(&store.root().join("mnt")).map_err(mount_error)?;
-        unmount_overlay(&Kernel, &target, Some(&store.image_mount_path(&id))).map_err(mount_error)?;
+        let image_mount = store.image_mount_path(&id);
+        let keep = used_by_snapshots(&store, &id)?;
+        unmount_overlay(&Kernel, &target, (!keep).then_some(image_mount.as_path())).map_err(mount_error)?;
     }
     let scratch = scratch_dir(config, &target);
     if scratch.exists() {
@@ -36,4 +40,13 @@ pub fn run(config: &Config, args: Args) -> anyhow::Result<()> {
     store.remove_root(&root)?;
     println!("unmounted {}", target.display());
     Ok(())
+}
+
+fn used_by_snapshots(store: &strata_store::Store, id: &strata_tree::Digest) -> anyhow::Result<bool> {
+    for root in strata_snapshotter::keys_by_root(store)?.keys() {
+        if store.root_image(root)?.as_ref() == Some(id) {
+            return Ok(true);
+        }
+    }
+    Ok(false)
 }

@@ -11,7 +11,9 @@ impl Snapshotter {
     /// Unmounts the EROFS images no snapshot references.
     pub(super) fn release_unused_images(&self) -> Result<(), SnapshotError> {
         let live: std::collections::HashSet<String> = self.store.live_images()?.iter().map(Digest::to_hex).collect();
-        strata_mount::release_image_mounts(&Kernel, &self.store.root().join("mnt"), |id| live.contains(id))?;
+        let mnt = self.store.root().join("mnt");
+        let _lock = strata_mount::lock_image_mounts(&mnt)?;
+        strata_mount::release_image_mounts(&Kernel, &mnt, |id| live.contains(id))?;
         Ok(())
     }
 
