@@ -102,14 +102,7 @@ impl<R: Read> HashingReader<R> {
             });
         }
         let actual = format!("sha256:{}", hex::encode(self.hasher.finalize()));
-        if actual != digest {
-            return Err(ImportError::DigestMismatch {
-                what,
-                digest: digest.to_owned(),
-                actual,
-            });
-        }
-        Ok(())
+        crate::manifest::expect_digest(what, digest, actual)
     }
 }
 

@@ -210,15 +210,19 @@ pub fn sha256_digest(bytes: &[u8]) -> String {
 /// Fails unless `bytes` hash to `digest`.
 pub fn verify(what: &'static str, bytes: &[u8], digest: &str) -> Result<(), ImportError> {
     check_digest(digest)?;
-    let actual = sha256_digest(bytes);
-    if actual != digest {
-        return Err(ImportError::DigestMismatch {
-            what,
-            digest: digest.to_owned(),
-            actual,
-        });
+    expect_digest(what, digest, sha256_digest(bytes))
+}
+
+/// Fails unless `actual` (`sha256:<hex>`) is `digest`.
+pub(crate) fn expect_digest(what: &'static str, digest: &str, actual: String) -> Result<(), ImportError> {
+    if actual == digest {
+        return Ok(());
     }
-    Ok(())
+    Err(ImportError::DigestMismatch {
+        what,
+        digest: digest.to_owned(),
+        actual,
+    })
 }
 
 #[cfg(test)]
