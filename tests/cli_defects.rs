@@ -400,3 +400,67 @@ fn df_counts_an_image_once_and_shows_what_gc_would_free() {
     assert!(gone["reclaimable_images"].as_u64() == Some(1), "{gone}");
     assert!(store.ok(&["df"]).contains("reclaimable by `strata gc`"));
 }
+
+/// `strata umount` of the last CLI mount of an image leaves the image's
+/// EROFS mount alone while a snapshot of `strata serve` uses that image:
+/// containerd mounts the snapshot's overlay after Mounts returns.
+#[test]
+fn umount_leaves_an_image_mount_that_serve_handed_out() {
+    use strata_tests::serve::{labels, mount_all, Serve};
+    require_root();
+    let store = TestStore::new();
+    let socket = store.dir.path().join("s.sock");
+    let serve = Serve::start(&store.root(), &socket, None, &[]);
+    let mut c = serve.client();
+    // A committed snapshot with one file, and an active child over it.
+    let first = c.prepare("ns/1/a", "", labels(&[])).unwrap();
+    let upper = store.dir.path().join("upper");
+    mount_all(&first, &upper);
+    std::fs::write(upper.join("f"), vec![5u8; 9000]).unwrap();
+    strata_sys::unmount(&upper, false).unwrap();
+    c.commit("ns/2/base", "ns/1/a").unwrap();
+    let handed_out = c.prepare("ns/3/child", "ns/2/base", labels(&[])).unwrap();
+    assert_eq!(handed_out[0].r#type, "overlay", "{handed_out:?}");
+
+    // The same EROFS image under a name the CLI mounts.
+    let db = strata_store::Store::open(&store.root()).unwrap();
+    let snapshot_root = db
+        .roots()
+        .unwrap()
+        .into_iter()
+        .find(|r| r.starts_with("snapshot:"))
+        .unwrap();
+    let id = db.root_image(&snapshot_root).unwrap().unwrap();
+    let record = strata_store::ImageRecord {
+        name: "from-a-snapshot".into(),
+        manifest_digest: format!("sha256:{}", "0".repeat(64)),
+        config_digest: format!("sha256:{}", "0".repeat(64)),
+        erofs: id.to_hex(),
+        layers: Vec::new(),
+        created_unix: 0,
+        logical_bytes: 9000,
+        files: 1,
+        inodes: 2,
+        broken: None,
+    };
+    db.commit_image(&record, &db.image_objects(&id).unwrap()).unwrap();
+    let image_mount = db.image_mount_path(&id);
+    assert!(
+        strata_sys::is_mountpoint(&image_mount),
+        "serve mounted the parent image"
+    );
+
+    let target = store.mount("from-a-snapshot");
+    store.umount(&target);
+    assert!(
+        strata_sys::is_mountpoint(&image_mount),
+        "umount took away the image mount serve handed to containerd"
+    );
+    // containerd can still mount what it was given, and sees the file.
+    let rootfs = store.dir.path().join("rootfs");
+    mount_all(&handed_out, &rootfs);
+    assert_eq!(std::fs::read(rootfs.join("f")).unwrap(), vec![5u8; 9000]);
+    strata_sys::unmount(&rootfs, false).unwrap();
+    drop(c);
+    assert!(serve.stop().success());
+}
