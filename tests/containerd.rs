@@ -532,22 +532,13 @@ fn hostile_images_through_containerd_stay_inside_the_store() {
     // Whatever containerd unpacked, strata's committed snapshots read as the
     // layer says: no smuggled overlay xattr redirects a file elsewhere.
     let mut c = serve.client();
-    let view = store.dir.path().join("view");
     let mut victims = 0;
-    for info in c.list() {
-        if info.kind != strata_grpc::api::snapshots::Kind::Committed as i32 {
-            continue;
-        }
-        let key = format!("{}-view", info.name);
-        let mounts = c.view(&key, &info.name).unwrap();
-        strata_tests::serve::mount_all(&mounts, &view);
+    for_each_committed_view(&mut c, &store.dir.path().join("view"), |name, view| {
         if let Ok(body) = std::fs::read(view.join("victim.txt")) {
-            assert_eq!(body, b"looks harmless\n", "{}", info.name);
+            assert_eq!(body, b"looks harmless\n", "{name}");
             victims += 1;
         }
-        unmount_under(&view);
-        c.remove(&key).unwrap();
-    }
+    });
     eprintln!("overlay-xattr snapshots read back as their layer: {victims}");
     assert!(
         victims > 0,
@@ -660,19 +651,10 @@ fn deep_chains_through_containerd_keep_serve_alive() {
     assert!(listed.contains("Committed"), "{listed}");
     // The committed layer holds the whole chain.
     let mut c = serve.client();
-    let view = store.dir.path().join("deep-view");
     let mut found = false;
-    for info in c.list() {
-        if info.kind != strata_grpc::api::snapshots::Kind::Committed as i32 {
-            continue;
-        }
-        let key = format!("{}-view", info.name);
-        let mounts = c.view(&key, &info.name).unwrap();
-        strata_tests::serve::mount_all(&mounts, &view);
-        found |= view.join("top").exists() && chain_depth(&view) == (1900, true);
-        unmount_under(&view);
-        c.remove(&key).unwrap();
-    }
+    for_each_committed_view(&mut c, &store.dir.path().join("deep-view"), |_, view| {
+        found |= view.join("top").exists() && chain_depth(view) == (1900, true);
+    });
     assert!(found, "no committed snapshot holds the 1,900-level chain");
     mark("checked");
 
@@ -715,4 +697,20 @@ fn deep_chains_through_containerd_keep_serve_alive() {
     drop(cd);
     mark("containerd stopped");
     assert!(serve.stop().success(), "strata serve did not survive");
+}
+
+/// Mounts a View of every committed snapshot on `view` in turn, runs
+/// `check` with its name and the mount, then takes the View away.
+fn for_each_committed_view(c: &mut strata_tests::serve::Client, view: &Path, mut check: impl FnMut(&str, &Path)) {
+    for info in c.list() {
+        if info.kind != strata_grpc::api::snapshots::Kind::Committed as i32 {
+            continue;
+        }
+        let key = format!("{}-view", info.name);
+        let mounts = c.view(&key, &info.name).unwrap();
+        strata_tests::serve::mount_all(&mounts, view);
+        check(&info.name, view);
+        unmount_under(view);
+        c.remove(&key).unwrap();
+    }
 }
