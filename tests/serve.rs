@@ -176,9 +176,14 @@ impl Client {
     }
 
     pub fn list(&mut self) -> Vec<pb::Info> {
+        self.list_filtered(&[])
+    }
+
+    /// The snapshots matching any of containerd's filter strings.
+    pub fn list_filtered(&mut self, filters: &[&str]) -> Vec<pb::Info> {
         let req = pb::ListSnapshotsRequest {
             snapshotter: "strata".into(),
-            filters: Vec::new(),
+            filters: filters.iter().map(|f| (*f).to_owned()).collect(),
         };
         self.runtime.block_on(async {
             let mut stream = self.inner.list(req).await.unwrap().into_inner();

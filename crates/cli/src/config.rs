@@ -13,6 +13,28 @@ pub struct Config {
     pub limits: LimitsConfig,
     pub serve: ServeConfig,
     pub scratch: ScratchConfig,
+    pub registry: RegistrySection,
+}
+
+/// How registries are reached: containerd's hosts directory and a docker
+/// `config.json` for credentials.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RegistrySection {
+    /// containerd's `config_path`: `<dir>/<host[:port]>/hosts.toml`
+    /// (mirrors, TLS); a missing directory configures nothing.
+    pub config_path: PathBuf,
+    /// A docker `config.json` whose `auths` give credentials per host.
+    pub auth_file: Option<PathBuf>,
+}
+
+impl Default for RegistrySection {
+    fn default() -> Self {
+        RegistrySection {
+            config_path: PathBuf::from("/etc/containerd/certs.d"),
+            auth_file: None,
+        }
+    }
 }
 
 #[derive(Debug, Deserialize)]
@@ -24,6 +46,12 @@ pub struct ScratchConfig {
     pub locations: Vec<PathBuf>,
     /// `ext4`, or `xfs` where reflinked clones are wanted.
     pub filesystem: String,
+    /// The size in GiB of a container snapshot without a size label (for
+    /// Kubernetes, whose Pods cannot carry `containerd.io/snapshot/` labels);
+    /// 0 gives such snapshots plain directories.
+    pub default_size_gb: u64,
+    /// `default_size_gb` per containerd namespace, e.g. `{ "k8s.io" = 10 }`.
+    pub namespace_default_size_gb: std::collections::BTreeMap<String, u64>,
 }
 
 impl Default for ScratchConfig {
@@ -32,6 +60,8 @@ impl Default for ScratchConfig {
             max_size_gb: 256,
             locations: Vec::new(),
             filesystem: "ext4".into(),
+            default_size_gb: 0,
+            namespace_default_size_gb: std::collections::BTreeMap::new(),
         }
     }
 }
@@ -44,6 +74,9 @@ pub struct ServeConfig {
     /// A group (name or number) allowed to use the socket; without one it
     /// is root's alone (0600).
     pub socket_group: Option<String>,
+    /// Fetch the layers of CRI pulls itself (containerd's remote-snapshot
+    /// labels) instead of letting containerd download and unpack them.
+    pub fetch_layers: bool,
 }
 
 impl Default for ServeConfig {
@@ -51,6 +84,7 @@ impl Default for ServeConfig {
         ServeConfig {
             socket: PathBuf::from("/run/strata/strata.sock"),
             socket_group: None,
+            fetch_layers: true,
         }
     }
 }
@@ -81,6 +115,7 @@ impl Default for Config {
             limits: LimitsConfig::default(),
             serve: ServeConfig::default(),
             scratch: ScratchConfig::default(),
+            registry: RegistrySection::default(),
         }
     }
 }
@@ -159,11 +194,42 @@ impl Config {
                     .with_context(|| format!("scratch.locations: {}", l.display()))
             })
             .collect::<anyhow::Result<_>>()?;
+        let gib = |gb: u64| gb.saturating_mul(1 << 30);
+        let defaults = std::iter::once(("scratch.default_size_gb".to_owned(), self.scratch.default_size_gb)).chain(
+            self.scratch
+                .namespace_default_size_gb
+                .iter()
+                .map(|(ns, gb)| (format!("scratch.namespace_default_size_gb.{ns:?}"), *gb)),
+        );
+        for (key, gb) in defaults {
+            anyhow::ensure!(
+                gb <= self.scratch.max_size_gb,
+                "{key} = {gb} is over scratch.max_size_gb = {}",
+                self.scratch.max_size_gb
+            );
+        }
         Ok(strata_snapshotter::ScratchPolicy {
-            max_bytes: self.scratch.max_size_gb.saturating_mul(1 << 30),
+            max_bytes: gib(self.scratch.max_size_gb),
             allowed_locations,
             fs,
+            default_bytes: (self.scratch.default_size_gb > 0).then(|| gib(self.scratch.default_size_gb)),
+            namespace_default_bytes: self
+                .scratch
+                .namespace_default_size_gb
+                .iter()
+                .map(|(ns, gb)| (ns.clone(), gib(*gb)))
+                .collect(),
         })
+    }
+
+    /// The registry hosts and credentials, for every pull of this process.
+    pub fn registry_config(&self) -> anyhow::Result<std::sync::Arc<strata_image::source::RegistryConfig>> {
+        let config = strata_image::source::RegistryConfig::new(
+            Some(self.registry.config_path.clone()),
+            self.registry.auth_file.as_deref(),
+        )
+        .context("registry.auth_file")?;
+        Ok(std::sync::Arc::new(config))
     }
 
     pub fn open_store(&self) -> anyhow::Result<strata_store::Store> {
@@ -294,5 +360,22 @@ mod tests {
         assert!(format!("{e:#}").contains("nope.toml"), "{e:#}");
         assert!(Config::load(None, None, Some("verbose".into())).is_err());
         assert!(Config::load(None, None, Some("debug".into())).is_ok());
+    }
+
+    #[test]
+    fn registry_section() {
+        let defaults = parse("").unwrap();
+        assert_eq!(defaults.registry.config_path, PathBuf::from("/etc/containerd/certs.d"));
+        assert_eq!(defaults.registry.auth_file, None);
+        let c = parse("[registry]\nconfig_path = \"/h\"\nauth_file = \"/a.json\"\n").unwrap();
+        assert_eq!(c.registry.config_path, PathBuf::from("/h"));
+        assert_eq!(c.registry.auth_file, Some(PathBuf::from("/a.json")));
+        let errors = parse("[registry]\nmirrors = []\n").unwrap_err();
+        assert!(
+            errors[0].starts_with("line 2: registry.mirrors: unknown field"),
+            "{errors:#?}"
+        );
+        let e = c.registry_config().unwrap_err();
+        assert!(format!("{e:#}").contains("/a.json"), "{e:#}");
     }
 }

@@ -45,8 +45,10 @@ pub enum ImportError {
         size: u64,
         limit: u64,
     },
-    #[error("registry refused the credentials for {url} (pass --creds USER:PASSWORD, or check them)")]
+    #[error("registry refused the credentials for {url} (check registry.auth_file or --creds USER:PASSWORD)")]
     Unauthorized { url: String },
+    #[error("registry configuration {path}: {reason}")]
+    RegistryConfig { path: std::path::PathBuf, reason: String },
     #[error("registry: {0}")]
     Registry(String),
     #[error("reading {what}: {source}")]

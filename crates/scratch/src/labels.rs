@@ -28,6 +28,22 @@ pub struct ScratchPolicy {
     /// Directories (canonical) under which a location label may point.
     pub allowed_locations: Vec<PathBuf>,
     pub fs: FsKind,
+    /// The size of a container snapshot that has no size label, if any.
+    pub default_bytes: Option<u64>,
+    /// Per containerd namespace (a key's first segment), over `default_bytes`.
+    pub namespace_default_bytes: BTreeMap<String, u64>,
+}
+
+impl ScratchPolicy {
+    /// The configured size for a container snapshot `key` without a size label.
+    fn default_for(&self, key: &str) -> Option<u64> {
+        let namespace = key.split('/').next().unwrap_or_default();
+        self.namespace_default_bytes
+            .get(namespace)
+            .copied()
+            .or(self.default_bytes)
+            .filter(|bytes| *bytes > 0)
+    }
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -204,7 +220,7 @@ pub fn parse_labels(
         });
     }
     let location = location(labels, policy)?;
-    Ok(match size(labels, policy)? {
+    Ok(match size(labels, policy)?.or_else(|| policy.default_for(key)) {
         Some(bytes) => ScratchRequest::Sized { bytes, location },
         None => ScratchRequest::Plain,
     })
@@ -223,7 +239,31 @@ mod tests {
             max_bytes: 100 << 30,
             allowed_locations: vec![allowed.canonicalize().unwrap()],
             fs: FsKind::Ext4,
+            default_bytes: None,
+            namespace_default_bytes: BTreeMap::new(),
         }
+    }
+
+    #[test]
+    fn configured_defaults_size_unlabelled_container_snapshots() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut p = policy(dir.path());
+        p.default_bytes = Some(8 << 30);
+        p.namespace_default_bytes.insert("k8s.io".into(), 2 << 30);
+        p.namespace_default_bytes.insert("off".into(), 0);
+        let sized = |bytes| ScratchRequest::Sized { bytes, location: None };
+        let parse = |key: &str, pairs: &[(&str, &str)]| parse_labels(key, &labels(pairs), &p).unwrap();
+        assert_eq!(parse("default/1/c", &[]), sized(8 << 30));
+        assert_eq!(parse("k8s.io/7/c", &[]), sized(2 << 30));
+        assert_eq!(parse("off/7/c", &[]), ScratchRequest::Plain);
+        // A label wins; unpack snapshots never get a scratch.
+        assert_eq!(parse("k8s.io/7/c", &[(SIZE_GB[1], "3")]), sized(3 << 30));
+        assert_eq!(parse("k8s.io/7/extract-1-sha256:x", &[]), ScratchRequest::Plain);
+        // A shared scratch takes its owner's size.
+        assert_eq!(
+            parse("k8s.io/8/c", &[(REUSE[1], "true"), (OWNER[1], "c")]),
+            ScratchRequest::Shared { owner: "c".into() }
+        );
     }
 
     #[test]

@@ -67,8 +67,10 @@ fn field(info: &Info, path: &[String]) -> (String, bool) {
         return (String::new(), false);
     };
     match (first.as_str(), rest) {
-        ("name", []) => (info.name.clone(), !info.name.is_empty()),
-        ("parent", []) => (info.parent.clone(), !info.parent.is_empty()),
+        // As containerd's adaptor: name and parent are always present, so
+        // `parent==""` selects snapshots without a parent.
+        ("name", []) => (info.name.clone(), true),
+        ("parent", []) => (info.parent.clone(), true),
         ("kind", []) => (info.kind.as_str().to_owned(), true),
         ("labels", [_, ..]) => {
             let key = rest.join(".");
@@ -230,6 +232,9 @@ mod tests {
             (&["name==p", "name==a"], true, true),
             (&["parent==p"], true, false),
             (&["parent!=\"\""], true, false),
+            // containerd's remote-snapshot lookup of a first layer.
+            (&["parent==\"\""], false, true),
+            (&["kind==committed,parent==\"\""], false, true),
             (&["kind==committed"], false, true),
             (&["kind==active,labels.\"containerd.io/gc.root\"==x"], true, false),
             (&["labels.l"], true, false),

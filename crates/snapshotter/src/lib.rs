@@ -20,6 +20,7 @@ mod diff;
 mod error;
 mod filter;
 mod ops;
+pub mod remote;
 mod scratch;
 mod types;
 
@@ -27,5 +28,6 @@ pub use check::{check, keys_by_root, SnapshotReport};
 pub use error::{ErrorKind, SnapshotError};
 pub use filter::Filter;
 pub use ops::Snapshotter;
+pub use remote::{FetchError, FetchedLayer, LayerFetcher, LayerRequest};
 pub use strata_scratch::{FsKind, ScratchPolicy};
 pub use types::{Info, Kind, Mount, Usage};

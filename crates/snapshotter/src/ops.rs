@@ -17,6 +17,7 @@ use crate::types::Stamp;
 use crate::{codec, diff, Filter, Info, Kind, Mount, SnapshotError, Usage};
 
 mod cleanup;
+mod fetched;
 
 /// containerd's snapshotter over one store. Operations are serialized.
 pub struct Snapshotter {
@@ -29,6 +30,8 @@ pub struct Snapshotter {
     /// The store's `released` counter at the last full gc; `None` until the
     /// first, and again after a failed commit (which may leave orphans).
     swept: Mutex<Option<u64>>,
+    /// Fetches layers for containerd's remote-snapshot labels.
+    fetcher: Option<std::sync::Arc<dyn crate::LayerFetcher>>,
     /// Held for the snapshotter's life: one snapshotter per store.
     _owner: std::fs::File,
 }
@@ -52,6 +55,7 @@ impl Snapshotter {
             lock: Mutex::new(()),
             prehashes: Mutex::new(HashMap::new()),
             swept: Mutex::new(None),
+            fetcher: None,
             _owner: owner,
         };
         let removed = sn.remove_unknown_dirs()?;
@@ -168,6 +172,13 @@ impl Snapshotter {
         Ok(())
     }
 
+    /// Serves unpack Prepares that carry the CRI's remote-snapshot labels
+    /// by fetching the layer with `fetcher`.
+    pub fn with_fetcher(mut self, fetcher: std::sync::Arc<dyn crate::LayerFetcher>) -> Self {
+        self.fetcher = Some(fetcher);
+        self
+    }
+
     pub fn store(&self) -> &Store {
         &self.store
     }
@@ -195,13 +206,20 @@ impl Snapshotter {
         db::get(self.store.database(), key)?.ok_or_else(|| SnapshotError::NotFound { key: key.to_owned() })
     }
 
-    /// Creates an active snapshot over `parent` (empty for none).
+    /// Creates an active snapshot over `parent` (empty for none). An
+    /// unpack snapshot whose layer strata fetched itself is committed
+    /// instead, and the answer is AlreadyExists with its name.
     pub fn prepare(
         &self,
         key: &str,
         parent: &str,
         labels: BTreeMap<String, String>,
     ) -> Result<Vec<Mount>, SnapshotError> {
+        if strata_scratch::is_unpack_key(key) {
+            if let Some(name) = self.try_remote(key, parent, &labels) {
+                return Err(SnapshotError::AlreadyExists { key: name });
+            }
+        }
         self.create(Kind::Active, key, parent, labels)
     }
 

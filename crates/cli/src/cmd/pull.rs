@@ -2,7 +2,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use anyhow::Context;
-use strata_image::source::{LayoutSource, RegistryAuth, RegistrySource};
+use strata_image::source::{LayoutSource, RegistrySource};
 use strata_image::{BlobSource, ImageRef, Platform, Progress, PullOptions};
 
 use crate::config::Config;
@@ -15,7 +15,8 @@ pub struct Args {
     /// Record the image under this name instead of the reference.
     #[arg(long)]
     name: Option<String>,
-    /// Registry credentials USER:PASSWORD (basic; bearer tokens are fetched as needed).
+    /// Registry credentials USER:PASSWORD for every host (basic; bearer
+    /// tokens are fetched as needed). Without it, registry.auth_file.
     #[arg(long, env = "STRATA_REGISTRY_CREDS", hide_env_values = true)]
     creds: Option<String>,
     /// Refuse a layer that decompresses to more than this many bytes.
@@ -28,14 +29,13 @@ pub fn run(config: &Config, args: Args) -> anyhow::Result<()> {
     let source: Box<dyn BlobSource> = match &reference {
         ImageRef::Layout { dir, tag } => Box::new(LayoutSource::new(dir, tag.as_deref())),
         ImageRef::Registry(r) => {
-            let auth = match &args.creds {
-                Some(creds) => {
-                    let (user, pass) = creds.split_once(':').context("--creds takes USER:PASSWORD")?;
-                    RegistryAuth::Basic(user.to_owned(), pass.to_owned())
-                }
-                None => RegistryAuth::Anonymous,
-            };
-            Box::new(RegistrySource::new(r.clone(), auth)?)
+            let mut registry = config.registry_config()?;
+            if let Some(creds) = &args.creds {
+                let (user, pass) = creds.split_once(':').context("--creds takes USER:PASSWORD")?;
+                let owned = Arc::into_inner(registry).context("the registry config is not shared yet")?;
+                registry = Arc::new(owned.with_basic(user.to_owned(), pass.to_owned()));
+            }
+            Box::new(RegistrySource::new(r.clone(), registry)?)
         }
     };
     let store = config.open_store()?;

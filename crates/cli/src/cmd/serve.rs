@@ -21,7 +21,10 @@ pub fn run(config: &Config, args: Args) -> anyhow::Result<()> {
     };
     let policy = config.scratch_policy()?;
     let store = config.open_store()?;
-    let snapshotter = Snapshotter::open(store, policy).context("opening the snapshotter")?;
+    let mut snapshotter = Snapshotter::open(store.clone(), policy).context("opening the snapshotter")?;
+    if config.serve.fetch_layers {
+        snapshotter = snapshotter.with_fetcher(Arc::new(fetcher(config, store)?));
+    }
     // Shown at any log level: the one thing an operator needs to know.
     eprintln!("strata: serving containerd snapshots on {}", socket.path.display());
     let runtime = tokio::runtime::Builder::new_multi_thread()
@@ -35,6 +38,23 @@ pub fn run(config: &Config, args: Args) -> anyhow::Result<()> {
         stop_signal(),
     ))?;
     Ok(())
+}
+
+/// The remote-snapshot fetcher: layers of CRI pulls, fetched with the
+/// registry configuration `strata pull` uses.
+fn fetcher(config: &Config, store: strata_store::Store) -> anyhow::Result<strata_fetcher::Fetcher> {
+    let registry = config.registry_config()?;
+    let sources = move |reference: &strata_image::RegistryRef| -> Result<Box<dyn strata_image::BlobSource>, strata_image::ImportError> {
+        let source = strata_image::source::RegistrySource::new(reference.clone(), Arc::clone(&registry))?;
+        Ok(Box::new(source))
+    };
+    let options = strata_fetcher::FetcherOptions {
+        limits: config.limits(),
+        workers: config.limits.parallel_layers.max(1),
+        platform: strata_image::Platform::host(),
+        keep_unclaimed: std::time::Duration::from_secs(600),
+    };
+    Ok(strata_fetcher::Fetcher::new(store, Box::new(sources), options))
 }
 
 /// Tells systemd (when it started us with `Type=notify`) how serving goes;

@@ -63,6 +63,8 @@ pub fn policy() -> strata_snapshotter::ScratchPolicy {
         max_bytes: 64 << 30,
         allowed_locations: Vec::new(),
         fs: strata_snapshotter::FsKind::Ext4,
+        default_bytes: None,
+        namespace_default_bytes: Default::default(),
     }
 }
 

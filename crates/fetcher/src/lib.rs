@@ -1,0 +1,165 @@
+//! containerd's remote-snapshot fast path, the network half: for an unpack
+//! Prepare that carries the CRI's image labels, resolve the image (its
+//! manifest by digest, its config), check that the labels name one of its
+//! layers by blob digest and chain ID, and import that layer with strata's
+//! own verified pipeline. The first request of an image queues its later
+//! layers too, so that containerd's one-by-one Prepares find them ready.
+//!
+//! The snapshotter calls this through [`strata_snapshotter::LayerFetcher`]
+//! and commits what it returns; every failure here makes that Prepare fall
+//! back to containerd's own fetch and unpack.
+
+#![forbid(unsafe_code)]
+
+mod chain;
+mod jobs;
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use strata_image::source::resolve;
+use strata_image::{import_layer, BlobSource, ImageRef, ImportError, Limits, Platform, Progress, RegistryRef};
+use strata_snapshotter::{FetchError, FetchedLayer, LayerFetcher, LayerRequest};
+use strata_store::Store;
+
+use chain::Located;
+pub use chain::{chain_ids, LocateError};
+use jobs::{Jobs, Outcome};
+
+/// Opens a registry source for a reference (credentials, mirrors and TLS
+/// come from the caller's registry configuration).
+pub type SourceFactory = dyn Fn(&RegistryRef) -> Result<Box<dyn BlobSource>, ImportError> + Send + Sync;
+
+#[derive(Clone, Debug)]
+pub struct FetcherOptions {
+    pub limits: Limits,
+    /// Layers imported at once, across all images.
+    pub workers: usize,
+    pub platform: Platform,
+    /// How long a prefetched layer waits for its Prepare before it is
+    /// dropped.
+    pub keep_unclaimed: Duration,
+}
+
+/// An image being pulled: where its blobs come from, and its layers.
+struct Image {
+    source: Arc<dyn BlobSource>,
+    layers: Vec<Located>,
+    resolved_at: Instant,
+}
+
+pub struct Fetcher {
+    store: Store,
+    sources: Box<SourceFactory>,
+    options: FetcherOptions,
+    jobs: Arc<Jobs>,
+    images: Mutex<HashMap<String, Arc<Image>>>,
+}
+
+#[derive(Debug, thiserror::Error)]
+enum Refusal {
+    #[error("image reference {0:?} does not name a registry image")]
+    NotRegistry(String),
+    #[error("the registry's manifest {actual} is not {expected}, which the labels name")]
+    OtherManifest { expected: String, actual: String },
+    #[error("no import was queued for chain {0}")]
+    NotQueued(String),
+}
+
+impl Fetcher {
+    pub fn new(store: Store, sources: Box<SourceFactory>, options: FetcherOptions) -> Fetcher {
+        let jobs = Jobs::start(options.workers, options.keep_unclaimed);
+        Fetcher {
+            store,
+            sources,
+            options,
+            jobs,
+            images: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// The image a request names, resolved once per manifest.
+    fn image(&self, request: &LayerRequest) -> Result<Arc<Image>, FetchError> {
+        {
+            let mut images = self.images.lock().unwrap_or_else(|e| e.into_inner());
+            images.retain(|_, image| image.resolved_at.elapsed() < self.options.keep_unclaimed);
+            if let Some(image) = images.get(&image_key(request)) {
+                return Ok(Arc::clone(image));
+            }
+        }
+        let mut reference = match request.image_ref.parse::<ImageRef>() {
+            Ok(ImageRef::Registry(r)) => r,
+            _ => return Err(Refusal::NotRegistry(request.image_ref.clone()).into()),
+        };
+        reference.digest = Some(request.manifest_digest.clone());
+        let source: Arc<dyn BlobSource> = Arc::from((self.sources)(&reference)?);
+        let resolved = resolve(source.as_ref(), &self.options.platform)?;
+        if resolved.manifest_digest != request.manifest_digest {
+            return Err(Refusal::OtherManifest {
+                expected: request.manifest_digest.clone(),
+                actual: resolved.manifest_digest,
+            }
+            .into());
+        }
+        let image = Arc::new(Image {
+            source,
+            layers: chain::layers(&resolved)?,
+            resolved_at: Instant::now(),
+        });
+        self.images
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(image_key(request), Arc::clone(&image));
+        Ok(image)
+    }
+
+    /// Queues the import of layer `at` of `image`.
+    fn submit(&self, image: &Arc<Image>, at: usize, first: bool) {
+        let layer = image.layers[at].clone();
+        let source = Arc::clone(&image.source);
+        let store = self.store.clone();
+        let limits = self.options.limits.clone();
+        let chain_id = layer.chain_id.clone();
+        self.jobs.submit(&chain_id, first, move || {
+            import(&store, source.as_ref(), layer, &limits)
+        });
+    }
+}
+
+/// Images are cached by reference and manifest: the same manifest named
+/// through another registry is fetched from there.
+fn image_key(request: &LayerRequest) -> String {
+    format!("{}@{}", request.image_ref, request.manifest_digest)
+}
+
+/// Fetches, verifies and imports one layer, holding the store's shared lock
+/// from the first staged object until the snapshotter commits them.
+fn import(store: &Store, source: &dyn BlobSource, layer: Located, limits: &Limits) -> Outcome {
+    let lock = store.lock_shared().map_err(|e| e.to_string())?;
+    let progress = Arc::new(Progress::default());
+    let raw = source.open_blob(&layer.desc).map_err(|e| e.to_string())?;
+    let import = import_layer(store, &layer.desc, Some(&layer.diff_id), raw, limits, &progress)
+        .map_err(|e| format!("importing {}: {e}", layer.desc.digest))?;
+    Ok(FetchedLayer {
+        tree: import.tree,
+        stager: import.stager,
+        parent_chain: layer.parent_chain,
+        lock,
+    })
+}
+
+impl LayerFetcher for Fetcher {
+    fn fetch(&self, request: &LayerRequest) -> Result<FetchedLayer, FetchError> {
+        let image = self.image(request)?;
+        let at = chain::locate(&image.layers, request)?;
+        self.submit(&image, at, true);
+        for later in at + 1..image.layers.len() {
+            self.submit(&image, later, false);
+        }
+        match self.jobs.claim(&request.chain_id) {
+            Some(outcome) => outcome.map_err(FetchError::from),
+            None => Err(Refusal::NotQueued(request.chain_id.clone()).into()),
+        }
+    }
+}

@@ -1,0 +1,192 @@
+//! The remote-snapshot fast path: an unpack Prepare whose layer strata
+//! fetches itself becomes a committed snapshot, and containerd is told it
+//! already exists. Anything that goes wrong falls back to an ordinary
+//! active snapshot that containerd fills, with the reason logged.
+
+use std::collections::{BTreeMap, HashSet};
+
+use strata_store::ObjectRef;
+use strata_tree::{Digest, Stat, Tree};
+
+use super::{root_name, Snapshotter};
+use crate::db::{self, Record};
+use crate::remote::{FetchedLayer, LayerRequest, SNAPSHOT_REF};
+use crate::types::Stamp;
+use crate::{Kind, SnapshotError, Usage};
+
+impl Snapshotter {
+    /// Serves `key`'s remote-snapshot labels if it can: the name of the
+    /// committed snapshot that now holds the layer, or `None` to fall back.
+    pub(super) fn try_remote(&self, key: &str, parent: &str, labels: &BTreeMap<String, String>) -> Option<String> {
+        let fetcher = self.fetcher.as_ref()?;
+        let request = match LayerRequest::from_labels(labels)? {
+            Ok(request) => request,
+            Err(e) => {
+                tracing::warn!(key, "containerd fetches this layer: {e}");
+                return None;
+            }
+        };
+        match self.committed_chain(&request.chain_id, parent) {
+            Ok(Some(name)) => return Some(name),
+            Ok(None) => {}
+            Err(e) => {
+                tracing::warn!(key, "containerd fetches this layer: {e}");
+                return None;
+            }
+        }
+        let fetched = match fetcher.fetch(&request) {
+            Ok(fetched) => fetched,
+            Err(e) => {
+                tracing::warn!(
+                    key,
+                    layer = request.layer_digest,
+                    image = request.image_ref,
+                    "containerd fetches this layer and the ones after it: {e}"
+                );
+                return None;
+            }
+        };
+        match self.commit_fetched(key, parent, labels, &request, fetched) {
+            Ok(name) => {
+                tracing::info!(key, name, layer = request.layer_digest, "layer fetched by strata");
+                Some(name)
+            }
+            Err(e) => {
+                self.sweep_next_cleanup();
+                tracing::warn!(
+                    key,
+                    layer = request.layer_digest,
+                    "containerd fetches this layer and the ones after it: committing the fetched layer: {e}"
+                );
+                None
+            }
+        }
+    }
+
+    /// The committed snapshot that is `chain_id` over `parent`, if any.
+    fn committed_chain(&self, chain_id: &str, parent: &str) -> Result<Option<String>, SnapshotError> {
+        let parent = (!parent.is_empty()).then_some(parent);
+        Ok(db::all(self.store.database())?
+            .into_iter()
+            .find(|(_, r)| {
+                r.kind == Kind::Committed
+                    && r.parent.as_deref() == parent
+                    && r.labels.get(SNAPSHOT_REF).map(String::as_str) == Some(chain_id)
+            })
+            .map(|(k, _)| k))
+    }
+
+    /// Commits a fetched layer over `parent` as a snapshot named by its
+    /// chain ID (or, when another namespace has that name, by the chain ID
+    /// under `key`'s prefix) with `labels`.
+    fn commit_fetched(
+        &self,
+        key: &str,
+        parent: &str,
+        labels: &BTreeMap<String, String>,
+        request: &LayerRequest,
+        fetched: FetchedLayer,
+    ) -> Result<String, SnapshotError> {
+        let _g = self.guard();
+        if let Some(name) = self.committed_chain(&request.chain_id, parent)? {
+            return Ok(name);
+        }
+        let database = self.store.database();
+        let parent_record = self.checked_parent(key, parent, fetched.parent_chain.as_deref())?;
+        let name = self.free_name(key, &request.chain_id)?;
+        let FetchedLayer {
+            tree: layer,
+            stager,
+            parent_chain: _,
+            lock: _lock,
+        } = fetched;
+        let mut merged = match &parent_record {
+            Some(record) => self.load_tree(parent, record)?,
+            None => Tree::new(Stat::default_dir()),
+        };
+        let stats = layer.stats();
+        strata_tree::merge_layer(&mut merged, layer)?;
+        merged.compact();
+        let image = strata_erofs::write_image(&merged)?;
+        let objects = ObjectRef::all_in(&merged);
+        let referenced: HashSet<Digest> = objects.iter().map(|o| o.digest).collect();
+        stager.publish_only(|d| referenced.contains(d))?;
+        let image_id = self.store.put_image(&image)?;
+        strata_failpoint::hit("fetched.after_publish")?;
+        let txn = database.begin_write()?;
+        let id = db::next_id(&txn)?;
+        let dir = self.snap_dir(id);
+        std::fs::create_dir_all(&dir).map_err(|e| SnapshotError::io("create", &dir, e))?;
+        let now = Stamp::now();
+        let record = Record {
+            id,
+            kind: Kind::Committed,
+            parent: parent_record.is_some().then(|| parent.to_owned()),
+            labels: labels.clone(),
+            created: now,
+            updated: now,
+            image: Some(image_id.to_hex()),
+            usage: Some(Usage {
+                size: i64::try_from(stats.logical_bytes).unwrap_or(i64::MAX),
+                inodes: i64::try_from(stats.dirs + stats.leaves).unwrap_or(i64::MAX),
+            }),
+            scratch: None,
+        };
+        db::put(&txn, &name, &record)?;
+        strata_store::add_root_in(&txn, &root_name(id), &image_id, &objects)?;
+        strata_failpoint::hit("fetched.before_db")?;
+        txn.commit()?;
+        Ok(name)
+    }
+
+    /// The parent's record, after checking it is the layer below in the
+    /// image's chain: a committed snapshot whose chain ID (when it has
+    /// one) is `expected`, or no parent for the first layer.
+    fn checked_parent(&self, key: &str, parent: &str, expected: Option<&str>) -> Result<Option<Record>, SnapshotError> {
+        let mismatch = |reason: String| SnapshotError::BadRecord {
+            key: key.to_owned(),
+            reason,
+        };
+        match (parent.is_empty(), expected) {
+            (true, None) => Ok(None),
+            (true, Some(chain)) => Err(mismatch(format!(
+                "the layer sits on {chain}, but the snapshot has no parent"
+            ))),
+            (false, None) => Err(mismatch(format!(
+                "the layer is the image's first, but the snapshot has parent {parent:?}"
+            ))),
+            (false, Some(chain)) => {
+                let record = db::get(self.store.database(), parent)?.ok_or_else(|| SnapshotError::ParentNotFound {
+                    parent: parent.to_owned(),
+                })?;
+                if record.kind != Kind::Committed {
+                    return Err(SnapshotError::ParentNotCommitted {
+                        parent: parent.to_owned(),
+                        actual: record.kind,
+                    });
+                }
+                match record.labels.get(SNAPSHOT_REF) {
+                    Some(actual) if actual != chain => Err(mismatch(format!(
+                        "the layer sits on {chain}, but parent {parent:?} is {actual}"
+                    ))),
+                    _ => Ok(Some(record)),
+                }
+            }
+        }
+    }
+
+    /// The chain ID, or the chain ID under `key`'s namespace prefix when a
+    /// snapshot of that name exists already (another namespace's).
+    fn free_name(&self, key: &str, chain_id: &str) -> Result<String, SnapshotError> {
+        let database = self.store.database();
+        if db::get(database, chain_id)?.is_none() {
+            return Ok(chain_id.to_owned());
+        }
+        let prefix = key.find("extract-").map_or("", |at| &key[..at]);
+        let name = format!("{prefix}{chain_id}");
+        if db::get(database, &name)?.is_some() {
+            return Err(SnapshotError::AlreadyExists { key: name });
+        }
+        Ok(name)
+    }
+}

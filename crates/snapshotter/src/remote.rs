@@ -1,0 +1,183 @@
+//! containerd's remote-snapshot protocol, as the CRI plugin speaks it: an
+//! unpack Prepare labelled with the chain ID it will become and with the
+//! image, manifest and layer it comes from. A [`LayerFetcher`] may fetch
+//! that layer itself; the snapshotter then commits it under the chain ID
+//! and answers AlreadyExists, so containerd neither downloads nor applies it.
+
+use std::collections::BTreeMap;
+
+use strata_store::{ObjectStager, SharedGuard};
+use strata_tree::Tree;
+
+/// The chain ID the unpack snapshot is committed as.
+pub const SNAPSHOT_REF: &str = "containerd.io/snapshot.ref";
+pub const CRI_IMAGE_REF: &str = "containerd.io/snapshot/cri.image-ref";
+pub const CRI_MANIFEST_DIGEST: &str = "containerd.io/snapshot/cri.manifest-digest";
+pub const CRI_LAYER_DIGEST: &str = "containerd.io/snapshot/cri.layer-digest";
+/// This layer and the ones after it, comma-separated (cut short to fit a
+/// label's size limit).
+pub const CRI_IMAGE_LAYERS: &str = "containerd.io/snapshot/cri.image-layers";
+
+/// What a labelled unpack Prepare asks for.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct LayerRequest {
+    /// The chain ID of the snapshot to commit (`sha256:..`).
+    pub chain_id: String,
+    pub image_ref: String,
+    pub manifest_digest: String,
+    pub layer_digest: String,
+    /// Layers after this one that containerd will ask for next.
+    pub later_layers: Vec<String>,
+}
+
+/// Why a Prepare's labels are not a request strata can serve.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum RequestError {
+    #[error("label {label} is missing")]
+    Missing { label: &'static str },
+    #[error("label {label}={value:?} is not a sha256 digest")]
+    NotDigest { label: &'static str, value: String },
+}
+
+fn is_sha256_digest(value: &str) -> bool {
+    value
+        .strip_prefix("sha256:")
+        .is_some_and(|hex| hex.len() == 64 && hex.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f')))
+}
+
+impl LayerRequest {
+    /// The request in `labels`: `None` when they carry no chain ID or no
+    /// CRI image reference (a plain unpack, not a remote-snapshot request).
+    pub fn from_labels(labels: &BTreeMap<String, String>) -> Option<Result<LayerRequest, RequestError>> {
+        let chain_id = labels.get(SNAPSHOT_REF)?;
+        let image_ref = labels.get(CRI_IMAGE_REF)?;
+        Some(Self::parse(chain_id, image_ref, labels))
+    }
+
+    fn parse(chain_id: &str, image_ref: &str, labels: &BTreeMap<String, String>) -> Result<LayerRequest, RequestError> {
+        let digest = |label: &'static str| -> Result<String, RequestError> {
+            let value = labels.get(label).ok_or(RequestError::Missing { label })?;
+            if !is_sha256_digest(value) {
+                return Err(RequestError::NotDigest {
+                    label,
+                    value: value.clone(),
+                });
+            }
+            Ok(value.clone())
+        };
+        if !is_sha256_digest(chain_id) {
+            return Err(RequestError::NotDigest {
+                label: SNAPSHOT_REF,
+                value: chain_id.to_owned(),
+            });
+        }
+        let layer_digest = digest(CRI_LAYER_DIGEST)?;
+        let later_layers = labels
+            .get(CRI_IMAGE_LAYERS)
+            .map(|list| {
+                list.split(',')
+                    .map(str::trim)
+                    .filter(|d| is_sha256_digest(d) && *d != layer_digest)
+                    .map(str::to_owned)
+                    .collect()
+            })
+            .unwrap_or_default();
+        Ok(LayerRequest {
+            chain_id: chain_id.to_owned(),
+            image_ref: image_ref.to_owned(),
+            manifest_digest: digest(CRI_MANIFEST_DIGEST)?,
+            layer_digest,
+            later_layers,
+        })
+    }
+}
+
+/// A layer fetched, verified and imported, its objects staged.
+pub struct FetchedLayer {
+    pub tree: Tree,
+    pub stager: ObjectStager,
+    /// The chain ID of the layer below, from the image's config; `None`
+    /// for the first layer. The Prepare's parent must be that snapshot.
+    pub parent_chain: Option<String>,
+    /// Held from the import to the commit, so gc leaves the staged
+    /// objects alone.
+    pub lock: SharedGuard,
+}
+
+/// Why a fetch did not produce a layer; the Prepare falls back to an
+/// ordinary snapshot that containerd fills.
+pub type FetchError = Box<dyn std::error::Error + Send + Sync>;
+
+/// Fetches the layers of remote-snapshot requests. Implemented outside the
+/// snapshotter (it needs the network); called without the snapshotter's
+/// lock held, possibly from many threads.
+pub trait LayerFetcher: Send + Sync {
+    fn fetch(&self, request: &LayerRequest) -> Result<FetchedLayer, FetchError>;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn digest(c: char) -> String {
+        format!("sha256:{}", c.to_string().repeat(64))
+    }
+
+    fn labels(pairs: &[(&str, String)]) -> BTreeMap<String, String> {
+        pairs.iter().map(|(k, v)| ((*k).to_owned(), v.clone())).collect()
+    }
+
+    #[test]
+    fn a_cri_unpack_is_a_request() {
+        let l = labels(&[
+            (SNAPSHOT_REF, digest('a')),
+            (CRI_IMAGE_REF, "127.0.0.1:5000/x:latest".into()),
+            (CRI_MANIFEST_DIGEST, digest('b')),
+            (CRI_LAYER_DIGEST, digest('c')),
+            (
+                CRI_IMAGE_LAYERS,
+                format!("{},{}, bogus,{}", digest('c'), digest('d'), digest('e')),
+            ),
+        ]);
+        let r = LayerRequest::from_labels(&l).unwrap().unwrap();
+        assert_eq!(r.chain_id, digest('a'));
+        assert_eq!(r.manifest_digest, digest('b'));
+        assert_eq!(r.layer_digest, digest('c'));
+        assert_eq!(r.later_layers, vec![digest('d'), digest('e')]);
+    }
+
+    #[test]
+    fn without_cri_labels_there_is_no_request() {
+        assert!(LayerRequest::from_labels(&labels(&[(SNAPSHOT_REF, digest('a'))])).is_none());
+        assert!(LayerRequest::from_labels(&labels(&[(CRI_IMAGE_REF, "x".into())])).is_none());
+    }
+
+    #[test]
+    fn bad_labels_are_named() {
+        let mut l = labels(&[
+            (SNAPSHOT_REF, digest('a')),
+            (CRI_IMAGE_REF, "x".into()),
+            (CRI_MANIFEST_DIGEST, digest('b')),
+        ]);
+        assert_eq!(
+            LayerRequest::from_labels(&l).unwrap(),
+            Err(RequestError::Missing {
+                label: CRI_LAYER_DIGEST
+            })
+        );
+        l.insert(CRI_LAYER_DIGEST.into(), "sha256:../../etc".into());
+        assert!(matches!(
+            LayerRequest::from_labels(&l).unwrap(),
+            Err(RequestError::NotDigest { .. })
+        ));
+        l.insert(CRI_LAYER_DIGEST.into(), digest('c'));
+        l.insert(SNAPSHOT_REF.into(), "sha256:ABC".into());
+        assert!(matches!(
+            LayerRequest::from_labels(&l).unwrap(),
+            Err(RequestError::NotDigest {
+                label: SNAPSHOT_REF,
+                ..
+            })
+        ));
+    }
+}
