@@ -168,7 +168,8 @@ fn labels_strata_cannot_serve_fall_back_to_an_ordinary_snapshot() {
     let set = |pairs: &mut Vec<(String, String)>, key: &str, value: String| {
         pairs.iter_mut().find(|(k, _)| k == key).unwrap().1 = value;
     };
-    let cases: Vec<(&str, Vec<(String, String)>, &str)> = vec![
+    type Case = (&'static str, Vec<(String, String)>, &'static str);
+    let cases: Vec<Case> = vec![
         (
             "another layer's chain",
             {
