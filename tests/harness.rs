@@ -7,6 +7,12 @@
 #[path = "serve.rs"]
 pub mod serve;
 
+#[path = "cri_support.rs"]
+pub mod cri;
+
+#[path = "registries.rs"]
+pub mod registries;
+
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};

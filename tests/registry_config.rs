@@ -6,103 +6,23 @@
 //! a CA, `skip_verify` and client certificates, redirects that must not
 //! carry credentials elsewhere, and manifests too large to read.
 //!
-//! Helper servers (token server, counting proxy, oversized manifests) are
-//! in `fixtures/registry_servers.py`.
+//! The registries and helper servers (token server, counting proxy,
+//! oversized manifests) are started through `strata_tests::registries`.
 
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 
+use strata_tests::registries::{
+    count_lines, family_data, htpasswd_auth, openssl, push, python_server, Registry, TokenServer, PASSWORD,
+    REFRESH_TOKEN, USER,
+};
 use strata_tests::*;
-
-const USER: &str = "strata";
-const PASSWORD: &str = "s3cret";
-
-/// A child process killed when dropped.
-struct Proc(Child);
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-/// Waits until something listens on `addr`.
-fn wait_up(addr: &str) {
-    for _ in 0..150 {
-        if std::net::TcpStream::connect(addr).is_ok() {
-            return;
-        }
-        std::thread::sleep(std::time::Duration::from_millis(100));
-    }
-    panic!("nothing listens on {addr}");
-}
-
-struct Registry {
-    _proc: Proc,
-    addr: String,
-    log: PathBuf,
-}
-
-impl Registry {
-    /// docker-registry on 127.0.0.1:`port` over `data`; `http` and `root`
-    /// are extra YAML lines under `http:` and at the top level.
-    fn start(dir: &Path, name: &str, port: u16, data: &Path, http: &str, root: &str) -> Registry {
-        let addr = format!("127.0.0.1:{port}");
-        let config = dir.join(format!("{name}.yml"));
-        std::fs::write(
-            &config,
-            format!(
-                "version: 0.1\nlog:\n  level: warn\nstorage:\n  filesystem:\n    rootdirectory: {}\nhttp:\n  addr: {addr}\n{http}{root}",
-                data.display()
-            ),
-        )
-        .unwrap();
-        let log = dir.join(format!("{name}.log"));
-        let child = Command::new("/usr/bin/docker-registry")
-            .arg("serve")
-            .arg(&config)
-            .stdout(std::fs::File::create(&log).unwrap())
-            .stderr(std::fs::File::create(dir.join(format!("{name}.err"))).unwrap())
-            .spawn()
-            .expect("docker-registry (Debian package) is installed");
-        let proc = Proc(child);
-        wait_up(&addr);
-        Registry { _proc: proc, addr, log }
-    }
-
-    /// Access-log lines (`"GET /v2/... HTTP/1.1" 200`) containing `needle`.
-    fn count(&self, needle: &str) -> usize {
-        count_lines(&self.log, needle)
-    }
-}
-
-fn count_lines(log: &Path, needle: &str) -> usize {
-    std::fs::read_to_string(log)
-        .unwrap_or_default()
-        .lines()
-        .filter(|l| l.contains(needle))
-        .count()
-}
 
 /// A registry storage directory holding the family's minbase as
 /// `strata/minbase:latest`, pushed through a plain registry on `port`
 /// that is gone when this returns.
 fn minbase_data(dir: &Path, port: u16) -> PathBuf {
-    let data = dir.join(format!("data-{port}"));
-    let registry = Registry::start(dir, &format!("push-{port}"), port, &data, "", "");
-    push_minbase(&registry.addr);
-    data
-}
-
-fn push_minbase(addr: &str) {
-    let push = Command::new("skopeo")
-        .args(["copy", "--quiet", "--dest-tls-verify=false"])
-        .arg(format!("oci:{}:minbase", family_layout().display()))
-        .arg(format!("docker://{addr}/strata/minbase:latest"))
-        .output()
-        .unwrap();
-    assert!(push.status.success(), "{push:?}");
+    family_data(dir, port, &["minbase"])
 }
 
 /// The manifest digest of minbase in the family layout.
@@ -117,23 +37,6 @@ fn minbase_digest() -> String {
         .and_then(|m| m["digest"].as_str())
         .unwrap()
         .to_owned()
-}
-
-fn python_server(dir: &Path, name: &str, port: u16, args: &[&str]) -> (Proc, PathBuf) {
-    let log = dir.join(format!("{name}.log"));
-    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures/registry_servers.py");
-    let child = Command::new("python3")
-        .arg(script)
-        .args(args)
-        .arg("--log")
-        .arg(&log)
-        .stdout(Stdio::null())
-        .stderr(std::fs::File::create(dir.join(format!("{name}.err"))).unwrap())
-        .spawn()
-        .unwrap();
-    let proc = Proc(child);
-    wait_up(&format!("127.0.0.1:{port}"));
-    (proc, log)
 }
 
 /// A config whose `[registry]` names `hosts` (absent unless created) and
@@ -169,37 +72,12 @@ fn b64(text: &str) -> String {
     String::from_utf8(out.stdout).unwrap()
 }
 
-fn htpasswd(dir: &Path) -> PathBuf {
-    let hash = Command::new("python3")
-        .args([
-            "-W",
-            "ignore",
-            "-c",
-            &format!("import crypt; print(crypt.crypt('{PASSWORD}', crypt.mksalt(crypt.METHOD_BLOWFISH)))"),
-        ])
-        .output()
-        .unwrap();
-    assert!(hash.status.success(), "bcrypt hash: {hash:?}");
-    let path = dir.join("htpasswd");
-    std::fs::write(&path, format!("{USER}:{}", String::from_utf8_lossy(&hash.stdout))).unwrap();
-    path
-}
-
-fn openssl(dir: &Path, args: &[&str]) {
-    let out = Command::new("openssl").current_dir(dir).args(args).output().unwrap();
-    assert!(out.status.success(), "openssl {args:?}: {out:?}");
-}
-
 #[test]
 fn basic_credentials_come_from_the_auth_file_and_stay_off_redirects() {
     let first = TestStore::new();
     let dir = first.dir.path();
     let data = minbase_data(dir, 5010);
-    let auth = format!(
-        "  htpasswd:\n    realm: strata-test\n    path: {}\n",
-        htpasswd(dir).display()
-    );
-    let registry = Registry::start(dir, "basic", 5010, &data, "", &format!("auth:\n{auth}"));
+    let registry = Registry::start(dir, "basic", 5010, &data, "", &htpasswd_auth(dir));
     let reference = format!("{}/strata/minbase:latest", registry.addr);
     let no_hosts = dir.join("no-certs.d");
 
@@ -285,50 +163,9 @@ fn bearer_tokens_from_a_token_server_with_password_or_identity_token() {
     let first = TestStore::new();
     let dir = first.dir.path();
     let data = minbase_data(dir, 5011);
-    openssl(
-        dir,
-        &[
-            "req",
-            "-x509",
-            "-newkey",
-            "ec",
-            "-pkeyopt",
-            "ec_paramgen_curve:prime256v1",
-            "-nodes",
-            "-keyout",
-            "token.key",
-            "-out",
-            "token.crt",
-            "-days",
-            "2",
-            "-subj",
-            "/CN=strata-token",
-        ],
-    );
-    let (_tokens, token_log) = python_server(
-        dir,
-        "token-server",
-        5012,
-        &[
-            "token",
-            "5012",
-            "--key",
-            dir.join("token.key").to_str().unwrap(),
-            "--issuer",
-            "strata-issuer",
-            "--service",
-            "strata-registry",
-            "--user",
-            &format!("{USER}:{PASSWORD}"),
-            "--refresh",
-            "refresh-abc",
-        ],
-    );
-    let auth = format!(
-        "auth:\n  token:\n    realm: http://127.0.0.1:5012/token\n    service: strata-registry\n    issuer: strata-issuer\n    rootcertbundle: {}\n",
-        dir.join("token.crt").display()
-    );
-    let registry = Registry::start(dir, "bearer", 5011, &data, "", &auth);
+    let tokens = TokenServer::start(dir, 5012);
+    let token_log = tokens.log.clone();
+    let registry = Registry::start(dir, "bearer", 5011, &data, "", &tokens.registry_auth);
     let reference = format!("{}/strata/minbase:latest", registry.addr);
     let no_hosts = dir.join("no-certs.d");
 
@@ -353,7 +190,7 @@ fn bearer_tokens_from_a_token_server_with_password_or_identity_token() {
         &store,
         &no_hosts,
         Some(
-            serde_json::json!({ "127.0.0.1:5011": { "auth": b64(&format!("{USER}:")), "identitytoken": "refresh-abc" } }),
+            serde_json::json!({ "127.0.0.1:5011": { "auth": b64(&format!("{USER}:")), "identitytoken": REFRESH_TOKEN } }),
         ),
     );
     pull_ok(&store, &reference);
@@ -387,7 +224,7 @@ fn mirrors_serve_first_and_the_upstream_takes_over() {
     let dir = first.dir.path();
     let data = dir.join("data");
     let upstream = Registry::start(dir, "upstream", 5013, &data, "", "");
-    push_minbase(&upstream.addr);
+    push(&upstream.addr, &["minbase"]);
     // The mirror reads the same storage; a proxy in front of it serves its
     // API under /mirror/api, not /v2 (override_path).
     let mirror = Registry::start(dir, "mirror", 5014, &data, "", "");

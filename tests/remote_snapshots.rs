@@ -232,6 +232,13 @@ fn labels_strata_cannot_serve_fall_back_to_an_ordinary_snapshot() {
             "containerd fetches",
         ),
     ];
+    // A layer on the wrong parent: the second layer with no parent.
+    let key = format!("k8s.io/9/extract-9-{}", info.chains[1]);
+    client
+        .prepare(&key, "", as_labels(&cri_labels("python", &info, 1)))
+        .expect("falls back");
+    assert!(serve.log_text().contains("but the snapshot has no parent"));
+    client.remove(&key).unwrap();
     for (n, (what, pairs, reason)) in cases.into_iter().enumerate() {
         let key = format!("k8s.io/{n}/extract-{n}-{}", info.chains[0]);
         let mounts = client
@@ -245,13 +252,26 @@ fn labels_strata_cannot_serve_fall_back_to_an_ordinary_snapshot() {
         assert!(warned, "{what}: a warning with the reason {reason:?}:\n{log}");
         client.remove(&key).unwrap();
     }
-    // A layer on the wrong parent: the second layer with no parent.
-    let key = format!("k8s.io/9/extract-9-{}", info.chains[1]);
+    // Once the first layer falls back, containerd downloads the later ones
+    // itself, so strata does not fetch them too.
+    let mut unreachable = cri_labels("python", &info, 0);
+    set(
+        &mut unreachable,
+        "containerd.io/snapshot/cri.image-ref",
+        "127.0.0.1:9/strata/python:latest".into(),
+    );
+    let first = format!("k8s.io/10/extract-10-{}", info.chains[0]);
+    client.prepare(&first, "", as_labels(&unreachable)).expect("falls back");
+    client.commit(&info.chains[0], &first).unwrap();
+    let key = format!("k8s.io/11/extract-11-{}", info.chains[1]);
     client
-        .prepare(&key, "", as_labels(&cri_labels("python", &info, 1)))
+        .prepare(&key, &info.chains[0], as_labels(&cri_labels("python", &info, 1)))
         .expect("falls back");
-    assert!(serve.log_text().contains("but the snapshot has no parent"));
+    assert!(serve
+        .log_text()
+        .contains("containerd fetches this layer: an earlier layer of the image fell back"));
     client.remove(&key).unwrap();
+    client.remove(&info.chains[0]).unwrap();
     client.cleanup().unwrap();
     drop(client);
     serve.stop();

@@ -118,7 +118,8 @@ mod tests {
 
     #[test]
     fn chain_ids_follow_the_oci_rule() {
-        // The OCI image spec's worked example of ChainID.
+        // The image spec's rule, computed here on its own; tests/cri.rs
+        // checks the result against the chain IDs containerd sends.
         let d = |h: &str| format!("sha256:{h}");
         let ids = chain_ids(&[
             d("a8b0da3c6d6e1b2e0e8f3a3b3c7a5f4e3d2c1b0a9f8e7d6c5b4a3f2e1d0c9b8a"),

@@ -157,3 +157,57 @@ impl Jobs {
         });
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::{AtomicBool, Ordering};
+
+    /// A job's outcome, recorded in `order` when it runs.
+    fn job(order: &Arc<Mutex<Vec<String>>>, name: &str, gate: &Arc<AtomicBool>) -> impl FnOnce() -> Outcome + Send {
+        let (order, name, gate) = (Arc::clone(order), name.to_owned(), Arc::clone(gate));
+        move || {
+            while !gate.load(Ordering::Acquire) {
+                std::thread::sleep(Duration::from_millis(1));
+            }
+            order.lock().unwrap().push(name.clone());
+            Err(format!("{name} ran"))
+        }
+    }
+
+    #[test]
+    fn the_asked_for_layer_jumps_the_queue_and_is_claimed_once() {
+        let jobs = Jobs::start(1, Duration::from_secs(60));
+        let order = Arc::new(Mutex::new(Vec::new()));
+        let gate = Arc::new(AtomicBool::new(false));
+        // The one worker is held on "a" while the others queue.
+        jobs.submit("a", true, job(&order, "a", &gate));
+        std::thread::sleep(Duration::from_millis(50));
+        for name in ["b", "c", "d"] {
+            jobs.submit(name, false, job(&order, name, &gate));
+        }
+        jobs.submit("d", true, job(&order, "never", &gate));
+        gate.store(true, Ordering::Release);
+        assert_eq!(jobs.claim("d").unwrap().err().unwrap(), "d ran");
+        assert_eq!(jobs.claim("b").unwrap().err().unwrap(), "b ran");
+        assert!(jobs.claim("d").is_none(), "a claimed result is gone");
+        assert!(jobs.claim("zzz").is_none());
+        assert_eq!(order.lock().unwrap()[..2], ["a".to_owned(), "d".to_owned()]);
+    }
+
+    #[test]
+    fn unclaimed_results_expire() {
+        let jobs = Jobs::start(1, Duration::from_millis(10));
+        let order = Arc::new(Mutex::new(Vec::new()));
+        let gate = Arc::new(AtomicBool::new(true));
+        jobs.submit("a", true, job(&order, "a", &gate));
+        while order.lock().unwrap().is_empty() {
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        std::thread::sleep(Duration::from_millis(50));
+        // Any submit drops what waited too long.
+        jobs.submit("b", false, job(&order, "b", &gate));
+        assert!(jobs.claim("a").is_none());
+        assert!(jobs.claim("b").is_some());
+    }
+}

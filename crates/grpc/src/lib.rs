@@ -4,9 +4,11 @@
 //! This crate is the only place that knows tonic: [`convert`] maps the
 //! protobuf messages to the snapshotter's own types and its errors to gRPC
 //! codes, [`service`] runs each call on a blocking thread, [`server`] owns
-//! the socket and the graceful shutdown, and [`client`] dials the socket
-//! (tests, benchmarks).
+//! the socket and the graceful shutdown, [`authority`] lets gRPC C-core
+//! clients (grpcio, C++) through h2's `:authority` check, and [`client`]
+//! dials the socket (tests, benchmarks).
 
+pub mod authority;
 pub mod client;
 mod convert;
 pub mod server;

@@ -1,6 +1,7 @@
 //! The socket and the server's life: bind with a safe mode, refuse to steal
-//! a live socket, serve until the shutdown future resolves, then drain the
-//! calls in flight and remove the socket.
+//! a live socket, wrap each connection in the `:authority` shim, serve until
+//! the shutdown future resolves, then drain the calls in flight and remove
+//! the socket.
 
 use std::future::Future;
 use std::io;
@@ -13,8 +14,10 @@ use rustix::fs::{Gid, Mode};
 use strata_snapshotter::Snapshotter;
 use tokio::net::UnixListener;
 use tokio_stream::wrappers::UnixListenerStream;
+use tokio_stream::StreamExt;
 
 use crate::api::snapshots::snapshots_server::SnapshotsServer;
+use crate::authority::{AuthorityShim, MAX_FRAME_SIZE};
 use crate::SnapshotService;
 
 /// How long SIGTERM waits for the calls in flight.
@@ -105,9 +108,13 @@ pub async fn serve(
     let service = SnapshotService::new(snapshotter);
     let in_flight = service.in_flight();
     let (stopping, stopped) = tokio::sync::oneshot::channel::<()>();
+    // Every connection passes the :authority shim (crate::authority), which
+    // holds clients to this frame size.
+    let incoming = UnixListenerStream::new(listener).map(|conn| conn.map(AuthorityShim::new));
     let server = tonic::transport::Server::builder()
+        .max_frame_size(MAX_FRAME_SIZE)
         .add_service(SnapshotsServer::new(service))
-        .serve_with_incoming_shutdown(UnixListenerStream::new(listener), async move {
+        .serve_with_incoming_shutdown(incoming, async move {
             shutdown.await;
             let _ = stopping.send(());
         });

@@ -32,6 +32,8 @@ pub struct Snapshotter {
     swept: Mutex<Option<u64>>,
     /// Fetches layers for containerd's remote-snapshot labels.
     fetcher: Option<std::sync::Arc<dyn crate::LayerFetcher>>,
+    /// Images whose later layers containerd fetches itself.
+    fallen_back: crate::remote::FallenBack,
     /// Held for the snapshotter's life: one snapshotter per store.
     _owner: std::fs::File,
 }
@@ -56,6 +58,7 @@ impl Snapshotter {
             prehashes: Mutex::new(HashMap::new()),
             swept: Mutex::new(None),
             fetcher: None,
+            fallen_back: crate::remote::FallenBack::new(std::time::Duration::from_secs(600)),
             _owner: owner,
         };
         let removed = sn.remove_unknown_dirs()?;
@@ -561,7 +564,14 @@ impl Snapshotter {
         // The upper dir is in the image now: its new files go into the
         // store (any later open of the store does it if this process dies
         // first), the rest is garbage.
-        self.store.adopt_in_place(&adopted)?;
+        // An unpack's upper dir was written by containerd's applier, which
+        // returned before this Commit; a container's may still be written.
+        let recheck = if strata_scratch::is_unpack_key(key) {
+            strata_store::Recheck::Trust
+        } else {
+            strata_store::Recheck::Rehash
+        };
+        self.store.adopt_in_place(&adopted, recheck)?;
         phases.mark("adopt");
         for sub in ["fs", "work"] {
             // Past the commit point: a failure here only leaves garbage

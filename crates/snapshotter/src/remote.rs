@@ -4,7 +4,9 @@
 //! that layer itself; the snapshotter then commits it under the chain ID
 //! and answers AlreadyExists, so containerd neither downloads nor applies it.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
 
 use strata_store::{ObjectStager, SharedGuard};
 use strata_tree::Tree;
@@ -26,7 +28,7 @@ pub struct LayerRequest {
     pub image_ref: String,
     pub manifest_digest: String,
     pub layer_digest: String,
-    /// Layers after this one that containerd will ask for next.
+    /// The layers after this one, as far as the label lists them.
     pub later_layers: Vec<String>,
 }
 
@@ -92,6 +94,49 @@ impl LayerRequest {
     }
 }
 
+/// The layers containerd fetches itself: once one layer of an image falls
+/// back, containerd downloads every later one, so strata does not fetch
+/// them too. Remembered per manifest for `keep`, and forgotten when a new
+/// pull of the image asks for a layer outside the set.
+pub(crate) struct FallenBack {
+    keep: Duration,
+    images: Mutex<HashMap<String, (HashSet<String>, Instant)>>,
+}
+
+impl FallenBack {
+    pub(crate) fn new(keep: Duration) -> Self {
+        FallenBack {
+            keep,
+            images: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// Records that `request`'s layer fell back.
+    pub(crate) fn record(&self, request: &LayerRequest) {
+        let later = request.later_layers.iter().cloned().collect();
+        self.lock()
+            .insert(request.manifest_digest.clone(), (later, Instant::now()));
+    }
+
+    /// Whether containerd fetches `request`'s layer itself already.
+    pub(crate) fn covers(&self, request: &LayerRequest) -> bool {
+        let mut images = self.lock();
+        images.retain(|_, (_, at)| at.elapsed() < self.keep);
+        match images.get(&request.manifest_digest) {
+            Some((later, _)) if later.contains(&request.layer_digest) => true,
+            Some(_) => {
+                images.remove(&request.manifest_digest);
+                false
+            }
+            None => false,
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, (HashSet<String>, Instant)>> {
+        self.images.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
 /// A layer fetched, verified and imported, its objects staged.
 pub struct FetchedLayer {
     pub tree: Tree,
@@ -144,6 +189,25 @@ mod tests {
         assert_eq!(r.manifest_digest, digest('b'));
         assert_eq!(r.layer_digest, digest('c'));
         assert_eq!(r.later_layers, vec![digest('d'), digest('e')]);
+    }
+
+    #[test]
+    fn after_a_fallback_the_later_layers_are_left_to_containerd() {
+        let request = |layer: char, later: &[char]| LayerRequest {
+            chain_id: digest('z'),
+            image_ref: "x".into(),
+            manifest_digest: digest('m'),
+            layer_digest: digest(layer),
+            later_layers: later.iter().map(|c| digest(*c)).collect(),
+        };
+        let fallen = FallenBack::new(Duration::from_secs(60));
+        assert!(!fallen.covers(&request('1', &['2', '3'])));
+        fallen.record(&request('1', &['2', '3']));
+        assert!(fallen.covers(&request('2', &['3'])));
+        assert!(fallen.covers(&request('3', &[])));
+        // A new pull of the image starts over.
+        assert!(!fallen.covers(&request('1', &['2', '3'])));
+        assert!(!fallen.covers(&request('2', &['3'])));
     }
 
     #[test]

@@ -40,7 +40,7 @@ pub use fsck::{FsckProblem, FsckReport};
 pub use gc::GcReport;
 pub use hashing::{hash_file, hash_files, hash_opened};
 pub use lock::{ExclusiveGuard, ImportSlot, SharedGuard};
-pub use objects::{AdoptSource, ObjectStager, StagedObject};
+pub use objects::{AdoptSource, ObjectStager, Recheck, StagedObject};
 pub use prehash::{Prehash, Prehashed};
 
 use dirfd::DirFd;

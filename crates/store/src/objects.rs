@@ -329,8 +329,8 @@ impl Store {
     /// the next [`journal_adoptions_in`](Self::journal_adoptions_in) after
     /// it. A content already present, or a file already gone, is left
     /// alone. Returns how many entered.
-    pub fn adopt_in_place(&self, files: &[(PathBuf, Digest)]) -> Result<usize, StoreError> {
-        let added = self.move_into_objects(files)?;
+    pub fn adopt_in_place(&self, files: &[(PathBuf, Digest)], recheck: Recheck) -> Result<usize, StoreError> {
+        let added = self.move_into_objects(files, recheck)?;
         self.inner.moves.moved(files);
         Ok(added)
     }
@@ -343,12 +343,13 @@ impl Store {
         forget_pending_in(txn, &self.inner.moves.take_durable())
     }
 
-    /// Renames each file into `objects/`, makes it read-only, then hashes
-    /// every one moved again (on every core) and takes out any whose bytes
-    /// no longer match its digest, or that is not a regular file. A file is
-    /// found below the store root without following symlinks; one outside
-    /// it, gone, or already present is skipped.
-    fn move_into_objects(&self, files: &[(PathBuf, Digest)]) -> Result<usize, StoreError> {
+    /// Renames each file into `objects/` and makes it read-only; with
+    /// [`Recheck::Rehash`], first hashes every one moved again (on every
+    /// core) and takes out any whose bytes no longer match its digest, or
+    /// that is not a regular file. A file is found below the store root
+    /// without following symlinks; one outside it, gone, or already
+    /// present is skipped.
+    fn move_into_objects(&self, files: &[(PathBuf, Digest)], recheck: Recheck) -> Result<usize, StoreError> {
         let objects = &self.inner.objects;
         let mut moved = Vec::new();
         let mut fanout_ready = [false; 256];
@@ -387,6 +388,14 @@ impl Store {
                 }
                 Err(e) => return Err(StoreError::io("move into store", path, e)),
             }
+        }
+        if recheck == Recheck::Trust {
+            for digest in &moved {
+                let to = digest.object_path();
+                rustix::fs::chmodat(objects.fd(), &to, Mode::from_raw_mode(0o444), AtFlags::empty())
+                    .map_err(|e| StoreError::io("chmod", objects.path().join(&to), e))?;
+            }
+            return Ok(moved.len());
         }
         let checked = crate::hashing::hash_opened(&moved, |digest: &Digest| {
             let to = objects.path().join(digest.object_path());
@@ -453,13 +462,25 @@ impl Store {
     pub(crate) fn finish_pending(&self) -> Result<(), StoreError> {
         let pending = self.inner.db.pending()?;
         if !pending.is_empty() {
-            let added = self.move_into_objects(&pending)?;
+            let added = self.move_into_objects(&pending, Recheck::Rehash)?;
             self.inner.objects.syncfs()?;
             self.inner.db.forget_pending(&pending)?;
             tracing::info!(files = pending.len(), added, "finished pending adoptions");
         }
         Ok(())
     }
+}
+
+/// Whether [`Store::adopt_in_place`] hashes each file again once it lies
+/// in `objects/`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Recheck {
+    /// A writer may have changed the file after it was hashed (a
+    /// container's upper dir): hash what was moved, drop what differs.
+    Rehash,
+    /// Its writer was done before it was hashed (containerd's applier
+    /// returns before it asks for the Commit).
+    Trust,
 }
 
 /// Moves into `objects/` that are done but not yet durable, then durable
@@ -545,7 +566,7 @@ mod tests {
         let adopted = stager.take_deferred();
         stager.publish().unwrap();
         std::fs::write(upper.join("changed"), [3u8; 5000]).unwrap();
-        assert_eq!(store.adopt_in_place(&adopted).unwrap(), 1);
+        assert_eq!(store.adopt_in_place(&adopted, Recheck::Rehash).unwrap(), 1);
         assert!(store.has_object(&kept).unwrap());
         assert!(!store.has_object(&changed).unwrap());
     }

@@ -144,7 +144,7 @@ fn adopt_commit(store: &Store, upper: &std::path::Path, name: &str, data: &[u8])
     let txn = store.database().begin_write().unwrap();
     store.journal_adoptions_in(&txn, &adopted).unwrap();
     txn.commit().unwrap();
-    assert_eq!(store.adopt_in_place(&adopted).unwrap(), 1);
+    assert_eq!(store.adopt_in_place(&adopted, crate::Recheck::Rehash).unwrap(), 1);
     (path, digest)
 }
 

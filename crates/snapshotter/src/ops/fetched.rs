@@ -26,6 +26,14 @@ impl Snapshotter {
                 return None;
             }
         };
+        if self.fallen_back.covers(&request) {
+            tracing::info!(
+                key,
+                layer = request.layer_digest,
+                "containerd fetches this layer: an earlier layer of the image fell back"
+            );
+            return None;
+        }
         match self.committed_chain(&request.chain_id, parent) {
             Ok(Some(name)) => return Some(name),
             Ok(None) => {}
@@ -37,6 +45,7 @@ impl Snapshotter {
         let fetched = match fetcher.fetch(&request) {
             Ok(fetched) => fetched,
             Err(e) => {
+                self.fallen_back.record(&request);
                 tracing::warn!(
                     key,
                     layer = request.layer_digest,
@@ -52,6 +61,7 @@ impl Snapshotter {
                 Some(name)
             }
             Err(e) => {
+                self.fallen_back.record(&request);
                 self.sweep_next_cleanup();
                 tracing::warn!(
                     key,

@@ -187,7 +187,10 @@ pub(crate) fn parse(text: &str, dir: &Path, registry: &str, loopback: bool) -> R
             upstream
         }
     };
-    endpoints.push(upstream);
+    // A file that names the server as a host too (as many do) tries it once.
+    if !endpoints.iter().any(|e| e.root() == upstream.root()) {
+        endpoints.push(upstream);
+    }
     Ok(endpoints)
 }
 
@@ -417,6 +420,19 @@ mod tests {
 
     fn roots(endpoints: &[Endpoint]) -> Vec<String> {
         endpoints.iter().map(Endpoint::root).collect()
+    }
+
+    #[test]
+    fn a_server_also_named_as_a_host_is_tried_once() {
+        let e = hosts(
+            r#"
+server = "http://r.example:5000"
+[host."http://r.example:5000"]
+  capabilities = ["pull", "resolve"]
+"#,
+        );
+        assert_eq!(roots(&e), ["http://r.example:5000/v2"]);
+        assert!(e[0].capabilities.pull && e[0].capabilities.resolve && !e[0].capabilities.push);
     }
 
     #[test]

@@ -1,0 +1,228 @@
+//! A private containerd with its CRI plugin on and strata its snapshotter
+//! (`fixtures/containerd-cri.sh`), for the tests that speak the Kubernetes
+//! CRI: the guard that stops it with everything its pods left, `ctr` in the
+//! CRI's namespace, and what containerd's content store keeps.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::Output;
+use std::time::{Duration, Instant};
+
+use strata_bench_cri::Cri;
+
+use crate::serve::unmount_under;
+use crate::{registry, TestStore};
+
+/// A private containerd with CRI; stopped on drop with every pod, shim and
+/// mount it left, even when the test fails.
+pub struct CriContainerd {
+    pub dir: PathBuf,
+    pub strata_socket: PathBuf,
+}
+
+impl CriContainerd {
+    pub fn start(dir: &Path, strata_socket: &Path) -> CriContainerd {
+        std::fs::create_dir_all(dir).unwrap();
+        let cd = CriContainerd {
+            dir: dir.to_owned(),
+            strata_socket: strata_socket.to_owned(),
+        };
+        let out = cd.script(&["start"]);
+        assert!(
+            out.status.success(),
+            "containerd-cri.sh start: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        cd
+    }
+
+    pub fn script(&self, args: &[&str]) -> Output {
+        std::process::Command::new("bash")
+            .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures/containerd-cri.sh"))
+            .args(args)
+            .env("STRATA_CONTAINERD_DIR", &self.dir)
+            .env("STRATA_SOCKET", &self.strata_socket)
+            .output()
+            .unwrap()
+    }
+
+    /// The CRI's `registry.config_path` for a containerd in `dir`: the
+    /// script writes only the local registry's `hosts.toml` there, so a
+    /// test may add `<host>/hosts.toml` files of its own, before or after
+    /// the start (containerd reads them at each pull).
+    pub fn hosts_dir(dir: &Path) -> PathBuf {
+        dir.join("certs.d")
+    }
+
+    /// ctr in the k8s.io namespace (the CRI's).
+    pub fn try_ctr(&self, args: &[&str]) -> Output {
+        let mut all = vec!["ctr", "-n", "k8s.io"];
+        all.extend_from_slice(args);
+        self.script(&all)
+    }
+
+    pub fn ctr(&self, args: &[&str]) -> String {
+        let out = self.try_ctr(args);
+        assert!(
+            out.status.success(),
+            "ctr {args:?}: {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    pub fn socket(&self) -> PathBuf {
+        self.dir.join("containerd.sock")
+    }
+
+    pub fn cri(&self) -> Cri {
+        Cri::connect(&self.socket()).unwrap()
+    }
+
+    /// containerd's own log.
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(self.dir.join("containerd.log")).unwrap_or_default()
+    }
+
+    /// Where a running container's rootfs is mounted.
+    pub fn rootfs(&self, container_id: &str) -> PathBuf {
+        self.dir
+            .join("state/io.containerd.runtime.v2.task/k8s.io")
+            .join(container_id)
+            .join("rootfs")
+    }
+
+    /// Keys of the snapshots containerd's k8s.io namespace has in strata.
+    pub fn strata_snapshots(&self) -> Vec<String> {
+        let out = self.ctr(&["snapshots", "--snapshotter", "strata", "ls"]);
+        out.lines()
+            .skip(1)
+            .filter_map(|l| l.split_whitespace().next())
+            .map(str::to_owned)
+            .collect()
+    }
+
+    /// Runs containerd's GC now, synchronously (`ctr leases delete --sync`).
+    pub fn collect(&self) {
+        let lease = self.ctr(&["leases", "create"]);
+        self.ctr(&["leases", "delete", "--sync", lease.trim()]);
+    }
+
+    /// After strata restarts, containerd's proxy reconnects only after its
+    /// gRPC backoff, and fails calls until then. `snapshots ls` would not
+    /// tell (containerd answers it from its own DB): Prepare reaches strata.
+    pub fn wait_ready(&self) {
+        for attempt in 0..150 {
+            let key = format!("ready-probe-{attempt}");
+            let sn = ["snapshots", "--snapshotter", "strata"];
+            if self.try_ctr(&[&sn[..], &["prepare", &key]].concat()).status.success() {
+                self.ctr(&[&sn[..], &["rm", &key]].concat());
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(200));
+        }
+        panic!("containerd cannot reach strata after its restart");
+    }
+}
+
+impl Drop for CriContainerd {
+    fn drop(&mut self) {
+        let _ = self.script(&["stop"]);
+        unmount_under(&self.dir);
+    }
+}
+
+/// containerd's dir for a test: short, since its sockets' paths must fit.
+pub fn short_dir(store: &TestStore) -> PathBuf {
+    store.dir.path().join("c")
+}
+
+/// The sandbox image containerd-cri.sh configures.
+pub fn pause_ref() -> String {
+    format!("{}/strata/pause:latest", registry())
+}
+
+pub const MANIFEST_OR_INDEX: &[&str] = &[
+    "application/vnd.oci.image.index.v1+json",
+    "application/vnd.oci.image.manifest.v1+json",
+    "application/vnd.docker.distribution.manifest.list.v2+json",
+    "application/vnd.docker.distribution.manifest.v2+json",
+];
+
+/// Every blob in containerd's k8s.io content store, with the media type the
+/// images' indexes and manifests give it (walked from `ctr images ls`), or
+/// "unreferenced".
+pub fn content_media_types(cd: &CriContainerd) -> BTreeMap<String, String> {
+    let present: Vec<String> = cd
+        .ctr(&["content", "ls", "-q"])
+        .lines()
+        .map(|l| l.trim().to_owned())
+        .filter(|l| !l.is_empty())
+        .collect();
+    let mut queue: Vec<(String, String)> = cd
+        .ctr(&["images", "ls"])
+        .lines()
+        .skip(1)
+        .filter_map(|l| {
+            let f: Vec<&str> = l.split_whitespace().collect();
+            Some((f.get(2)?.to_string(), f.get(1)?.to_string()))
+        })
+        .collect();
+    let mut types = BTreeMap::new();
+    while let Some((digest, media_type)) = queue.pop() {
+        if types.insert(digest.clone(), media_type.clone()).is_some()
+            || !MANIFEST_OR_INDEX.contains(&media_type.as_str())
+            || !present.contains(&digest)
+        {
+            continue;
+        }
+        let body: serde_json::Value = serde_json::from_str(&cd.ctr(&["content", "get", &digest])).unwrap();
+        let children = body["manifests"]
+            .as_array()
+            .into_iter()
+            .chain(body["layers"].as_array())
+            .flatten()
+            .chain(body.get("config"));
+        for d in children {
+            if let (Some(digest), Some(mt)) = (d["digest"].as_str(), d["mediaType"].as_str()) {
+                queue.push((digest.to_owned(), mt.to_owned()));
+            }
+        }
+    }
+    present
+        .into_iter()
+        .map(|d| {
+            let mt = types.get(&d).cloned().unwrap_or_else(|| "unreferenced".to_owned());
+            (d, mt)
+        })
+        .collect()
+}
+
+pub fn is_layer(media_type: &str) -> bool {
+    media_type.starts_with("application/vnd.oci.image.layer.")
+        || media_type.starts_with("application/vnd.docker.image.rootfs.diff.tar")
+}
+
+/// The layer blobs (`digest media-type`) in containerd's content store.
+pub fn layer_blobs(content: &BTreeMap<String, String>) -> Vec<String> {
+    content
+        .iter()
+        .filter(|(_, mt)| is_layer(mt))
+        .map(|(d, mt)| format!("{d} {mt}"))
+        .collect()
+}
+
+/// Polls `done` every 100 ms for up to `secs`; true once it holds.
+pub fn eventually(secs: u64, mut done: impl FnMut() -> bool) -> bool {
+    let until = Instant::now() + Duration::from_secs(secs);
+    loop {
+        if done() {
+            return true;
+        }
+        if Instant::now() > until {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
