@@ -128,7 +128,7 @@ fn cri_labels_make_strata_fetch_and_commit_every_layer() {
                 continue;
             }
             seq += 1;
-            let key = format!("k8s.io/{seq}/extract-{seq}-{chain}");
+            let key = format!("k8s.io/{seq}/extract-{seq}-AAAA {chain}");
             let status = client
                 .prepare(&key, &parent, as_labels(&cri_labels(tag, &info, i)))
                 .expect_err("a fetched layer answers AlreadyExists");
@@ -233,14 +233,14 @@ fn labels_strata_cannot_serve_fall_back_to_an_ordinary_snapshot() {
         ),
     ];
     // A layer on the wrong parent: the second layer with no parent.
-    let key = format!("k8s.io/9/extract-9-{}", info.chains[1]);
+    let key = format!("k8s.io/9/extract-9-AAAA {}", info.chains[1]);
     client
         .prepare(&key, "", as_labels(&cri_labels("python", &info, 1)))
         .expect("falls back");
     assert!(serve.log_text().contains("but the snapshot has no parent"));
     client.remove(&key).unwrap();
     for (n, (what, pairs, reason)) in cases.into_iter().enumerate() {
-        let key = format!("k8s.io/{n}/extract-{n}-{}", info.chains[0]);
+        let key = format!("k8s.io/{n}/extract-{n}-AAAA {}", info.chains[0]);
         let mounts = client
             .prepare(&key, "", as_labels(&pairs))
             .unwrap_or_else(|e| panic!("{what}: falls back to an active snapshot, got {e:?}"));
@@ -260,10 +260,10 @@ fn labels_strata_cannot_serve_fall_back_to_an_ordinary_snapshot() {
         "containerd.io/snapshot/cri.image-ref",
         "127.0.0.1:9/strata/python:latest".into(),
     );
-    let first = format!("k8s.io/10/extract-10-{}", info.chains[0]);
+    let first = format!("k8s.io/10/extract-10-AAAA {}", info.chains[0]);
     client.prepare(&first, "", as_labels(&unreachable)).expect("falls back");
     client.commit(&info.chains[0], &first).unwrap();
-    let key = format!("k8s.io/11/extract-11-{}", info.chains[1]);
+    let key = format!("k8s.io/11/extract-11-AAAA {}", info.chains[1]);
     client
         .prepare(&key, &info.chains[0], as_labels(&cri_labels("python", &info, 1)))
         .expect("falls back");
@@ -291,7 +291,7 @@ fn death_while_committing_a_fetched_layer_leaves_a_clean_store() {
     for point in ["fetched.after_publish", "fetched.before_db"] {
         let store = TestStore::new();
         let socket = store.dir.path().join("s.sock");
-        let key = format!("k8s.io/1/extract-1-{chain}");
+        let key = format!("k8s.io/1/extract-1-AAAA {chain}");
         let spec = format!("{point}=abort");
         let serve = Serve::start(&store.root(), &socket, None, &[("STRATA_FAILPOINTS", spec.as_str())]);
         let mut client = serve.client();

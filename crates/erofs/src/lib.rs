@@ -27,7 +27,7 @@ use composefs::erofs::writer::{mkfs_erofs_versioned, ValidatedFileSystem};
 use composefs::fsverity::{FsVerityHashValue, Sha256HashValue};
 use composefs::generic_tree::{Inode, LeafContent, LeafId as CfsLeafId, Stat as CfsStat};
 use composefs::tree::{Directory, FileSystem, RegularFile};
-use strata_tree::{Content, Digest, Dir, FileData, LeafId, Node, Stat, Tree, MAX_NAME_LEN};
+use strata_tree::{Content, Digest, Dir, FileData, Leaf, LeafId, Node, Stat, Tree, MAX_NAME_LEN};
 
 mod read;
 
@@ -75,7 +75,44 @@ type CfsFs = FileSystem<Sha256HashValue>;
 /// thread with a big stack (see `with_stack_for`), because the writer
 /// recurses once per directory level.
 pub fn write_image(tree: &Tree) -> Result<Vec<u8>, ErofsError> {
-    with_stack_for(depth_of(&tree.root), || write_image_here(tree))
+    // The clone recurses as deep as the tree: refuse a deep one first, and
+    // clone on the stack the write uses.
+    refuse_too_deep(&tree.root)?;
+    with_stack_for(depth_of(&tree.root), || write_image_here(tree.clone()))
+}
+
+/// The error for a directory nested deeper than [`MAX_DEPTH`], found
+/// without recursion.
+fn refuse_too_deep(root: &Dir) -> Result<(), ErofsError> {
+    let mut pending: Vec<(&Dir, usize, Vec<u8>)> = vec![(root, 0, Vec::new())];
+    while let Some((dir, depth, path)) = pending.pop() {
+        if depth > MAX_DEPTH {
+            return Err(ErofsError::Invalid {
+                reason: format!(
+                    "directory {:?} is nested deeper than {MAX_DEPTH} levels",
+                    String::from_utf8_lossy(&path)
+                ),
+            });
+        }
+        for (name, node) in &dir.entries {
+            if let Node::Dir(child) = node {
+                let mut below = path.clone();
+                below.push(b'/');
+                below.extend_from_slice(name);
+                pending.push((child, depth + 1, below));
+            }
+        }
+    }
+    Ok(())
+}
+
+/// [`write_image`] for a tree the caller is done with: each directory and
+/// leaf is freed as it is converted to composefs's tree, so the peak holds
+/// one copy of the tree, not two (`bench/memory` measures it).
+pub fn into_image(tree: Tree) -> Result<Vec<u8>, ErofsError> {
+    refuse_too_deep(&tree.root)?;
+    let depth = depth_of(&tree.root);
+    with_stack_for(depth, move || write_image_here(tree))
 }
 
 /// How deep directories nest below `root`, found without recursion.
@@ -93,17 +130,31 @@ fn depth_of(root: &Dir) -> usize {
     deepest
 }
 
-fn write_image_here(tree: &Tree) -> Result<Vec<u8>, ErofsError> {
+fn write_image_here(tree: Tree) -> Result<Vec<u8>, ErofsError> {
     // convert_dir converts the root's stat along with its entries.
     let mut fs = CfsFs::new(CfsStat::uninitialized());
-    let mut leaf_map: Vec<Option<CfsLeafId>> = vec![None; tree.leaves.len()];
+    let mut leaves = Leaves {
+        pending: tree.leaves.into_iter().map(Some).collect(),
+        converted: Vec::new(),
+    };
+    leaves.converted.resize(leaves.pending.len(), None);
     let mut path = Vec::new();
-    let root = convert_dir(tree, &tree.root, &mut fs, &mut leaf_map, &mut path, 0)?;
+    let root = convert_dir(tree.root, &mut fs, &mut leaves, &mut path, 0)?;
+    drop(leaves);
     fs.root = root;
     let validated = ValidatedFileSystem::new(fs).map_err(|e| ErofsError::Invalid {
         reason: format!("{e:#}"),
     })?;
     Ok(mkfs_erofs_versioned(&validated, FormatVersion::V2).into_vec())
+}
+
+/// The tree's leaves during the conversion: each is taken out when its
+/// first link is converted; later links reuse what it became.
+struct Leaves {
+    pending: Vec<Option<Leaf>>,
+    /// composefs's id of each converted leaf, and whether it is a
+    /// character device 0/0.
+    converted: Vec<Option<(CfsLeafId, bool)>>,
 }
 
 /// The object digests an image's files point at.
@@ -122,10 +173,9 @@ pub fn referenced_objects(image: &[u8]) -> Result<Vec<Digest>, ErofsError> {
 }
 
 fn convert_dir(
-    tree: &Tree,
-    dir: &Dir,
+    dir: Dir,
     fs: &mut CfsFs,
-    leaf_map: &mut [Option<CfsLeafId>],
+    leaves: &mut Leaves,
     path: &mut Vec<u8>,
     depth: usize,
 ) -> Result<Directory<Sha256HashValue>, ErofsError> {
@@ -139,23 +189,22 @@ fn convert_dir(
     }
     let mut out = Directory::new(convert_stat(&dir.stat, path, false)?);
     let in_root = path.is_empty();
-    for (name, node) in &dir.entries {
+    for (name, node) in dir.entries {
         let len = path.len();
         path.push(b'/');
-        path.extend_from_slice(name);
-        check_name(name).map_err(|why| invalid(format!("entry {:?} {why}", shown(path))))?;
+        path.extend_from_slice(&name);
+        check_name(&name).map_err(|why| invalid(format!("entry {:?} {why}", shown(path))))?;
         let inode = match node {
-            Node::Dir(child) => Inode::Directory(Box::new(convert_dir(tree, child, fs, leaf_map, path, depth + 1)?)),
+            Node::Dir(child) => Inode::Directory(Box::new(convert_dir(*child, fs, leaves, path, depth + 1)?)),
             Node::Leaf(id) => {
-                let whiteout_like =
-                    matches!(tree.leaves.get(id.0), Some(leaf) if leaf.content == Content::CharDevice(0));
+                let (converted, whiteout_like) = convert_leaf(id, fs, leaves, path)?;
                 if in_root && whiteout_like && name.len() == 2 && name.iter().all(u8::is_ascii_hexdigit) {
                     return Err(invalid(format!(
                         "character device 0/0 {:?} would be read back as an overlay whiteout stub",
                         shown(path)
                     )));
                 }
-                Inode::leaf(convert_leaf(tree, *id, fs, leaf_map, path)?)
+                Inode::leaf(converted)
             }
             Node::Whiteout => {
                 return Err(ErofsError::UnmergedWhiteout {
@@ -163,32 +212,29 @@ fn convert_dir(
                 })
             }
         };
-        out.insert(OsStr::from_bytes(name), inode);
+        out.insert(OsStr::from_bytes(&name), inode);
         path.truncate(len);
     }
     Ok(out)
 }
 
-fn convert_leaf(
-    tree: &Tree,
-    id: LeafId,
-    fs: &mut CfsFs,
-    leaf_map: &mut [Option<CfsLeafId>],
-    path: &[u8],
-) -> Result<CfsLeafId, ErofsError> {
+/// composefs's id for leaf `id`, and whether it is a character device 0/0.
+fn convert_leaf(id: LeafId, fs: &mut CfsFs, leaves: &mut Leaves, path: &[u8]) -> Result<(CfsLeafId, bool), ErofsError> {
     let shown = || String::from_utf8_lossy(path).into_owned();
     let invalid = |reason: String| ErofsError::Invalid { reason };
-    let Some(leaf) = tree.leaves.get(id.0) else {
+    if let Some(Some(done)) = leaves.converted.get(id.0) {
+        return Ok(*done);
+    }
+    let Some(leaf) = leaves.pending.get_mut(id.0).and_then(Option::take) else {
         return Err(invalid(format!(
             "{:?} names leaf {}, which does not exist",
             shown(),
             id.0
         )));
     };
-    if let Some(done) = leaf_map[id.0] {
-        return Ok(done);
-    }
-    let content = match &leaf.content {
+    let whiteout_like = leaf.content == Content::CharDevice(0);
+    let external = matches!(leaf.content, Content::File(FileData::Object { .. }));
+    let content = match leaf.content {
         Content::File(FileData::Inline(data)) => {
             if data.len() > INLINE_MAX {
                 return Err(invalid(format!(
@@ -197,11 +243,11 @@ fn convert_leaf(
                     data.len()
                 )));
             }
-            LeafContent::Regular(RegularFile::Inline(data.clone().into()))
+            LeafContent::Regular(RegularFile::Inline(data.into()))
         }
         Content::File(FileData::Object { digest, size }) => {
             let id = Sha256HashValue::from_hex(digest.to_hex()).expect("64 hex characters");
-            LeafContent::Regular(RegularFile::External(id, *size))
+            LeafContent::Regular(RegularFile::External(id, size))
         }
         Content::Symlink(target) => {
             if target.len() > SYMLINK_MAX {
@@ -210,23 +256,22 @@ fn convert_leaf(
                     len: target.len(),
                 });
             }
-            LeafContent::Symlink(OsStr::from_bytes(target).into())
+            LeafContent::Symlink(OsStr::from_bytes(&target).into())
         }
-        Content::CharDevice(rdev) | Content::BlockDevice(rdev) if u32::try_from(*rdev).is_err() => {
+        Content::CharDevice(rdev) | Content::BlockDevice(rdev) if u32::try_from(rdev).is_err() => {
             return Err(invalid(format!(
                 "device {:?} has number {rdev:#x}, which does not fit EROFS's 32 bits",
                 shown()
             )));
         }
-        Content::CharDevice(rdev) => LeafContent::CharacterDevice(*rdev),
-        Content::BlockDevice(rdev) => LeafContent::BlockDevice(*rdev),
+        Content::CharDevice(rdev) => LeafContent::CharacterDevice(rdev),
+        Content::BlockDevice(rdev) => LeafContent::BlockDevice(rdev),
         Content::Fifo => LeafContent::Fifo,
         Content::Socket => LeafContent::Socket,
     };
-    let external = matches!(leaf.content, Content::File(FileData::Object { .. }));
     let new_id = fs.push_leaf(convert_stat(&leaf.stat, path, external)?, content);
-    leaf_map[id.0] = Some(new_id);
-    Ok(new_id)
+    leaves.converted[id.0] = Some((new_id, whiteout_like));
+    Ok((new_id, whiteout_like))
 }
 
 /// Stack for the helper thread of [`write_image`] and [`read_tree`]. Both they

@@ -68,15 +68,16 @@ enum Refusal {
 }
 
 impl Fetcher {
-    pub fn new(store: Store, sources: Box<SourceFactory>, options: FetcherOptions) -> Fetcher {
-        let jobs = Jobs::start(options.workers, options.keep_unclaimed);
-        Fetcher {
+    /// Starts the fetcher and its `options.workers` import threads.
+    pub fn new(store: Store, sources: Box<SourceFactory>, options: FetcherOptions) -> std::io::Result<Fetcher> {
+        let jobs = Jobs::start(options.workers, options.keep_unclaimed)?;
+        Ok(Fetcher {
             store,
             sources,
             options,
             jobs,
             images: Mutex::new(HashMap::new()),
-        }
+        })
     }
 
     /// The image a request names, resolved once per manifest.
@@ -114,14 +115,14 @@ impl Fetcher {
         Ok(image)
     }
 
-    /// Queues the import of layer `at` of `image`.
-    fn submit(&self, image: &Arc<Image>, at: usize, first: bool) {
+    /// Queues the import of layer `at` of `image` (named `group`).
+    fn submit(&self, group: &str, image: &Arc<Image>, at: usize, first: bool) {
         let layer = image.layers[at].clone();
         let source = Arc::clone(&image.source);
         let store = self.store.clone();
         let limits = self.options.limits.clone();
         let chain_id = layer.chain_id.clone();
-        self.jobs.submit(&chain_id, first, move || {
+        self.jobs.submit(group, &chain_id, first, move || {
             import(&store, source.as_ref(), layer, &limits)
         });
     }
@@ -153,13 +154,21 @@ impl LayerFetcher for Fetcher {
     fn fetch(&self, request: &LayerRequest) -> Result<FetchedLayer, FetchError> {
         let image = self.image(request)?;
         let at = chain::locate(&image.layers, request)?;
-        self.submit(&image, at, true);
-        for later in at + 1..image.layers.len() {
-            self.submit(&image, later, false);
+        let group = image_key(request);
+        self.submit(&group, &image, at, true);
+        // Enough ahead to keep the workers busy while containerd commits
+        // this one, not so many that unclaimed trees pile up in memory.
+        let ahead = self.options.workers.max(1);
+        for later in at + 1..image.layers.len().min(at + 1 + ahead) {
+            self.submit(&group, &image, later, false);
         }
         match self.jobs.claim(&request.chain_id) {
             Some(outcome) => outcome.map_err(FetchError::from),
             None => Err(Refusal::NotQueued(request.chain_id.clone()).into()),
         }
+    }
+
+    fn abandon(&self, request: &LayerRequest) {
+        self.jobs.abandon(&image_key(request));
     }
 }

@@ -73,8 +73,9 @@ pub fn pull(
         stagers.push(import.stager);
     }
     tree.compact();
-    let image = strata_erofs::write_image(&tree)?;
     let objects = ObjectRef::all_in(&tree);
+    let stats = tree.stats();
+    let image = strata_erofs::into_image(tree)?;
     let referenced: HashSet<Digest> = objects.iter().map(|o| o.digest).collect();
     fail("pull.after_stage")?;
     for stager in stagers {
@@ -84,7 +85,6 @@ pub fn pull(
     let erofs = store.put_image(&image)?;
     fail("pull.before_db")?;
 
-    let stats = tree.stats();
     let record = ImageRecord {
         name: options.name.clone(),
         manifest_digest: resolved.manifest_digest.clone(),

@@ -195,9 +195,28 @@ fn flag(labels: &BTreeMap<String, String>, names: &[&str]) -> Result<bool, Label
     }
 }
 
-/// Whether `key` names a snapshot containerd unpacks a layer into.
+/// Whether `key` names a snapshot containerd unpacks a layer into: its
+/// last segment is containerd's `extract-<nanos>-<random> <chain ID>`
+/// (`snapshots.UnpackKeyFormat`), exactly. A container named
+/// `extract-something` is not one: unpack snapshots get no scratch and
+/// their files are trusted as containerd's applier wrote them.
 pub fn is_unpack_key(key: &str) -> bool {
-    key.contains("extract-")
+    let name = key.rsplit('/').next().unwrap_or(key);
+    let Some((unique, chain)) = name.strip_prefix("extract-").and_then(|rest| rest.split_once(' ')) else {
+        return false;
+    };
+    let Some((nanos, random)) = unique.split_once('-') else {
+        return false;
+    };
+    let hex = chain.strip_prefix("sha256:").unwrap_or_default();
+    !nanos.is_empty()
+        && nanos.bytes().all(|b| b.is_ascii_digit())
+        && (1..=16).contains(&random.len())
+        && random
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'='))
+        && hex.len() == 64
+        && hex.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
 }
 
 /// Turns a snapshot's key and labels into a scratch request.
@@ -234,6 +253,27 @@ mod tests {
         pairs.iter().map(|(k, v)| (format!("{P}{k}"), v.to_string())).collect()
     }
 
+    fn unpack_key(prefix: &str) -> String {
+        format!("{prefix}/extract-123456789-AbC_ sha256:{}", "0a".repeat(32))
+    }
+
+    #[test]
+    fn only_containerds_unpack_keys_are_unpacks() {
+        assert!(is_unpack_key(&unpack_key("k8s.io/12")));
+        assert!(is_unpack_key(unpack_key("").trim_start_matches('/')));
+        for key in [
+            "default/3/extract-x",
+            "default/3/extract-1 sha256:ab",
+            "default/3/my-extract-1-AbC_ sha256:00",
+            &format!("default/3/extract--AbC_ sha256:{}", "0a".repeat(32)),
+            &format!("default/3/extract-1-a/b sha256:{}", "0a".repeat(32)),
+            &format!("extract-ns/3/extract-1-AbC_ sha256:{}x", "0a".repeat(32)),
+            &format!("default/3/extract-1-AbC_ sha256:{}", "0A".repeat(32)),
+        ] {
+            assert!(!is_unpack_key(key), "{key}");
+        }
+    }
+
     fn policy(allowed: &Path) -> ScratchPolicy {
         ScratchPolicy {
             max_bytes: 100 << 30,
@@ -258,7 +298,7 @@ mod tests {
         assert_eq!(parse("off/7/c", &[]), ScratchRequest::Plain);
         // A label wins; unpack snapshots never get a scratch.
         assert_eq!(parse("k8s.io/7/c", &[(SIZE_GB[1], "3")]), sized(3 << 30));
-        assert_eq!(parse("k8s.io/7/extract-1-sha256:x", &[]), ScratchRequest::Plain);
+        assert_eq!(parse(&unpack_key("k8s.io/7"), &[]), ScratchRequest::Plain);
         // A shared scratch takes its owner's size.
         assert_eq!(
             parse("k8s.io/8/c", &[(REUSE[1], "true"), (OWNER[1], "c")]),
@@ -305,7 +345,7 @@ mod tests {
         ));
         // Unpack snapshots ignore every scratch label, even bad ones.
         assert_eq!(
-            parse_labels("default/2/extract-123 sha256:ab", &labels(&[(SIZE_GB[0], "bad")]), &p).unwrap(),
+            parse_labels(&unpack_key("default/2"), &labels(&[(SIZE_GB[0], "bad")]), &p).unwrap(),
             ScratchRequest::Plain
         );
     }

@@ -67,6 +67,8 @@ pub enum SnapshotError {
     Db(#[from] redb::Error),
     #[error("snapshot record {key:?} is unreadable: {reason}")]
     BadRecord { key: String, reason: String },
+    #[error("snapshot {key:?}: {reason}")]
+    ChainMismatch { key: String, reason: String },
     #[error(transparent)]
     Store(#[from] strata_store::StoreError),
     #[error(transparent)]
@@ -88,6 +90,7 @@ impl SnapshotError {
             | Unsupported { .. }
             | TooDeep { .. }
             | UpperChanged { .. }
+            | ChainMismatch { .. }
             | Erofs(strata_erofs::ErofsError::Invalid { .. } | strata_erofs::ErofsError::SymlinkTooLong { .. }) => {
                 ErrorKind::FailedPrecondition
             }

@@ -28,8 +28,11 @@ pub struct Snapshotter {
     /// Unpack snapshots' upper dirs being hashed as containerd writes them.
     prehashes: Mutex<HashMap<u64, Prehash>>,
     /// The store's `released` counter at the last full gc; `None` until the
-    /// first, and again after a failed commit (which may leave orphans).
+    /// first.
     swept: Mutex<Option<u64>>,
+    /// Set by a failed commit (which may leave orphans): the next Cleanup
+    /// sweeps whatever `swept` says.
+    sweep_asked: std::sync::atomic::AtomicBool,
     /// Fetches layers for containerd's remote-snapshot labels.
     fetcher: Option<std::sync::Arc<dyn crate::LayerFetcher>>,
     /// Images whose later layers containerd fetches itself.
@@ -57,6 +60,7 @@ impl Snapshotter {
             lock: Mutex::new(()),
             prehashes: Mutex::new(HashMap::new()),
             swept: Mutex::new(None),
+            sweep_asked: std::sync::atomic::AtomicBool::new(false),
             fetcher: None,
             fallen_back: crate::remote::FallenBack::new(std::time::Duration::from_secs(600)),
             _owner: owner,
@@ -528,8 +532,8 @@ impl Snapshotter {
         phases.mark("hash");
         strata_tree::merge_layer(&mut merged, layer)?;
         merged.compact();
-        let image = strata_erofs::write_image(&merged)?;
         let objects = ObjectRef::all_in(&merged);
+        let image = strata_erofs::into_image(merged)?;
         phases.mark("erofs");
         // New files stay in the upper dir until the DB commit; publish
         // makes them durable where they are.

@@ -158,6 +158,9 @@ pub type FetchError = Box<dyn std::error::Error + Send + Sync>;
 /// lock held, possibly from many threads.
 pub trait LayerFetcher: Send + Sync {
     fn fetch(&self, request: &LayerRequest) -> Result<FetchedLayer, FetchError>;
+    /// `request`'s layer fell back: containerd fetches the image's later
+    /// layers itself, so any work queued for them can go.
+    fn abandon(&self, _request: &LayerRequest) {}
 }
 
 #[cfg(test)]

@@ -272,12 +272,13 @@ fn unpack_snapshots_hashed_while_written_name_objects_by_their_bytes() {
     layer(
         &sn,
         &mnt,
-        "default/1/extract-1 sha256:x",
+        &format!("default/1/extract-1-AAAA sha256:{}", "1".repeat(64)),
         "",
         "parent",
         unpack_like_containerd,
     );
-    layer(&sn, &mnt, "default/2/extract-2 sha256:y", "parent", "child", |m| {
+    let key = format!("default/2/extract-2-AAAA sha256:{}", "2".repeat(64));
+    layer(&sn, &mnt, &key, "parent", "child", |m| {
         std::fs::write(m.join("d/b"), vec![0x42; 50_000]).unwrap();
         std::fs::write(m.join("d/e/new"), vec![0x43; 60_000]).unwrap();
         std::thread::sleep(std::time::Duration::from_millis(300));

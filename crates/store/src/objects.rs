@@ -389,32 +389,43 @@ impl Store {
                 Err(e) => return Err(StoreError::io("move into store", path, e)),
             }
         }
-        if recheck == Recheck::Trust {
-            for digest in &moved {
-                let to = digest.object_path();
-                rustix::fs::chmodat(objects.fd(), &to, Mode::from_raw_mode(0o444), AtFlags::empty())
-                    .map_err(|e| StoreError::io("chmod", objects.path().join(&to), e))?;
-            }
-            return Ok(moved.len());
-        }
-        let checked = crate::hashing::hash_opened(&moved, |digest: &Digest| {
+        // Each moved file, opened without following a symlink: a regular
+        // file, and with Rehash, one still holding the bytes of its name.
+        let open = |digest: &Digest| {
             let to = objects.path().join(digest.object_path());
             match strata_sys::open_regular(objects.fd(), Path::new(&digest.object_path())) {
                 Ok(Opened::File(file, _)) => Ok((file, to)),
                 Ok(Opened::Other(..)) => Err(StoreError::io("hash", &to, std::io::Error::other("not a regular file"))),
                 Err(e) => Err(StoreError::io("open", &to, e)),
             }
-        });
+        };
+        let verdicts: Vec<Result<std::fs::File, ()>> = match recheck {
+            Recheck::Trust => moved
+                .iter()
+                .map(|d| open(d).map(|(file, _)| file).map_err(drop))
+                .collect(),
+            Recheck::Rehash => {
+                let hashed = crate::hashing::hash_opened(&moved, open);
+                moved
+                    .iter()
+                    .zip(hashed)
+                    .map(|(digest, hashed)| match hashed {
+                        Ok((found, _)) if found == *digest => open(digest).map(|(file, _)| file).map_err(drop),
+                        _ => Err(()),
+                    })
+                    .collect()
+            }
+        };
         let mut added = 0;
-        for (digest, checked) in moved.iter().zip(checked) {
+        for (digest, verdict) in moved.iter().zip(verdicts) {
             let to = digest.object_path();
-            match checked {
-                Ok((found, _)) if found == *digest => {
-                    rustix::fs::chmodat(objects.fd(), &to, Mode::from_raw_mode(0o444), AtFlags::empty())
+            match verdict {
+                Ok(file) => {
+                    rustix::fs::fchmod(&file, Mode::from_raw_mode(0o444))
                         .map_err(|e| StoreError::io("chmod", objects.path().join(&to), e))?;
                     added += 1;
                 }
-                Ok(_) | Err(_) => {
+                Err(()) => {
                     tracing::warn!(object = %digest.to_hex(), "changed since it was hashed; not adopted");
                     match rustix::fs::unlinkat(objects.fd(), &to, AtFlags::empty()) {
                         Ok(()) | Err(Errno::NOENT) => {}

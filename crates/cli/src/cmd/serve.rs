@@ -52,9 +52,9 @@ fn fetcher(config: &Config, store: strata_store::Store) -> anyhow::Result<strata
         limits: config.limits(),
         workers: config.limits.parallel_layers.max(1),
         platform: strata_image::Platform::host(),
-        keep_unclaimed: std::time::Duration::from_secs(600),
+        keep_unclaimed: std::time::Duration::from_secs(120),
     };
-    Ok(strata_fetcher::Fetcher::new(store, Box::new(sources), options))
+    strata_fetcher::Fetcher::new(store, Box::new(sources), options).context("starting the layer fetch workers")
 }
 
 /// Tells systemd (when it started us with `Type=notify`) how serving goes;

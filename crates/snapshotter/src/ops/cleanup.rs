@@ -53,9 +53,12 @@ impl Snapshotter {
             self.reconcile_scratch(true)?;
             self.release_unused_images()?;
         }
+        // Held across gc, so Cleanups take turns; a failed commit only
+        // raises a flag, never waits here.
         let mut swept = self.swept.lock().unwrap_or_else(|e| e.into_inner());
         let released = self.store.released()?;
-        if *swept == Some(released) && !self.store.tmp_has_garbage()? {
+        let asked = self.sweep_asked.swap(false, std::sync::atomic::Ordering::SeqCst);
+        if !asked && *swept == Some(released) && !self.store.tmp_has_garbage()? {
             return Ok(());
         }
         let report = self.store.gc()?;
@@ -70,6 +73,6 @@ impl Snapshotter {
 
     /// A failed commit may have left an image or objects nothing names.
     pub(super) fn sweep_next_cleanup(&self) {
-        *self.swept.lock().unwrap_or_else(|e| e.into_inner()) = None;
+        self.sweep_asked.store(true, std::sync::atomic::Ordering::SeqCst);
     }
 }

@@ -26,12 +26,8 @@ impl Snapshotter {
                 return None;
             }
         };
-        if self.fallen_back.covers(&request) {
-            tracing::info!(
-                key,
-                layer = request.layer_digest,
-                "containerd fetches this layer: an earlier layer of the image fell back"
-            );
+        // A key in use gets its AlreadyExists from the ordinary path.
+        if matches!(db::get(self.store.database(), key), Ok(Some(_)) | Err(_)) {
             return None;
         }
         match self.committed_chain(&request.chain_id, parent) {
@@ -42,31 +38,38 @@ impl Snapshotter {
                 return None;
             }
         }
-        let fetched = match fetcher.fetch(&request) {
-            Ok(fetched) => fetched,
-            Err(e) => {
-                self.fallen_back.record(&request);
-                tracing::warn!(
-                    key,
-                    layer = request.layer_digest,
-                    image = request.image_ref,
-                    "containerd fetches this layer and the ones after it: {e}"
-                );
-                return None;
-            }
-        };
-        match self.commit_fetched(key, parent, labels, &request, fetched) {
+        if self.fallen_back.covers(&request) {
+            tracing::info!(
+                key,
+                layer = request.layer_digest,
+                "containerd fetches this layer: an earlier layer of the image fell back"
+            );
+            return None;
+        }
+        let committed = fetcher.fetch(&request).map_err(|e| e.to_string()).and_then(|fetched| {
+            self.commit_fetched(key, parent, labels, &request, fetched)
+                .map_err(|e| {
+                    self.sweep_next_cleanup();
+                    format!("committing the fetched layer: {e}")
+                })
+        });
+        match committed {
             Ok(name) => {
                 tracing::info!(key, name, layer = request.layer_digest, "layer fetched by strata");
                 Some(name)
             }
-            Err(e) => {
+            Err(reason) => {
+                // Another Prepare of the same chain may have won the race.
+                if let Ok(Some(name)) = self.committed_chain(&request.chain_id, parent) {
+                    return Some(name);
+                }
                 self.fallen_back.record(&request);
-                self.sweep_next_cleanup();
+                fetcher.abandon(&request);
                 tracing::warn!(
                     key,
                     layer = request.layer_digest,
-                    "containerd fetches this layer and the ones after it: committing the fetched layer: {e}"
+                    image = request.image_ref,
+                    "containerd fetches this layer and the ones after it: {reason}"
                 );
                 None
             }
@@ -117,8 +120,8 @@ impl Snapshotter {
         let stats = layer.stats();
         strata_tree::merge_layer(&mut merged, layer)?;
         merged.compact();
-        let image = strata_erofs::write_image(&merged)?;
         let objects = ObjectRef::all_in(&merged);
+        let image = strata_erofs::into_image(merged)?;
         let referenced: HashSet<Digest> = objects.iter().map(|o| o.digest).collect();
         stager.publish_only(|d| referenced.contains(d))?;
         let image_id = self.store.put_image(&image)?;
@@ -153,7 +156,7 @@ impl Snapshotter {
     /// image's chain: a committed snapshot whose chain ID (when it has
     /// one) is `expected`, or no parent for the first layer.
     fn checked_parent(&self, key: &str, parent: &str, expected: Option<&str>) -> Result<Option<Record>, SnapshotError> {
-        let mismatch = |reason: String| SnapshotError::BadRecord {
+        let mismatch = |reason: String| SnapshotError::ChainMismatch {
             key: key.to_owned(),
             reason,
         };
@@ -192,7 +195,7 @@ impl Snapshotter {
         if db::get(database, chain_id)?.is_none() {
             return Ok(chain_id.to_owned());
         }
-        let prefix = key.find("extract-").map_or("", |at| &key[..at]);
+        let prefix = key.rfind('/').map_or("", |at| &key[..=at]);
         let name = format!("{prefix}{chain_id}");
         if db::get(database, &name)?.is_some() {
             return Err(SnapshotError::AlreadyExists { key: name });
