@@ -29,13 +29,7 @@ impl Containerd {
     }
 
     fn script(&self, args: &[&str]) -> Output {
-        std::process::Command::new("bash")
-            .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures/containerd.sh"))
-            .args(args)
-            .env("STRATA_CONTAINERD_DIR", &self.dir)
-            .env("STRATA_SOCKET", &self.socket)
-            .output()
-            .unwrap()
+        run_fixture("containerd.sh", &self.dir, &self.socket, args)
     }
 
     fn try_ctr(&self, args: &[&str]) -> Output {
@@ -45,14 +39,7 @@ impl Containerd {
     }
 
     fn ctr(&self, args: &[&str]) -> String {
-        let out = self.try_ctr(args);
-        assert!(
-            out.status.success(),
-            "ctr {args:?}: {}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
-        String::from_utf8_lossy(&out.stdout).into_owned()
+        stdout_of(&format!("ctr {args:?}"), self.try_ctr(args))
     }
 
     fn timed(&self, args: &[&str]) -> f64 {

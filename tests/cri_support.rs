@@ -37,13 +37,7 @@ impl CriContainerd {
     }
 
     pub fn script(&self, args: &[&str]) -> Output {
-        std::process::Command::new("bash")
-            .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures/containerd-cri.sh"))
-            .args(args)
-            .env("STRATA_CONTAINERD_DIR", &self.dir)
-            .env("STRATA_SOCKET", &self.strata_socket)
-            .output()
-            .unwrap()
+        crate::run_fixture("containerd-cri.sh", &self.dir, &self.strata_socket, args)
     }
 
     /// The CRI's `registry.config_path` for a containerd in `dir`: the
@@ -62,14 +56,7 @@ impl CriContainerd {
     }
 
     pub fn ctr(&self, args: &[&str]) -> String {
-        let out = self.try_ctr(args);
-        assert!(
-            out.status.success(),
-            "ctr {args:?}: {}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
-        String::from_utf8_lossy(&out.stdout).into_owned()
+        crate::stdout_of(&format!("ctr {args:?}"), self.try_ctr(args))
     }
 
     pub fn socket(&self) -> PathBuf {

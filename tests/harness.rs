@@ -337,3 +337,27 @@ pub fn kill_seed() -> u64 {
         now.as_nanos() as u64 ^ u64::from(std::process::id()),
     )
 }
+
+/// Runs a fixture script (`containerd.sh`, `containerd-cri.sh`) for the
+/// containerd in `dir`, whose strata listens on `strata_socket`.
+pub fn run_fixture(script: &str, dir: &Path, strata_socket: &Path, args: &[&str]) -> Output {
+    Command::new("bash")
+        .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures").join(script))
+        .args(args)
+        .env("STRATA_CONTAINERD_DIR", dir)
+        .env("STRATA_SOCKET", strata_socket)
+        .output()
+        .unwrap()
+}
+
+/// The stdout of a command that must have succeeded; else a panic showing
+/// what it printed.
+pub fn stdout_of(what: &str, out: Output) -> String {
+    assert!(
+        out.status.success(),
+        "{what}: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
