@@ -73,6 +73,10 @@ pub struct Run {
     pub wait: Duration,
 }
 
+/// How long one CRI call may take before the client gives up on it, so
+/// that a runtime that hangs fails the caller instead of blocking it.
+const CALL_TIMEOUT: Duration = Duration::from_secs(600);
+
 /// A CRI client on its own single-threaded runtime.
 pub struct Cri {
     rt: tokio::runtime::Runtime,
@@ -113,17 +117,22 @@ impl Cri {
             .map_err(Error::Runtime)?;
         let path = socket.to_owned();
         // The URI is required by the API and unused: the connector dials `path`.
-        let channel = rt
-            .block_on(
-                Endpoint::from_static("http://cri.invalid").connect_with_connector(tower::service_fn(move |_| {
-                    let path = path.clone();
-                    async move { Ok::<_, std::io::Error>(TokioIo::new(tokio::net::UnixStream::connect(path).await?)) }
-                })),
-            )
-            .map_err(|source| Error::Connect {
-                path: socket.to_owned(),
-                source,
-            })?;
+        let channel =
+            rt
+                .block_on(
+                    Endpoint::from_static("http://cri.invalid")
+                        .timeout(CALL_TIMEOUT)
+                        .connect_with_connector(tower::service_fn(move |_| {
+                            let path = path.clone();
+                            async move {
+                                Ok::<_, std::io::Error>(TokioIo::new(tokio::net::UnixStream::connect(path).await?))
+                            }
+                        })),
+                )
+                .map_err(|source| Error::Connect {
+                    path: socket.to_owned(),
+                    source,
+                })?;
         Ok(Cri {
             rt,
             runtime: RuntimeServiceClient::new(channel.clone()),

@@ -177,8 +177,20 @@ impl Jobs {
     /// submitted for it.
     pub fn claim(&self, chain_id: &str) -> Option<Outcome> {
         let slot = lock(&self.table).slots.get(chain_id).cloned()?;
+        let outcome = Self::take(&slot, chain_id);
+        // The table is locked only after the slot's lock is released: the
+        // workers, submit and expire take the table first, then a slot.
+        let mut table = lock(&self.table);
+        if table.slots.get(chain_id).is_some_and(|s| Arc::ptr_eq(s, &slot)) {
+            table.slots.remove(chain_id);
+        }
+        Some(outcome)
+    }
+
+    /// The slot's outcome, run here or waited for; the slot is Taken after.
+    fn take(slot: &Slot, chain_id: &str) -> Outcome {
         let mut state = lock(&slot.state);
-        let outcome = match std::mem::replace(&mut *state, State::Taken) {
+        match std::mem::replace(&mut *state, State::Taken) {
             State::Queued(work) => {
                 drop(state);
                 run(work)
@@ -195,12 +207,7 @@ impl Jobs {
             }
             State::Done(outcome, _) => *outcome,
             State::Taken => Err(format!("another Prepare took the import of {chain_id}")),
-        };
-        let mut table = lock(&self.table);
-        if table.slots.get(chain_id).is_some_and(|s| Arc::ptr_eq(s, &slot)) {
-            table.slots.remove(chain_id);
         }
-        Some(outcome)
     }
 
     /// Drops every job of image `group` that no worker runs: its
@@ -320,5 +327,35 @@ mod tests {
         assert!(jobs.claim("b").is_none());
         held.store(true, Ordering::Release);
         assert_eq!(err(jobs.claim("x")), "x ran");
+    }
+
+    #[test]
+    fn claims_racing_submits_never_deadlock() {
+        let (done, finished) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let jobs = Jobs::start(1, Duration::from_secs(60)).unwrap();
+            let stop = Arc::new(AtomicBool::new(false));
+            let submitter = {
+                let (jobs, stop) = (Arc::clone(&jobs), Arc::clone(&stop));
+                std::thread::spawn(move || {
+                    let mut n = 0u64;
+                    while !stop.load(Ordering::Acquire) {
+                        jobs.submit("other", &format!("y{}", n % 64), false, || Err("y".into()));
+                        n += 1;
+                    }
+                })
+            };
+            for i in 0..3000 {
+                let name = format!("x{i}");
+                jobs.submit("img", &name, false, || Err("x".into()));
+                while jobs.claim(&name).is_none() {}
+            }
+            stop.store(true, Ordering::Release);
+            submitter.join().unwrap();
+            done.send(()).unwrap();
+        });
+        finished
+            .recv_timeout(Duration::from_secs(60))
+            .expect("claim and submit deadlocked");
     }
 }
