@@ -521,6 +521,7 @@ impl Snapshotter {
         let (fs, _) = self.upper_of(&record);
         let _import = self.store.lock_shared()?;
         let mut phases = Phases::start();
+        let flushing = start_flush(&fs);
         let mut merged = match &record.parent {
             Some(p) => self.load_tree(p, &self.record(p)?)?,
             None => Tree::new(Stat::default_dir()),
@@ -538,6 +539,7 @@ impl Snapshotter {
         // New files stay in the upper dir until the DB commit; publish
         // makes them durable where they are.
         let adopted = stager.take_deferred();
+        let _ = flushing.join();
         stager.publish()?;
         phases.mark("sync");
         let id = self.store.put_image(&image)?;
@@ -744,4 +746,18 @@ impl std::fmt::Display for Phases {
         }
         Ok(())
     }
+}
+
+/// Starts writing out the filesystem of `dir` on another thread: the
+/// upper dir's data is complete when Commit is called, so the commit's own
+/// sync, after the walk and the EROFS image, then waits for less. Its
+/// errors are left to that sync.
+fn start_flush(dir: &Path) -> std::thread::JoinHandle<()> {
+    let dir = dir.to_owned();
+    std::thread::spawn(move || {
+        let flags = rustix::fs::OFlags::RDONLY | rustix::fs::OFlags::DIRECTORY | rustix::fs::OFlags::CLOEXEC;
+        if let Ok(fd) = rustix::fs::open(&dir, flags, rustix::fs::Mode::empty()) {
+            let _ = rustix::fs::syncfs(&fd);
+        }
+    })
 }

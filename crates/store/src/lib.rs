@@ -18,6 +18,7 @@
 
 #![forbid(unsafe_code)]
 
+mod adopt;
 mod db;
 mod dirfd;
 mod error;
@@ -40,7 +41,8 @@ pub use fsck::{FsckProblem, FsckReport};
 pub use gc::GcReport;
 pub use hashing::{hash_file, hash_files, hash_opened};
 pub use lock::{ExclusiveGuard, ImportSlot, SharedGuard};
-pub use objects::{AdoptSource, ObjectStager, Recheck, StagedObject};
+pub use adopt::Recheck;
+pub use objects::{AdoptSource, ObjectStager, StagedObject};
 pub use prehash::{Prehash, Prehashed};
 
 use dirfd::DirFd;

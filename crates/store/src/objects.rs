@@ -9,8 +9,6 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
 
-use rustix::fs::{AtFlags, Mode, OFlags, RenameFlags};
-use rustix::io::Errno;
 use strata_sys::Opened;
 use strata_tree::{Digest, VerityHasher};
 
@@ -18,7 +16,7 @@ use redb::WriteTransaction;
 
 use crate::db::{add_pending_in, forget_pending_in};
 use crate::dirfd::DirFd;
-use crate::{Store, StoreError};
+use crate::{Recheck, Store, StoreError};
 
 static STAGE_COUNTER: AtomicU64 = AtomicU64::new(0);
 
@@ -343,131 +341,6 @@ impl Store {
         forget_pending_in(txn, &self.inner.moves.take_durable())
     }
 
-    /// Renames each file into `objects/` and makes it read-only; with
-    /// [`Recheck::Rehash`], first hashes every one moved again (on every
-    /// core) and takes out any whose bytes no longer match its digest, or
-    /// that is not a regular file. A file is found below the store root
-    /// without following symlinks; one outside it, gone, or already
-    /// present is skipped.
-    fn move_into_objects(&self, files: &[(PathBuf, Digest)], recheck: Recheck) -> Result<usize, StoreError> {
-        let objects = &self.inner.objects;
-        let mut moved = Vec::new();
-        let mut fanout_ready = [false; 256];
-        for (path, digest) in files {
-            if self.has_object(digest)? {
-                continue;
-            }
-            let Some((parent, name)) = self.parent_beneath_root(path)? else {
-                continue;
-            };
-            let fan = usize::from(digest.0[0]);
-            if !fanout_ready[fan] {
-                objects.ensure_dir(&format!("{:02x}", digest.0[0]), 0o755)?;
-                fanout_ready[fan] = true;
-            }
-            // Only a regular file moves (checked again after the move).
-            match rustix::fs::statat(&parent, name, AtFlags::SYMLINK_NOFOLLOW) {
-                Ok(stat) if rustix::fs::FileType::from_raw_mode(stat.st_mode) == rustix::fs::FileType::RegularFile => {}
-                Err(Errno::NOENT) => continue,
-                Ok(_) => {
-                    tracing::warn!(path = %path.display(), "no longer a regular file; not adopted");
-                    continue;
-                }
-                Err(e) => return Err(StoreError::io("stat", path, e)),
-            }
-            let to = digest.object_path();
-            // A content already present stays; the rename reports it.
-            match rustix::fs::renameat_with(&parent, name, objects.fd(), &to, RenameFlags::NOREPLACE) {
-                Ok(()) => moved.push(*digest),
-                // Already there, or moved by another process finishing it.
-                Err(rustix::io::Errno::EXIST | rustix::io::Errno::NOENT) => continue,
-                // The upper dir changed under the move: its file stays out.
-                Err(e @ (Errno::NOTDIR | Errno::ISDIR | Errno::NOTEMPTY | Errno::LOOP)) => {
-                    tracing::warn!(path = %path.display(), "not adopted: {e}");
-                    continue;
-                }
-                Err(e) => return Err(StoreError::io("move into store", path, e)),
-            }
-        }
-        // Each moved file, opened without following a symlink: a regular
-        // file, and with Rehash, one still holding the bytes of its name.
-        let open = |digest: &Digest| {
-            let to = objects.path().join(digest.object_path());
-            match strata_sys::open_regular(objects.fd(), Path::new(&digest.object_path())) {
-                Ok(Opened::File(file, _)) => Ok((file, to)),
-                Ok(Opened::Other(..)) => Err(StoreError::io("hash", &to, std::io::Error::other("not a regular file"))),
-                Err(e) => Err(StoreError::io("open", &to, e)),
-            }
-        };
-        let verdicts: Vec<Result<std::fs::File, ()>> = match recheck {
-            Recheck::Trust => moved
-                .iter()
-                .map(|d| open(d).map(|(file, _)| file).map_err(drop))
-                .collect(),
-            Recheck::Rehash => {
-                let hashed = crate::hashing::hash_opened(&moved, open);
-                moved
-                    .iter()
-                    .zip(hashed)
-                    .map(|(digest, hashed)| match hashed {
-                        Ok((found, _)) if found == *digest => open(digest).map(|(file, _)| file).map_err(drop),
-                        _ => Err(()),
-                    })
-                    .collect()
-            }
-        };
-        let mut added = 0;
-        for (digest, verdict) in moved.iter().zip(verdicts) {
-            let to = digest.object_path();
-            match verdict {
-                Ok(file) => {
-                    rustix::fs::fchmod(&file, Mode::from_raw_mode(0o444))
-                        .map_err(|e| StoreError::io("chmod", objects.path().join(&to), e))?;
-                    added += 1;
-                }
-                Err(()) => {
-                    tracing::warn!(object = %digest.to_hex(), "changed since it was hashed; not adopted");
-                    match rustix::fs::unlinkat(objects.fd(), &to, AtFlags::empty()) {
-                        Ok(()) | Err(Errno::NOENT) => {}
-                        Err(Errno::ISDIR | Errno::PERM) => self.discard(&objects.path().join(&to))?,
-                        Err(e) => return Err(StoreError::io("remove", objects.path().join(&to), e)),
-                    }
-                }
-            }
-        }
-        Ok(added)
-    }
-
-    /// The directory holding `path` (opened below the store root without
-    /// following any symlink) and its last name; `None`, with a warning, if
-    /// `path` is not below the root or its directory is gone or replaced.
-    fn parent_beneath_root<'p>(
-        &self,
-        path: &'p Path,
-    ) -> Result<Option<(std::os::fd::OwnedFd, &'p std::ffi::OsStr)>, StoreError> {
-        let skip = |why: &str| {
-            tracing::warn!(path = %path.display(), "not adopted: {why}");
-            Ok(None)
-        };
-        let (Some(rel), Some(name)) = (path.strip_prefix(&self.inner.root).ok(), path.file_name()) else {
-            return skip("not below the store root");
-        };
-        let parent = rel
-            .parent()
-            .filter(|p| !p.as_os_str().is_empty())
-            .unwrap_or(Path::new("."));
-        match strata_sys::open_beneath(self.inner.root_dir.fd(), parent, OFlags::PATH | OFlags::DIRECTORY) {
-            Ok(fd) => Ok(Some((fd, name))),
-            Err(e) => match rustix::io::Errno::from_io_error(&e) {
-                // Moved already, its upper dir discarded: a pending row that
-                // outlived its move (e.g. found by another process after gc).
-                Some(Errno::NOENT) => Ok(None),
-                Some(Errno::NOTDIR | Errno::LOOP | Errno::XDEV) => skip("its directory was replaced"),
-                _ => Err(StoreError::io("open", path, e)),
-            },
-        }
-    }
-
     /// Finishes the moves a killed process left pending, each checked
     /// against its digest, and makes them durable before forgetting them.
     pub(crate) fn finish_pending(&self) -> Result<(), StoreError> {
@@ -480,18 +353,6 @@ impl Store {
         }
         Ok(())
     }
-}
-
-/// Whether [`Store::adopt_in_place`] hashes each file again once it lies
-/// in `objects/`.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Recheck {
-    /// A writer may have changed the file after it was hashed (a
-    /// container's upper dir): hash what was moved, drop what differs.
-    Rehash,
-    /// Its writer was done before it was hashed (containerd's applier
-    /// returns before it asks for the Commit).
-    Trust,
 }
 
 /// Moves into `objects/` that are done but not yet durable, then durable
