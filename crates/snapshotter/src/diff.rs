@@ -20,7 +20,7 @@
 //! measures the upper dir's usage, so it is read once.
 
 use std::collections::{HashMap, HashSet};
-use std::os::fd::{AsFd, OwnedFd};
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::os::unix::ffi::{OsStrExt, OsStringExt};
 use std::path::{Path, PathBuf};
 
@@ -98,7 +98,7 @@ pub(crate) fn layer_from_upper(
     let root = rustix::fs::open(upper, OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC, Mode::empty())
         .map_err(|e| SnapshotError::io("open", upper, e))?;
     let raw = rustix::fs::fstat(&root).map_err(|e| SnapshotError::io("stat", upper, e))?;
-    let (stat, _) = read_stat(&root, &raw, upper)?;
+    let (stat, _) = read_stat(None, &root, &raw, upper)?;
     let mut walk = Walk {
         lower,
         upper,
@@ -248,7 +248,11 @@ impl Walk<'_> {
                 continue; // removed since the directory was listed
             };
             self.count(&raw);
-            match self.entry(name.clone(), handle, &raw, &shown, stack.len())? {
+            let depth = stack.len();
+            let Some(dirfd) = stack.last().and_then(|f| f.fd.as_ref()) else {
+                continue;
+            };
+            match self.entry(dirfd.as_fd(), name.clone(), handle, &raw, &shown, depth)? {
                 Entry::Node(node) => {
                     if let Some(frame) = stack.last_mut() {
                         frame.dir.entries.insert(name, node);
@@ -297,6 +301,7 @@ impl Walk<'_> {
     /// read next. `depth` is how deep a directory here would nest.
     fn entry(
         &mut self,
+        dir: BorrowedFd<'_>,
         name: Vec<u8>,
         handle: OwnedFd,
         raw: &RawStat,
@@ -313,7 +318,7 @@ impl Walk<'_> {
                 max: strata_erofs::MAX_DEPTH,
             });
         }
-        let (stat, overlay) = read_stat(&handle, raw, shown)?;
+        let (stat, overlay) = read_stat(Some((dir, &name)), &handle, raw, shown)?;
         if ft == FileType::Directory {
             return self
                 .enter_dir(name, &handle, raw, stat, &overlay, shown)
@@ -510,7 +515,12 @@ fn lower_missing(path: &Path) -> SnapshotError {
 /// The stat of the inode `handle` holds, and its `trusted.overlay.*`
 /// xattrs apart. xattrs an EROFS image cannot carry are dropped with a
 /// warning.
-fn read_stat(handle: &OwnedFd, raw: &RawStat, shown: &Path) -> Result<(Stat, Xattrs), SnapshotError> {
+fn read_stat(
+    named: Option<(BorrowedFd<'_>, &[u8])>,
+    handle: &OwnedFd,
+    raw: &RawStat,
+    shown: &Path,
+) -> Result<(Stat, Xattrs), SnapshotError> {
     let mut stat = Stat {
         mode: raw.st_mode & 0o7777,
         uid: raw.st_uid,
@@ -520,7 +530,7 @@ fn read_stat(handle: &OwnedFd, raw: &RawStat, shown: &Path) -> Result<(Stat, Xat
         ..Stat::default()
     };
     let mut overlay = Xattrs::new();
-    for (name, value) in read::xattrs(handle.as_fd(), shown)? {
+    for (name, value) in read::xattrs(named, handle.as_fd(), shown)? {
         if name.starts_with(OVERLAY_PREFIX) {
             overlay.insert(name, value);
         } else if strata_erofs::reserved_xattr(&name) {

@@ -90,7 +90,8 @@ impl Store {
                 objects.ensure_dir(&format!("{:02x}", digest.0[0]), 0o755)?;
                 fanout_ready[fan] = true;
             }
-            // Only a regular file moves (checked again after the move).
+            // Only a regular file moves (hashed again after the move unless
+            // its writer is done).
             match rustix::fs::statat(parent, name, AtFlags::SYMLINK_NOFOLLOW) {
                 Ok(stat) if FileType::from_raw_mode(stat.st_mode) == FileType::RegularFile => {}
                 Err(Errno::NOENT) => continue,
@@ -115,13 +116,13 @@ impl Store {
             }
             match recheck {
                 Recheck::Rehash => moved.push(*digest),
-                Recheck::Trust => match self.open_object(digest) {
-                    Ok(file) => {
-                        self.make_read_only(&file, digest)?;
+                Recheck::Trust => {
+                    if self.make_trusted_read_only(digest)? {
                         moved.push(*digest);
+                    } else {
+                        self.take_out(digest)?;
                     }
-                    Err(_) => self.take_out(digest)?,
-                },
+                }
             }
         }
         Ok(moved)
@@ -157,6 +158,23 @@ impl Store {
             Ok(Opened::File(file, _)) => Ok(file),
             Ok(Opened::Other(..)) => Err(StoreError::io("open", &to, std::io::Error::other("not a regular file"))),
             Err(e) => Err(StoreError::io("open", &to, e)),
+        }
+    }
+
+    /// Makes a trusted object read-only by name without following a
+    /// symlink (`fchmodat2`), or else through an open that checks it is a
+    /// regular file. False: it is not one.
+    fn make_trusted_read_only(&self, digest: &Digest) -> Result<bool, StoreError> {
+        let objects = &self.inner.objects;
+        let name = std::ffi::CString::new(digest.object_path()).expect("object paths are hex");
+        match strata_sys::chmod_nofollow(objects.fd(), &name, 0o444) {
+            Ok(true) => Ok(true),
+            Ok(false) => match self.open_object(digest) {
+                Ok(file) => self.make_read_only(&file, digest).map(|()| true),
+                Err(_) => Ok(false),
+            },
+            Err(e) if e.raw_os_error() == Some(Errno::OPNOTSUPP.raw_os_error()) => Ok(false),
+            Err(e) => Err(StoreError::io("chmod", objects.path().join(digest.object_path()), e)),
         }
     }
 
@@ -210,7 +228,7 @@ impl Store {
                         Some(Errno::NOENT) => Ok(None),
                         Some(Errno::NOTDIR | Errno::LOOP | Errno::XDEV) => skip("its directory was replaced"),
                         _ => Err(StoreError::io("open", path, e)),
-                    }
+                    };
                 }
             }
         }

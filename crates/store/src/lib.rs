@@ -35,13 +35,13 @@ mod trash;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
+pub use adopt::Recheck;
 pub use db::{add_root_in, remove_root_in, ImageRecord, ObjectRef};
 pub use error::StoreError;
 pub use fsck::{FsckProblem, FsckReport};
 pub use gc::GcReport;
 pub use hashing::{hash_file, hash_files, hash_opened};
 pub use lock::{ExclusiveGuard, ImportSlot, SharedGuard};
-pub use adopt::Recheck;
 pub use objects::{AdoptSource, ObjectStager, StagedObject};
 pub use prehash::{Prehash, Prehashed};
 

@@ -5,11 +5,13 @@
 //! This is the one crate allowed `unsafe` (for ioctls that safe crates lack);
 //! every such block carries a `// SAFETY:` comment.
 
+mod at;
 mod beneath;
 mod mountapi;
 mod mountinfo;
 mod writeback;
 
+pub use at::{chmod_nofollow, get_xattr_at, list_xattrs_at};
 pub use beneath::{open_beneath, open_regular, proc_path, reopen_regular, Opened};
 pub use mountapi::{mount_fs, unmount, FsOption, MountError, MountFlags};
 pub use mountinfo::{is_mountpoint, mounts_under};

@@ -5,7 +5,7 @@ use std::os::fd::{AsRawFd, BorrowedFd};
 /// Asks the kernel to start writing `fd`'s dirty pages to disk and returns
 /// at once (`sync_file_range(SYNC_FILE_RANGE_WRITE)`). It makes nothing
 /// durable by itself; a later `fsync` or `syncfs` then waits for less.
-#[allow(unsafe_code)] // the crate's one unsafe call: rustix lacks sync_file_range
+#[allow(unsafe_code)] // rustix lacks sync_file_range
 pub fn start_writeback(fd: BorrowedFd<'_>) -> std::io::Result<()> {
     // SAFETY: sync_file_range takes a plain fd, offsets and flags and touches
     // no memory of ours; the borrowed fd is open for the whole call.

@@ -5,6 +5,7 @@
 //! reads describe one inode, and nothing is ever opened that could block
 //! (a FIFO) or act (a device) when opened.
 
+use std::ffi::CString;
 use std::io::Read;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
@@ -89,60 +90,96 @@ pub(super) fn link_target(handle: &OwnedFd, shown: &Path) -> Result<Vec<u8>, Sna
     Ok(target.into_bytes())
 }
 
-/// Every xattr of the inode `handle` holds, read through its
+/// Every xattr of the inode `handle` holds. With `named` (its directory
+/// and name), read by name without following a symlink where the kernel
+/// has `listxattrat` (6.13): no path walk through `/proc`. A name swapped
+/// meanwhile can only lend another entry of the same upper dir's xattrs,
+/// which the same writer made. Otherwise read through the handle's
 /// `/proc/self/fd` link (xattr calls do not take `O_PATH` fds).
-pub(super) fn xattrs(handle: BorrowedFd<'_>, shown: &Path) -> Result<Vec<Xattr>, SnapshotError> {
+pub(super) fn xattrs(
+    named: Option<(BorrowedFd<'_>, &[u8])>,
+    handle: BorrowedFd<'_>,
+    shown: &Path,
+) -> Result<Vec<Xattr>, SnapshotError> {
     let err = |e: Errno| SnapshotError::io("read xattrs", shown, e);
-    let proc = strata_sys::proc_path(handle.as_fd());
-    // The list can change between the size query and the read: retry.
-    let mut list;
-    let mut attempt = 0;
-    loop {
-        let size = match rustix::fs::listxattr_query(&proc) {
-            Ok(n) => n,
-            Err(Errno::NOTSUP) => return Ok(Vec::new()),
-            Err(e) => return Err(err(e)),
-        };
-        list = vec![0u8; size];
-        match rustix::fs::listxattr(&proc, list.as_mut_slice()) {
-            Ok(n) => {
-                list.truncate(n);
-                break;
-            }
-            Err(Errno::RANGE) if attempt < 8 => attempt += 1,
-            Err(e) => return Err(err(e)),
+    if let Some((dir, name)) = named {
+        let name = CString::new(name).map_err(|_| err(Errno::INVAL))?;
+        let list = read_sized(|buf| strata_sys::list_xattrs_at(dir, &name, buf).map_err(errno)).map_err(err)?;
+        if let Some(list) = list {
+            return values(&list, |attr| {
+                let attr = CString::new(attr).map_err(|_| Errno::INVAL)?;
+                read_sized(|buf| strata_sys::get_xattr_at(dir, &name, &attr, buf).map_err(errno))
+            })
+            .map_err(err);
         }
     }
+    let proc = strata_sys::proc_path(handle.as_fd());
+    let list = read_sized(|buf| {
+        if buf.is_empty() {
+            rustix::fs::listxattr_query(&proc).map(Some)
+        } else {
+            rustix::fs::listxattr(&proc, buf).map(Some)
+        }
+    })
+    .map_err(err)?
+    .unwrap_or_default();
+    values(&list, |attr| {
+        let attr = std::ffi::OsStr::from_bytes(attr);
+        read_sized(|buf| {
+            if buf.is_empty() {
+                rustix::fs::getxattr_query(&proc, attr).map(Some)
+            } else {
+                rustix::fs::getxattr(&proc, attr, buf).map(Some)
+            }
+        })
+    })
+    .map_err(err)
+}
+
+/// The value of each name in a NUL-separated `list`; one removed meanwhile
+/// is left out.
+fn values(list: &[u8], mut value: impl FnMut(&[u8]) -> Result<Option<Vec<u8>>, Errno>) -> Result<Vec<Xattr>, Errno> {
     let mut out = Vec::new();
     for name in list.split(|&b| b == 0).filter(|n| !n.is_empty()) {
-        if let Some(value) = xattr_value(&proc, name).map_err(err)? {
-            out.push((name.to_vec(), value));
+        match value(name) {
+            Ok(Some(v)) => out.push((name.to_vec(), v)),
+            Ok(None) | Err(Errno::NODATA) => {}
+            Err(e) => return Err(e),
         }
     }
     Ok(out)
 }
 
-/// One xattr's value; `None` if it was removed meanwhile.
-fn xattr_value(proc: &Path, name: &[u8]) -> Result<Option<Vec<u8>>, Errno> {
-    let name = std::ffi::OsStr::from_bytes(name);
+/// A variable-size answer: its size first (an empty buffer asks for it),
+/// then the bytes, again if it grew meanwhile. `None` when the call is
+/// not supported; a filesystem without xattrs gives an empty answer.
+fn read_sized(mut call: impl FnMut(&mut [u8]) -> Result<Option<usize>, Errno>) -> Result<Option<Vec<u8>>, Errno> {
     let mut attempt = 0;
     loop {
-        let len = match rustix::fs::getxattr_query(proc, name) {
-            Ok(n) => n,
-            Err(Errno::NODATA) => return Ok(None),
+        let size = match call(&mut []) {
+            Ok(Some(size)) => size,
+            Ok(None) => return Ok(None),
+            Err(Errno::NOTSUP) => return Ok(Some(Vec::new())),
             Err(e) => return Err(e),
         };
-        let mut value = vec![0u8; len];
-        match rustix::fs::getxattr(proc, name, value.as_mut_slice()) {
-            Ok(got) => {
-                value.truncate(got);
-                return Ok(Some(value));
+        let mut buf = vec![0u8; size];
+        if size == 0 {
+            return Ok(Some(buf));
+        }
+        match call(&mut buf) {
+            Ok(Some(n)) => {
+                buf.truncate(n);
+                return Ok(Some(buf));
             }
-            Err(Errno::NODATA) => return Ok(None),
+            Ok(None) => return Ok(None),
             Err(Errno::RANGE) if attempt < 8 => attempt += 1,
             Err(e) => return Err(e),
         }
     }
+}
+
+fn errno(e: std::io::Error) -> Errno {
+    Errno::from_io_error(&e).unwrap_or(Errno::IO)
 }
 
 /// Whether opening a name failed because the tree changed under it: the
