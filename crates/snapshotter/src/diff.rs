@@ -98,7 +98,7 @@ pub(crate) fn layer_from_upper(
     let root = rustix::fs::open(upper, OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC, Mode::empty())
         .map_err(|e| SnapshotError::io("open", upper, e))?;
     let raw = rustix::fs::fstat(&root).map_err(|e| SnapshotError::io("stat", upper, e))?;
-    let (stat, _) = read_stat(None, &root, &raw, upper)?;
+    let (stat, _) = read_stat(None, Some(root.as_fd()), &raw, upper)?;
     let mut walk = Walk {
         lower,
         upper,
@@ -244,7 +244,7 @@ impl Walk<'_> {
             }
             let Some(dirfd) = frame.fd.as_ref() else { continue };
             let shown = self.shown(&name);
-            let Some((handle, raw)) = read::open_entry(dirfd.as_fd(), &name, &shown)? else {
+            let Some((handle, raw)) = read::stat_entry(dirfd.as_fd(), &name, &shown)? else {
                 continue; // removed since the directory was listed
             };
             self.count(&raw);
@@ -303,7 +303,7 @@ impl Walk<'_> {
         &mut self,
         dir: BorrowedFd<'_>,
         name: Vec<u8>,
-        handle: OwnedFd,
+        handle: Option<OwnedFd>,
         raw: &RawStat,
         shown: &Path,
         depth: usize,
@@ -318,10 +318,15 @@ impl Walk<'_> {
                 max: strata_erofs::MAX_DEPTH,
             });
         }
-        let (stat, overlay) = read_stat(Some((dir, &name)), &handle, raw, shown)?;
+        let (stat, overlay) = read_stat(Some((dir, &name)), handle.as_ref().map(AsFd::as_fd), raw, shown)?;
+        // Every entry but a large regular file comes with its handle.
+        let handle = |shown: &Path| match handle {
+            Some(handle) => Ok(handle),
+            None => read::handle_of(dir, &name, raw, shown),
+        };
         if ft == FileType::Directory {
             return self
-                .enter_dir(name, &handle, raw, stat, &overlay, shown)
+                .enter_dir(name.clone(), &handle(shown)?, raw, stat, &overlay, shown)
                 .map(|f| Entry::Dir(Box::new(f)));
         }
         let key = (raw.st_dev, raw.st_ino);
@@ -336,7 +341,7 @@ impl Walk<'_> {
             }
             FileType::RegularFile if size == 0 => Content::File(FileData::Inline(Vec::new())),
             FileType::RegularFile if usize::try_from(size).is_ok_and(|l| l <= strata_erofs::INLINE_MAX) => {
-                match read::small_file(handle, strata_erofs::INLINE_MAX, shown)? {
+                match read::small_file(handle(shown)?, strata_erofs::INLINE_MAX, shown)? {
                     Some(data) => Content::File(FileData::Inline(data)),
                     None => {
                         return Err(SnapshotError::UpperChanged {
@@ -354,7 +359,7 @@ impl Walk<'_> {
                     size,
                 })
             }
-            FileType::Symlink => Content::Symlink(read::link_target(&handle, shown)?),
+            FileType::Symlink => Content::Symlink(read::link_target(&handle(shown)?, shown)?),
             FileType::CharacterDevice => Content::CharDevice(raw.st_rdev),
             FileType::BlockDevice => Content::BlockDevice(raw.st_rdev),
             FileType::Fifo => Content::Fifo,
@@ -517,7 +522,7 @@ fn lower_missing(path: &Path) -> SnapshotError {
 /// warning.
 fn read_stat(
     named: Option<(BorrowedFd<'_>, &[u8])>,
-    handle: &OwnedFd,
+    handle: Option<BorrowedFd<'_>>,
     raw: &RawStat,
     shown: &Path,
 ) -> Result<(Stat, Xattrs), SnapshotError> {
@@ -530,7 +535,7 @@ fn read_stat(
         ..Stat::default()
     };
     let mut overlay = Xattrs::new();
-    for (name, value) in read::xattrs(named, handle.as_fd(), shown)? {
+    for (name, value) in read::xattrs(named, handle, raw, shown)? {
         if name.starts_with(OVERLAY_PREFIX) {
             overlay.insert(name, value);
         } else if strata_erofs::reserved_xattr(&name) {

@@ -11,6 +11,7 @@ use rustix::io::Errno;
 use strata_sys::Opened;
 use strata_tree::Digest;
 
+use crate::hashing::map_on_threads;
 use crate::{Store, StoreError};
 
 /// Whether [`Store::adopt_in_place`] hashes each file again once it lies
@@ -25,15 +26,26 @@ pub enum Recheck {
     Trust,
 }
 
-/// Below this many files, one thread moves them all.
-const FILES_PER_THREAD: usize = 256;
+/// Moves at once: renames in a few directories contend on their locks.
 const MAX_THREADS: usize = 4;
+/// Files a thread takes at a time: neighbours share a directory.
+const BATCH: usize = 64;
 
-/// The directory of the previous file, kept open for the next one: the
-/// files of a walk come directory by directory.
-#[derive(Default)]
-struct ParentCache {
+/// What one moving thread keeps between files: the directory of the
+/// previous file, open for the next one (the files of a walk come
+/// directory by directory), and the fan-out dirs it made sure of.
+struct MoveState {
     last: Option<(PathBuf, OwnedFd)>,
+    fanout_ready: [bool; 256],
+}
+
+impl Default for MoveState {
+    fn default() -> Self {
+        MoveState {
+            last: None,
+            fanout_ready: [false; 256],
+        }
+    }
 }
 
 impl Store {
@@ -44,107 +56,105 @@ impl Store {
     /// without following symlinks; one outside it, gone, or already
     /// present is skipped. Returns how many entered.
     pub(crate) fn move_into_objects(&self, files: &[(PathBuf, Digest)], recheck: Recheck) -> Result<usize, StoreError> {
-        let threads = std::thread::available_parallelism()
-            .map_or(1, usize::from)
-            .min(MAX_THREADS)
-            .min(files.len().div_ceil(FILES_PER_THREAD))
-            .max(1);
-        let chunk = files.len().div_ceil(threads).max(1);
-        let moved: Vec<Vec<Digest>> = std::thread::scope(|scope| {
-            let workers: Vec<_> = files
-                .chunks(chunk)
-                .map(|part| scope.spawn(move || self.move_chunk(part, recheck)))
-                .collect();
-            workers
-                .into_iter()
-                .map(|w| w.join().unwrap_or_else(|panic| std::panic::resume_unwind(panic)))
-                .collect::<Result<_, _>>()
-        })?;
-        let moved = moved.concat();
+        let moved = map_on_threads(
+            files,
+            MAX_THREADS,
+            BATCH,
+            MoveState::default,
+            |state, (path, digest)| self.move_one(state, path, digest, recheck),
+        );
+        let mut added = Vec::new();
+        for m in moved {
+            if let Some(digest) = m? {
+                added.push(digest);
+            }
+        }
         match recheck {
-            Recheck::Trust => Ok(moved.len()),
-            Recheck::Rehash => self.keep_unchanged(&moved),
+            Recheck::Trust => Ok(added.len()),
+            Recheck::Rehash => self.keep_unchanged(&added),
         }
     }
 
-    /// Moves one run of files; with [`Recheck::Trust`], also makes each
-    /// read-only (an object that cannot be opened as a regular file goes).
-    fn move_chunk(&self, files: &[(PathBuf, Digest)], recheck: Recheck) -> Result<Vec<Digest>, StoreError> {
+    /// Moves one file; with [`Recheck::Trust`], also makes it read-only
+    /// (an object that is not a regular file goes). The digest if it moved.
+    fn move_one(
+        &self,
+        state: &mut MoveState,
+        path: &Path,
+        digest: &Digest,
+        recheck: Recheck,
+    ) -> Result<Option<Digest>, StoreError> {
         let objects = &self.inner.objects;
-        let mut parents = ParentCache::default();
-        let mut fanout_ready = [false; 256];
-        let mut moved = Vec::new();
-        for (path, digest) in files {
-            if self.has_object(digest)? {
-                continue;
-            }
-            let Some(name) = path.file_name() else {
-                tracing::warn!(path = %path.display(), "not adopted: no file name");
-                continue;
-            };
-            let Some(parent) = self.parent_beneath_root(&mut parents, path)? else {
-                continue;
-            };
-            let fan = usize::from(digest.0[0]);
-            if !fanout_ready[fan] {
-                objects.ensure_dir(&format!("{:02x}", digest.0[0]), 0o755)?;
-                fanout_ready[fan] = true;
-            }
-            // Only a regular file moves (hashed again after the move unless
-            // its writer is done).
-            match rustix::fs::statat(parent, name, AtFlags::SYMLINK_NOFOLLOW) {
-                Ok(stat) if FileType::from_raw_mode(stat.st_mode) == FileType::RegularFile => {}
-                Err(Errno::NOENT) => continue,
-                Ok(_) => {
-                    tracing::warn!(path = %path.display(), "no longer a regular file; not adopted");
-                    continue;
-                }
-                Err(e) => return Err(StoreError::io("stat", path, e)),
-            }
-            let to = digest.object_path();
-            // A content already present stays; the rename reports it.
-            match rustix::fs::renameat_with(parent, name, objects.fd(), &to, RenameFlags::NOREPLACE) {
-                Ok(()) => {}
-                // Already there, or moved by another process finishing it.
-                Err(Errno::EXIST | Errno::NOENT) => continue,
-                // The upper dir changed under the move: its file stays out.
-                Err(e @ (Errno::NOTDIR | Errno::ISDIR | Errno::NOTEMPTY | Errno::LOOP)) => {
-                    tracing::warn!(path = %path.display(), "not adopted: {e}");
-                    continue;
-                }
-                Err(e) => return Err(StoreError::io("move into store", path, e)),
-            }
-            match recheck {
-                Recheck::Rehash => moved.push(*digest),
-                Recheck::Trust => {
-                    if self.make_trusted_read_only(digest)? {
-                        moved.push(*digest);
-                    } else {
-                        self.take_out(digest)?;
-                    }
-                }
-            }
+        let Some(name) = path.file_name() else {
+            tracing::warn!(path = %path.display(), "not adopted: no file name");
+            return Ok(None);
+        };
+        let fan = usize::from(digest.0[0]);
+        if !state.fanout_ready[fan] {
+            objects.ensure_dir(&format!("{:02x}", digest.0[0]), 0o755)?;
+            state.fanout_ready[fan] = true;
         }
-        Ok(moved)
+        let Some(parent) = self.parent_beneath_root(state, path)? else {
+            return Ok(None);
+        };
+        // Only a regular file moves (hashed again after the move unless
+        // its writer is done).
+        match rustix::fs::statat(parent, name, AtFlags::SYMLINK_NOFOLLOW) {
+            Ok(stat) if FileType::from_raw_mode(stat.st_mode) == FileType::RegularFile => {}
+            Err(Errno::NOENT) => return Ok(None),
+            Ok(_) => {
+                tracing::warn!(path = %path.display(), "no longer a regular file; not adopted");
+                return Ok(None);
+            }
+            Err(e) => return Err(StoreError::io("stat", path, e)),
+        }
+        // A content already present makes the rename fail with EEXIST (the
+        // stager looked before it deferred the file).
+        match rustix::fs::renameat_with(parent, name, objects.fd(), digest.object_path(), RenameFlags::NOREPLACE) {
+            Ok(()) => {}
+            // Already there, or moved by another process finishing it.
+            Err(Errno::EXIST | Errno::NOENT) => return Ok(None),
+            // The upper dir changed under the move: its file stays out.
+            Err(e @ (Errno::NOTDIR | Errno::ISDIR | Errno::NOTEMPTY | Errno::LOOP)) => {
+                tracing::warn!(path = %path.display(), "not adopted: {e}");
+                return Ok(None);
+            }
+            Err(e) => return Err(StoreError::io("move into store", path, e)),
+        }
+        match recheck {
+            Recheck::Rehash => Ok(Some(*digest)),
+            Recheck::Trust if self.make_trusted_read_only(digest)? => Ok(Some(*digest)),
+            Recheck::Trust => self.take_out(digest).map(|()| None),
+        }
     }
 
-    /// Hashes each moved file again; keeps (read-only) those still holding
-    /// the bytes of their name, takes out the rest.
+    /// Hashes each moved file again through one open that also makes it
+    /// read-only; takes out those no longer holding the bytes of their
+    /// name. Returns how many stayed.
     fn keep_unchanged(&self, moved: &[Digest]) -> Result<usize, StoreError> {
-        let hashed = crate::hashing::hash_opened(moved, |d: &Digest| {
-            let to = self.inner.objects.path().join(d.object_path());
-            self.open_object(d).map(|file| (file, to))
-        });
-        let mut added = 0;
-        for (digest, hashed) in moved.iter().zip(hashed) {
-            let unchanged = matches!(hashed, Ok((found, _)) if found == *digest);
-            match self.open_object(digest) {
-                Ok(file) if unchanged => {
-                    self.make_read_only(&file, digest)?;
-                    added += 1;
+        let kept = map_on_threads(
+            moved,
+            usize::MAX,
+            BATCH,
+            || (),
+            |(), digest| {
+                let path = self.inner.objects.path().join(digest.object_path());
+                let unchanged = match self.open_object(digest) {
+                    Ok(mut file) => match crate::hashing::hash_open_file(&mut file, &path) {
+                        Ok((found, _)) if found == *digest => Some(file),
+                        _ => None,
+                    },
+                    Err(_) => None,
+                };
+                match unchanged {
+                    Some(file) => self.make_read_only(&file, digest).map(|()| true),
+                    None => self.take_out(digest).map(|()| false),
                 }
-                _ => self.take_out(digest)?,
-            }
+            },
+        );
+        let mut added = 0;
+        for k in kept {
+            added += usize::from(k?);
         }
         Ok(added)
     }
@@ -201,7 +211,7 @@ impl Store {
     /// directory is gone or replaced.
     fn parent_beneath_root<'c>(
         &self,
-        cache: &'c mut ParentCache,
+        cache: &'c mut MoveState,
         path: &Path,
     ) -> Result<Option<std::os::fd::BorrowedFd<'c>>, StoreError> {
         let skip = |why: &str| {

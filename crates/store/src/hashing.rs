@@ -75,45 +75,64 @@ pub fn hash_opened<T: Sync, E: From<StoreError> + Send>(
         let _ = written.try_send(file);
         Ok(hashed)
     };
+    map_on_threads(items, usize::MAX, 1, || (), |(), item| hash(item))
+}
+
+/// Runs `work` on every item, on up to one thread per core (and at most
+/// `max_threads`), results in the order of `items`. Threads take `batch`
+/// neighbouring items at a time, each with its own `state()`. A thread
+/// that cannot start leaves its share to the others, or to this one.
+pub(crate) fn map_on_threads<T: Sync, S, R: Send>(
+    items: &[T],
+    max_threads: usize,
+    batch: usize,
+    state: impl Fn() -> S + Sync,
+    work: impl Fn(&mut S, &T) -> R + Sync,
+) -> Vec<R> {
+    let batch = batch.max(1);
     let threads = std::thread::available_parallelism()
         .map_or(1, |n| n.get())
-        .min(items.len());
+        .min(max_threads)
+        .min(items.len().div_ceil(batch));
     if threads <= 1 {
-        return items.iter().map(hash).collect();
+        let mut state = state();
+        return items.iter().map(|item| work(&mut state, item)).collect();
     }
     let next = AtomicUsize::new(0);
-    let results: Mutex<Vec<Option<Hashed<E>>>> =
-        Mutex::new(std::iter::repeat_with(|| None).take(items.len()).collect());
-    let work = || loop {
-        let i = next.fetch_add(1, Ordering::Relaxed);
-        let Some(item) = items.get(i) else { break };
-        let hashed = hash(item);
-        results.lock().unwrap_or_else(|e| e.into_inner())[i] = Some(hashed);
+    let results: Mutex<Vec<Option<R>>> = Mutex::new(std::iter::repeat_with(|| None).take(items.len()).collect());
+    let run = || {
+        let mut state = state();
+        loop {
+            let start = next.fetch_add(batch, Ordering::Relaxed);
+            let Some(chunk) = items.get(start..(start + batch).min(items.len())) else {
+                break;
+            };
+            let done: Vec<R> = chunk.iter().map(|item| work(&mut state, item)).collect();
+            let mut results = results.lock().unwrap_or_else(|e| e.into_inner());
+            for (slot, r) in results[start..].iter_mut().zip(done) {
+                *slot = Some(r);
+            }
+        }
     };
-    std::thread::scope(|scope| {
-        // A thread that cannot start leaves its share to the others (or
-        // to this one): `scope.spawn` would panic instead.
-        let started = (0..threads)
+    let started = std::thread::scope(|scope| {
+        (0..threads)
             .filter(|_| {
                 std::thread::Builder::new()
-                    .name("strata-hash".into())
-                    .spawn_scoped(scope, work)
+                    .name("strata-worker".into())
+                    .spawn_scoped(scope, run)
                     .is_ok()
             })
-            .count();
-        if started == 0 {
-            work();
-        }
+            .count()
     });
+    if started == 0 {
+        run();
+    }
     results
         .into_inner()
         .unwrap_or_else(|e| e.into_inner())
         .into_iter()
-        .map(|r| {
-            r.unwrap_or_else(|| {
-                Err(StoreError::io("hash", "", std::io::Error::other("a hasher thread stopped")).into())
-            })
-        })
+        .zip(items)
+        .map(|(r, item)| r.unwrap_or_else(|| work(&mut state(), item)))
         .collect()
 }
 

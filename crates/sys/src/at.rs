@@ -17,6 +17,12 @@ const SYS_LISTXATTRAT: libc::c_long = 465;
 static NO_FCHMODAT2: AtomicBool = AtomicBool::new(false);
 static NO_XATTRAT: AtomicBool = AtomicBool::new(false);
 
+/// False once the kernel was found to lack `listxattrat`/`getxattrat`
+/// (until then, they are assumed present).
+pub fn xattrs_at_available() -> bool {
+    !NO_XATTRAT.load(Ordering::Relaxed)
+}
+
 /// `struct xattr_args` of `getxattrat(2)`.
 #[repr(C)]
 struct XattrArgs {

@@ -11,7 +11,7 @@ mod mountapi;
 mod mountinfo;
 mod writeback;
 
-pub use at::{chmod_nofollow, get_xattr_at, list_xattrs_at};
+pub use at::{chmod_nofollow, get_xattr_at, list_xattrs_at, xattrs_at_available};
 pub use beneath::{open_beneath, open_regular, proc_path, reopen_regular, Opened};
 pub use mountapi::{mount_fs, unmount, FsOption, MountError, MountFlags};
 pub use mountinfo::{is_mountpoint, mounts_under};

@@ -11,7 +11,7 @@ use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
 use std::path::Path;
 
-use rustix::fs::{Mode, OFlags, Stat as RawStat};
+use rustix::fs::{AtFlags, FileType, Mode, OFlags, Stat as RawStat};
 use rustix::io::Errno;
 
 use crate::SnapshotError;
@@ -34,6 +34,52 @@ pub(super) fn open_entry(
     };
     let stat = rustix::fs::fstat(&handle).map_err(|e| SnapshotError::io("stat", shown, e))?;
     Ok(Some((handle, stat)))
+}
+
+/// An entry's stat, with its `O_PATH` handle unless it is a regular file
+/// too large to inline and the kernel reads xattrs by name: such a file
+/// needs no handle (its body is opened by inode later), which saves an
+/// open and a close per file. `None` if the name is gone.
+pub(super) fn stat_entry(
+    dir: BorrowedFd<'_>,
+    name: &[u8],
+    shown: &Path,
+) -> Result<Option<(Option<OwnedFd>, RawStat)>, SnapshotError> {
+    if strata_sys::xattrs_at_available() {
+        // One name from the directory's own listing: no `/`, no symlink followed.
+        match rustix::fs::statat(dir, std::ffi::OsStr::from_bytes(name), AtFlags::SYMLINK_NOFOLLOW) {
+            Ok(stat) if is_body(&stat) => return Ok(Some((None, stat))),
+            Ok(_) => {}
+            Err(Errno::NOENT) => return Ok(None),
+            Err(e) => return Err(SnapshotError::io("stat", shown, e)),
+        }
+    }
+    Ok(open_entry(dir, name, shown)?.map(|(handle, stat)| (Some(handle), stat)))
+}
+
+/// A regular file whose bytes become an object rather than inline data.
+fn is_body(stat: &RawStat) -> bool {
+    FileType::from_raw_mode(stat.st_mode) == FileType::RegularFile
+        && usize::try_from(stat.st_size).map_or(true, |size| size > strata_erofs::INLINE_MAX)
+}
+
+/// The `O_PATH` handle of `name`, which must still be the inode `stat`
+/// describes.
+pub(super) fn handle_of(
+    dir: BorrowedFd<'_>,
+    name: &[u8],
+    stat: &RawStat,
+    shown: &Path,
+) -> Result<OwnedFd, SnapshotError> {
+    let changed = |what| SnapshotError::UpperChanged {
+        path: shown.to_owned(),
+        what,
+    };
+    match open_entry(dir, name, shown)? {
+        Some((handle, now)) if (now.st_dev, now.st_ino) == (stat.st_dev, stat.st_ino) => Ok(handle),
+        Some(_) => Err(changed("was replaced while the snapshot was committed")),
+        None => Err(changed("was removed while the snapshot was committed")),
+    }
 }
 
 /// Opens the directory `handle` holds for reading its entries.
@@ -98,10 +144,18 @@ pub(super) fn link_target(handle: &OwnedFd, shown: &Path) -> Result<Vec<u8>, Sna
 /// `/proc/self/fd` link (xattr calls do not take `O_PATH` fds).
 pub(super) fn xattrs(
     named: Option<(BorrowedFd<'_>, &[u8])>,
-    handle: BorrowedFd<'_>,
+    handle: Option<BorrowedFd<'_>>,
+    stat: &RawStat,
     shown: &Path,
 ) -> Result<Vec<Xattr>, SnapshotError> {
-    let err = |e: Errno| SnapshotError::io("read xattrs", shown, e);
+    let err = |e: Errno| match e {
+        // Read by name: the name went meanwhile.
+        Errno::NOENT => SnapshotError::UpperChanged {
+            path: shown.to_owned(),
+            what: "was removed or moved while the snapshot was committed",
+        },
+        e => SnapshotError::io("read xattrs", shown, e),
+    };
     if let Some((dir, name)) = named {
         let name = CString::new(name).map_err(|_| err(Errno::INVAL))?;
         let list = read_sized(|buf| strata_sys::list_xattrs_at(dir, &name, buf).map_err(errno)).map_err(err)?;
@@ -113,7 +167,16 @@ pub(super) fn xattrs(
             .map_err(err);
         }
     }
-    let proc = strata_sys::proc_path(handle.as_fd());
+    let opened;
+    let handle = match (handle, named) {
+        (Some(handle), _) => handle,
+        (None, Some((dir, name))) => {
+            opened = handle_of(dir, name, stat, shown)?;
+            opened.as_fd()
+        }
+        (None, None) => return Err(err(Errno::BADF)),
+    };
+    let proc = strata_sys::proc_path(handle);
     let list = read_sized(|buf| {
         if buf.is_empty() {
             rustix::fs::listxattr_query(&proc).map(Some)
