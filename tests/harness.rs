@@ -13,6 +13,9 @@ pub mod cri;
 #[path = "registries.rs"]
 pub mod registries;
 
+#[path = "remote_labels.rs"]
+pub mod remote_labels;
+
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};

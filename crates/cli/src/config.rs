@@ -14,6 +14,28 @@ pub struct Config {
     pub serve: ServeConfig,
     pub scratch: ScratchConfig,
     pub registry: RegistrySection,
+    pub metrics: MetricsConfig,
+}
+
+/// Prometheus metrics of `strata serve`; off unless an address is given.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct MetricsConfig {
+    /// `IP:PORT` to serve `/metrics` on over plain HTTP, e.g.
+    /// `"127.0.0.1:9479"`.
+    #[serde(deserialize_with = "socket_address")]
+    pub address: Option<std::net::SocketAddr>,
+}
+
+/// `IP:PORT`, with the mistake named (serde's own message says only
+/// "invalid socket address syntax").
+fn socket_address<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<std::net::SocketAddr>, D::Error> {
+    let text = String::deserialize(d)?;
+    text.parse().map(Some).map_err(|_| {
+        serde::de::Error::custom(format!(
+            "{text:?} is not IP:PORT (e.g. \"127.0.0.1:9479\"; a host name is not resolved)"
+        ))
+    })
 }
 
 /// How registries are reached: containerd's hosts directory and a docker
@@ -116,6 +138,7 @@ impl Default for Config {
             serve: ServeConfig::default(),
             scratch: ScratchConfig::default(),
             registry: RegistrySection::default(),
+            metrics: MetricsConfig::default(),
         }
     }
 }
@@ -377,5 +400,31 @@ mod tests {
         );
         let e = c.registry_config().unwrap_err();
         assert!(format!("{e:#}").contains("/a.json"), "{e:#}");
+    }
+
+    #[test]
+    fn metrics_section() {
+        assert_eq!(parse("").unwrap().metrics.address, None, "off by default");
+        let c = parse("[metrics]\naddress = \"127.0.0.1:9479\"\n").unwrap();
+        assert_eq!(c.metrics.address, Some("127.0.0.1:9479".parse().unwrap()));
+        let c = parse("[metrics]\naddress = \"[::1]:9479\"\n").unwrap();
+        assert_eq!(c.metrics.address, Some("[::1]:9479".parse().unwrap()));
+        let cases = [
+            (
+                "address = \"localhost:9479\"",
+                "line 2: metrics.address: \"localhost:9479\" is not IP:PORT",
+            ),
+            (
+                "address = \"127.0.0.1\"",
+                "line 2: metrics.address: \"127.0.0.1\" is not IP:PORT",
+            ),
+            ("address = 9479", "line 2: metrics.address: invalid type: integer"),
+            ("port = 9479", "line 2: metrics.port: unknown field"),
+        ];
+        for (line, expected) in cases {
+            let errors = parse(&format!("[metrics]\n{line}\n")).unwrap_err();
+            assert_eq!(errors.len(), 1, "{line}: {errors:#?}");
+            assert!(errors[0].starts_with(expected), "{line}: {errors:#?}");
+        }
     }
 }

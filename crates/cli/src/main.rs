@@ -4,6 +4,8 @@
 mod cmd;
 mod config;
 mod draw;
+mod metrics;
+mod store_usage;
 
 use std::path::PathBuf;
 use std::process::ExitCode;

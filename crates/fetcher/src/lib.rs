@@ -55,6 +55,8 @@ pub struct Fetcher {
     options: FetcherOptions,
     jobs: Arc<Jobs>,
     images: Mutex<HashMap<String, Arc<Image>>>,
+    /// Every import's counters added up, for the life of the fetcher.
+    totals: Arc<Progress>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -77,7 +79,15 @@ impl Fetcher {
             options,
             jobs,
             images: Mutex::new(HashMap::new()),
+            totals: Arc::default(),
         })
+    }
+
+    /// What every layer import so far added up to: compressed bytes read,
+    /// layers imported (`layers_done`), files, new objects and dedup hits.
+    /// Prefetched layers count once imported, claimed or not.
+    pub fn totals(&self) -> Arc<Progress> {
+        Arc::clone(&self.totals)
     }
 
     /// The image a request names, resolved once per manifest.
@@ -122,8 +132,9 @@ impl Fetcher {
         let store = self.store.clone();
         let limits = self.options.limits.clone();
         let chain_id = layer.chain_id.clone();
+        let totals = Arc::clone(&self.totals);
         self.jobs.submit(group, &chain_id, first, move || {
-            import(&store, source.as_ref(), layer, &limits)
+            import(&store, source.as_ref(), layer, &limits, &totals)
         });
     }
 }
@@ -135,13 +146,14 @@ fn image_key(request: &LayerRequest) -> String {
 }
 
 /// Fetches, verifies and imports one layer, holding the store's shared lock
-/// from the first staged object until the snapshotter commits them.
-fn import(store: &Store, source: &dyn BlobSource, layer: Located, limits: &Limits) -> Outcome {
+/// from the first staged object until the snapshotter commits them; its
+/// counters go to `totals`.
+fn import(store: &Store, source: &dyn BlobSource, layer: Located, limits: &Limits, totals: &Arc<Progress>) -> Outcome {
     let lock = store.lock_shared().map_err(|e| e.to_string())?;
-    let progress = Arc::new(Progress::default());
     let raw = source.open_blob(&layer.desc).map_err(|e| e.to_string())?;
-    let import = import_layer(store, &layer.desc, Some(&layer.diff_id), raw, limits, &progress)
+    let import = import_layer(store, &layer.desc, Some(&layer.diff_id), raw, limits, totals)
         .map_err(|e| format!("importing {}: {e}", layer.desc.digest))?;
+    totals.layers_done.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     Ok(FetchedLayer {
         tree: import.tree,
         stager: import.stager,

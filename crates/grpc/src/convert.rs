@@ -20,6 +20,29 @@ pub fn status_of(e: &SnapshotError) -> Status {
     Status::new(code, e.to_string())
 }
 
+/// A code's name as Go's `codes.Code` prints it, as gRPC metrics label it.
+pub(crate) fn code_name(code: Code) -> &'static str {
+    match code {
+        Code::Ok => "OK",
+        Code::Cancelled => "Canceled",
+        Code::Unknown => "Unknown",
+        Code::InvalidArgument => "InvalidArgument",
+        Code::DeadlineExceeded => "DeadlineExceeded",
+        Code::NotFound => "NotFound",
+        Code::AlreadyExists => "AlreadyExists",
+        Code::PermissionDenied => "PermissionDenied",
+        Code::ResourceExhausted => "ResourceExhausted",
+        Code::FailedPrecondition => "FailedPrecondition",
+        Code::Aborted => "Aborted",
+        Code::OutOfRange => "OutOfRange",
+        Code::Unimplemented => "Unimplemented",
+        Code::Internal => "Internal",
+        Code::Unavailable => "Unavailable",
+        Code::DataLoss => "DataLoss",
+        Code::Unauthenticated => "Unauthenticated",
+    }
+}
+
 pub fn mount_to_pb(m: Mount) -> pbt::Mount {
     pbt::Mount {
         r#type: m.kind,
@@ -133,5 +156,12 @@ mod tests {
             field: "parent".into(),
         };
         assert_eq!(status_of(&bad).code(), Code::InvalidArgument);
+    }
+
+    #[test]
+    fn code_names_are_go_s() {
+        assert_eq!(code_name(Code::NotFound), "NotFound");
+        assert_eq!(code_name(Code::Cancelled), "Canceled");
+        assert_eq!(code_name(Code::Ok), "OK");
     }
 }

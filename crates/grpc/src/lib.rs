@@ -39,4 +39,4 @@ pub mod api {
 
 pub use convert::status_of;
 pub use server::{serve, ServeError, SocketOptions};
-pub use service::SnapshotService;
+pub use service::{CallObserver, SnapshotService};

@@ -18,7 +18,7 @@ use tokio_stream::StreamExt;
 
 use crate::api::snapshots::snapshots_server::SnapshotsServer;
 use crate::authority::{AuthorityShim, MAX_FRAME_SIZE};
-use crate::SnapshotService;
+use crate::{CallObserver, SnapshotService};
 
 /// How long SIGTERM waits for the calls in flight.
 const DRAIN_LIMIT: Duration = Duration::from_secs(60);
@@ -95,17 +95,22 @@ fn bind(opts: &SocketOptions) -> Result<UnixListener, ServeError> {
 
 /// Serves the snapshots API on `opts.path` until `shutdown` resolves, then
 /// lets the calls in flight finish and removes the socket. `ready` runs once
-/// the socket accepts connections (for a service manager's readiness).
+/// the socket accepts connections (for a service manager's readiness);
+/// `observer`, if any, is told of every call as it ends.
 pub async fn serve(
     snapshotter: Arc<Snapshotter>,
     opts: &SocketOptions,
+    observer: Option<Arc<dyn CallObserver>>,
     ready: impl FnOnce(),
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), ServeError> {
     let listener = bind(opts)?;
     tracing::info!(socket = %opts.path.display(), "serving containerd snapshots API");
     ready();
-    let service = SnapshotService::new(snapshotter);
+    let mut service = SnapshotService::new(snapshotter);
+    if let Some(observer) = observer {
+        service = service.with_observer(observer);
+    }
     let in_flight = service.in_flight();
     let (stopping, stopped) = tokio::sync::oneshot::channel::<()>();
     // Every connection passes the :authority shim (crate::authority), which

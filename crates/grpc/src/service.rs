@@ -4,21 +4,31 @@
 use std::pin::Pin;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use strata_snapshotter::{SnapshotError, Snapshotter};
 use tokio_stream::Stream;
 use tonic::{Request, Response, Status};
 
 use crate::api::snapshots::{self as pb, snapshots_server::Snapshots};
-use crate::convert::{info_from_pb, info_to_pb, mounts_to_pb, status_of};
+use crate::convert::{code_name, info_from_pb, info_to_pb, mounts_to_pb, status_of};
 
 /// How many infos one List message carries.
 const LIST_BATCH: usize = 100;
 
+/// Told of every call as it ends, e.g. to keep metrics; it sees no gRPC
+/// types, only names.
+pub trait CallObserver: Send + Sync {
+    /// `op` is the snapshot operation (`"prepare"`, `"list"`, ..), `elapsed`
+    /// its time on the blocking thread, `error` the gRPC code's name
+    /// (`"NotFound"`, as Go's `codes.Code` prints it) when it failed.
+    fn call_ended(&self, op: &'static str, elapsed: Duration, error: Option<&'static str>);
+}
+
 pub struct SnapshotService {
     snapshotter: Arc<Snapshotter>,
     in_flight: Arc<AtomicUsize>,
+    observer: Option<Arc<dyn CallObserver>>,
 }
 
 /// Counts a call while it runs.
@@ -35,7 +45,14 @@ impl SnapshotService {
         SnapshotService {
             snapshotter,
             in_flight: Arc::default(),
+            observer: None,
         }
+    }
+
+    /// Tells `observer` of every call as it ends.
+    pub fn with_observer(mut self, observer: Arc<dyn CallObserver>) -> Self {
+        self.observer = Some(observer);
+        self
     }
 
     /// How many calls are running now; the server drains on it.
@@ -53,17 +70,23 @@ impl SnapshotService {
         let _counted = InFlight(Arc::clone(&self.in_flight));
         let sn = Arc::clone(&self.snapshotter);
         let started = Instant::now();
-        let result = tokio::task::spawn_blocking(move || op(&sn))
-            .await
-            .map_err(|e| Status::internal(format!("{name}: worker failed: {e}")))?;
+        let result = match tokio::task::spawn_blocking(move || op(&sn)).await {
+            Ok(result) => result,
+            Err(e) => {
+                self.observe(name, started, Some(tonic::Code::Internal));
+                return Err(Status::internal(format!("{name}: worker failed: {e}")));
+            }
+        };
         let micros = u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX);
         match result {
             Ok(v) => {
+                self.observe(name, started, None);
                 tracing::debug!(op = name, key, micros, "ok");
                 Ok(v)
             }
             Err(e) => {
                 let status = status_of(&e);
+                self.observe(name, started, Some(status.code()));
                 if status.code() == tonic::Code::Internal {
                     tracing::error!(op = name, key, micros, "{e}");
                 } else {
@@ -71,6 +94,12 @@ impl SnapshotService {
                 }
                 Err(status)
             }
+        }
+    }
+
+    fn observe(&self, op: &'static str, started: Instant, error: Option<tonic::Code>) {
+        if let Some(observer) = &self.observer {
+            observer.call_ended(op, started.elapsed(), error.map(code_name));
         }
     }
 }

@@ -28,6 +28,7 @@ pub use check::{check, keys_by_root, SnapshotReport};
 pub use error::{ErrorKind, SnapshotError};
 pub use filter::Filter;
 pub use ops::Snapshotter;
-pub use remote::{FetchError, FetchedLayer, LayerFetcher, LayerRequest};
+pub use remote::{FallbackReason, FetchError, FetchedLayer, LayerFetcher, LayerRequest, RemoteOutcome};
+pub use scratch::{scratch_usage, ScratchMechanism, ScratchUsage};
 pub use strata_scratch::{FsKind, ScratchPolicy};
 pub use types::{Info, Kind, Mount, Usage};

@@ -161,6 +161,61 @@ pub trait LayerFetcher: Send + Sync {
     /// `request`'s layer fell back: containerd fetches the image's later
     /// layers itself, so any work queued for them can go.
     fn abandon(&self, _request: &LayerRequest) {}
+    /// How a remote-snapshot Prepare ended, told once per Prepare; for
+    /// metrics (the binary wraps its fetcher to count these).
+    fn observe(&self, _outcome: RemoteOutcome) {}
+}
+
+/// How a remote-snapshot Prepare ended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RemoteOutcome {
+    /// strata fetched the layer and committed it: a fast-path hit.
+    Fetched,
+    /// A snapshot of that chain was committed already, by an earlier
+    /// Prepare or by one racing this one.
+    Present,
+    /// containerd fetches and unpacks the layer itself.
+    FellBack(FallbackReason),
+}
+
+/// Why a remote-snapshot Prepare fell back, by class (the log has the
+/// details).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum FallbackReason {
+    /// The labels are malformed.
+    Labels,
+    /// Reading the snapshotter's own records failed.
+    State,
+    /// An earlier layer of the image fell back, so containerd fetches the
+    /// later ones too.
+    EarlierLayer,
+    /// The fetcher failed: resolving the image, checking the labels
+    /// against it, or importing the layer.
+    Fetch,
+    /// Committing the fetched layer failed (including a parent that is
+    /// not the layer below).
+    Commit,
+}
+
+impl FallbackReason {
+    pub const ALL: [FallbackReason; 5] = [
+        FallbackReason::Labels,
+        FallbackReason::State,
+        FallbackReason::EarlierLayer,
+        FallbackReason::Fetch,
+        FallbackReason::Commit,
+    ];
+
+    /// A short name, e.g. for a metric label.
+    pub fn name(self) -> &'static str {
+        match self {
+            FallbackReason::Labels => "labels",
+            FallbackReason::State => "state",
+            FallbackReason::EarlierLayer => "earlier_layer",
+            FallbackReason::Fetch => "fetch",
+            FallbackReason::Commit => "commit",
+        }
+    }
 }
 
 #[cfg(test)]

@@ -1,29 +1,14 @@
-use std::collections::{HashMap, HashSet};
-
 use serde::Serialize;
-use strata_tree::Digest;
 
 use crate::config::Config;
 use crate::draw::human;
+use crate::store_usage::{self, ImageUsage};
 
 #[derive(clap::Args)]
 pub struct Args {
     /// Print JSON.
     #[arg(long)]
     json: bool,
-}
-
-#[derive(Serialize)]
-struct ImageUsage {
-    name: String,
-    /// Bytes of file content the image presents.
-    logical_bytes: u64,
-    /// Bytes of the distinct objects it references, plus its EROFS image.
-    stored_bytes: u64,
-    /// Of those, bytes no other image shares.
-    exclusive_bytes: u64,
-    erofs_bytes: u64,
-    objects: u64,
 }
 
 #[derive(Serialize)]
@@ -46,69 +31,16 @@ struct Usage {
 
 pub fn run(config: &Config, args: Args) -> anyhow::Result<()> {
     let store = config.open_store_read_only()?;
-    let images = store.images()?;
-    let mut per_image = Vec::new();
-    let mut users: HashMap<Digest, u32> = HashMap::new();
-    let mut sizes: HashMap<Digest, u64> = HashMap::new();
-    let mut erofs_seen = HashSet::new();
-    let mut erofs_total = 0;
-    let mut logical_total = 0;
-    // Named images, then EROFS images only snapshots hold (containerd's
-    // layers); for those, logical bytes are the sum of their objects.
-    let mut listed: Vec<(String, Digest, Option<u64>)> = Vec::new();
-    for image in &images {
-        listed.push((image.name.clone(), image.erofs_id()?, Some(image.logical_bytes)));
-    }
-    let named: HashSet<Digest> = listed.iter().map(|(_, id, _)| *id).collect();
-    for id in store.live_images()? {
-        if !named.contains(&id) {
-            listed.push((format!("snapshot:{}", &id.to_hex()[..12]), id, None));
-        }
-    }
-    for (name, id, logical) in listed {
-        let objects = store.image_objects(&id)?;
-        let erofs_bytes = std::fs::metadata(store.image_path(&id)).map_or(0, |m| m.len());
-        let logical = logical.unwrap_or_else(|| objects.iter().map(|o| o.size).sum());
-        // Another name for an image already listed adds no bytes.
-        if erofs_seen.insert(id) {
-            erofs_total += erofs_bytes;
-            logical_total += logical;
-            for o in &objects {
-                *users.entry(o.digest).or_default() += 1;
-                sizes.insert(o.digest, o.size);
-            }
-        }
-        per_image.push((name, logical, objects, erofs_bytes));
-    }
-    let mut rows = Vec::new();
-    for (name, logical_bytes, objects, erofs_bytes) in per_image {
-        let referenced: u64 = objects.iter().map(|o| o.size).sum();
-        let exclusive: u64 = objects.iter().filter(|o| users[&o.digest] == 1).map(|o| o.size).sum();
-        rows.push(ImageUsage {
-            name,
-            logical_bytes,
-            stored_bytes: referenced + erofs_bytes,
-            exclusive_bytes: exclusive,
-            erofs_bytes,
-            objects: objects.len() as u64,
-        });
-    }
-    let object_bytes: u64 = sizes.values().sum();
-    let logical = logical_total;
-    let stored = object_bytes + erofs_total;
+    let measured = store_usage::measure(&store)?;
     let reclaimable = store.gc_preview()?;
     let usage = Usage {
-        logical_bytes: logical,
-        stored_bytes: stored,
-        object_bytes,
-        erofs_bytes: erofs_total,
-        objects: sizes.len() as u64,
-        dedup_ratio: if stored == 0 {
-            1.0
-        } else {
-            logical as f64 / stored as f64
-        },
-        images: rows,
+        logical_bytes: measured.logical_bytes,
+        stored_bytes: measured.stored_bytes(),
+        object_bytes: measured.object_bytes,
+        erofs_bytes: measured.erofs_bytes,
+        objects: measured.objects,
+        dedup_ratio: measured.dedup_ratio(),
+        images: measured.images,
         reclaimable_bytes: reclaimable.bytes_freed,
         reclaimable_objects: reclaimable.objects_removed,
         reclaimable_images: reclaimable.images_removed,

@@ -3,9 +3,10 @@ use std::sync::Arc;
 
 use anyhow::{bail, Context};
 use strata_grpc::SocketOptions;
-use strata_snapshotter::Snapshotter;
+use strata_snapshotter::{LayerFetcher, Snapshotter};
 
 use crate::config::Config;
+use crate::metrics::{self, Metrics};
 
 #[derive(clap::Args)]
 pub struct Args {
@@ -22,22 +23,40 @@ pub fn run(config: &Config, args: Args) -> anyhow::Result<()> {
     let policy = config.scratch_policy()?;
     let store = config.open_store()?;
     let mut snapshotter = Snapshotter::open(store.clone(), policy).context("opening the snapshotter")?;
+    let mut metrics = config.metrics.address.map(|_| Metrics::new(store.clone()));
     if config.serve.fetch_layers {
-        snapshotter = snapshotter.with_fetcher(Arc::new(fetcher(config, store)?));
+        let fetcher = Arc::new(fetcher(config, store)?);
+        let mut layer_fetcher: Arc<dyn LayerFetcher> = fetcher.clone();
+        if let Some(metrics) = &mut metrics {
+            metrics.add_fetcher_totals(fetcher.totals());
+            layer_fetcher = metrics.counting_fetcher(layer_fetcher);
+        }
+        snapshotter = snapshotter.with_fetcher(layer_fetcher);
     }
-    // Shown at any log level: the one thing an operator needs to know.
-    eprintln!("strata: serving containerd snapshots on {}", socket.path.display());
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
         .context("starting the async runtime")?;
-    runtime.block_on(strata_grpc::serve(
-        Arc::new(snapshotter),
-        &socket,
-        || notify(sd_notify::NotifyState::Ready),
-        stop_signal(),
-    ))?;
-    Ok(())
+    runtime.block_on(async {
+        let mut observer = None;
+        if let (Some(address), Some(metrics)) = (config.metrics.address, metrics) {
+            let listener = metrics::http::bind(address).await?;
+            eprintln!("strata: serving metrics on http://{}/metrics", listener.local_addr()?);
+            observer = Some(metrics.call_observer());
+            tokio::spawn(metrics::http::serve(listener, Arc::new(metrics)));
+        }
+        // Shown at any log level: the one thing an operator needs to know.
+        eprintln!("strata: serving containerd snapshots on {}", socket.path.display());
+        strata_grpc::serve(
+            Arc::new(snapshotter),
+            &socket,
+            observer,
+            || notify(sd_notify::NotifyState::Ready),
+            stop_signal(),
+        )
+        .await?;
+        anyhow::Ok(())
+    })
 }
 
 /// The remote-snapshot fetcher: layers of CRI pulls, fetched with the

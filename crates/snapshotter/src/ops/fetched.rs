@@ -10,7 +10,7 @@ use strata_tree::{Digest, Stat, Tree};
 
 use super::{root_name, Snapshotter};
 use crate::db::{self, Record};
-use crate::remote::{FetchedLayer, LayerRequest, SNAPSHOT_REF};
+use crate::remote::{FallbackReason, FetchedLayer, LayerRequest, RemoteOutcome, SNAPSHOT_REF};
 use crate::types::Stamp;
 use crate::{Kind, SnapshotError, Usage};
 
@@ -19,9 +19,11 @@ impl Snapshotter {
     /// committed snapshot that now holds the layer, or `None` to fall back.
     pub(super) fn try_remote(&self, key: &str, parent: &str, labels: &BTreeMap<String, String>) -> Option<String> {
         let fetcher = self.fetcher.as_ref()?;
+        let fell_back = |reason| fetcher.observe(RemoteOutcome::FellBack(reason));
         let request = match LayerRequest::from_labels(labels)? {
             Ok(request) => request,
             Err(e) => {
+                fell_back(FallbackReason::Labels);
                 tracing::warn!(key, "containerd fetches this layer: {e}");
                 return None;
             }
@@ -31,14 +33,19 @@ impl Snapshotter {
             return None;
         }
         match self.committed_chain(&request.chain_id, parent) {
-            Ok(Some(name)) => return Some(name),
+            Ok(Some(name)) => {
+                fetcher.observe(RemoteOutcome::Present);
+                return Some(name);
+            }
             Ok(None) => {}
             Err(e) => {
+                fell_back(FallbackReason::State);
                 tracing::warn!(key, "containerd fetches this layer: {e}");
                 return None;
             }
         }
         if self.fallen_back.covers(&request) {
+            fell_back(FallbackReason::EarlierLayer);
             tracing::info!(
                 key,
                 layer = request.layer_digest,
@@ -46,23 +53,29 @@ impl Snapshotter {
             );
             return None;
         }
-        let committed = fetcher.fetch(&request).map_err(|e| e.to_string()).and_then(|fetched| {
-            self.commit_fetched(key, parent, labels, &request, fetched)
-                .map_err(|e| {
-                    self.sweep_next_cleanup();
-                    format!("committing the fetched layer: {e}")
-                })
-        });
+        let committed = fetcher
+            .fetch(&request)
+            .map_err(|e| (FallbackReason::Fetch, e.to_string()))
+            .and_then(|fetched| {
+                self.commit_fetched(key, parent, labels, &request, fetched)
+                    .map_err(|e| {
+                        self.sweep_next_cleanup();
+                        (FallbackReason::Commit, format!("committing the fetched layer: {e}"))
+                    })
+            });
         match committed {
             Ok(name) => {
+                fetcher.observe(RemoteOutcome::Fetched);
                 tracing::info!(key, name, layer = request.layer_digest, "layer fetched by strata");
                 Some(name)
             }
-            Err(reason) => {
+            Err((class, reason)) => {
                 // Another Prepare of the same chain may have won the race.
                 if let Ok(Some(name)) = self.committed_chain(&request.chain_id, parent) {
+                    fetcher.observe(RemoteOutcome::Present);
                     return Some(name);
                 }
+                fell_back(class);
                 self.fallen_back.record(&request);
                 fetcher.abandon(&request);
                 tracing::warn!(
