@@ -17,6 +17,7 @@ mod progress;
 mod pull;
 mod reference;
 pub mod source;
+pub mod toc;
 
 pub use error::ImportError;
 pub use layer::{import_layer, LayerImport, Limits};
