@@ -39,6 +39,10 @@ pub(crate) fn hash_open_file(file: &mut std::fs::File, path: &std::path::Path) -
 /// and left to the caller's sync (the queue holds them open).
 const WRITEBACK_QUEUE: usize = 256;
 
+/// Smaller files are left to the caller's sync: starting writeback one by
+/// one cost a syscall and a hand-off each, more than the sync saves.
+const WRITEBACK_MIN_BYTES: u64 = 64 * 1024;
+
 /// Hashes every file in `paths` with [`hash_file`], on up to one thread per
 /// core; see [`hash_opened`]. Results are in the order of `paths`.
 pub fn hash_files(paths: &[PathBuf]) -> Vec<Hashed> {
@@ -72,7 +76,9 @@ pub fn hash_opened<T: Sync, E: From<StoreError> + Send>(
     let hash = |item: &T| -> Hashed<E> {
         let (mut file, path) = open(item)?;
         let hashed = hash_open_file(&mut file, &path)?;
-        let _ = written.try_send(file);
+        if hashed.1 >= WRITEBACK_MIN_BYTES {
+            let _ = written.try_send(file);
+        }
         Ok(hashed)
     };
     map_on_threads(items, usize::MAX, 1, || (), |(), item| hash(item))
