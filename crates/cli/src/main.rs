@@ -36,6 +36,8 @@ enum Command {
     Serve(cmd::serve::Args),
     /// Pull an image from a registry (HOST[:PORT]/NAME[:TAG|@DIGEST]) or an OCI layout (oci:DIR[:TAG]).
     Pull(cmd::pull::Args),
+    /// Convert an image's layers to eStargz or zstd:chunked, from and to a registry or an OCI layout.
+    Convert(cmd::convert::Args),
     /// List images.
     Images(cmd::images::Args),
     /// Remove an image name (its files go at the next gc).
@@ -87,6 +89,7 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Serve(args) => cmd::serve::run(&config, args),
         Command::Pull(args) => cmd::pull::run(&config, args),
+        Command::Convert(args) => cmd::convert::run(&config, args),
         Command::Images(args) => cmd::images::run(&config, args),
         Command::Rmi(args) => cmd::rmi::run(&config, args),
         Command::Mount(args) => cmd::mount::run(&config, args),

@@ -29,7 +29,7 @@ use strata_erofs::INLINE_MAX;
 use strata_store::{ObjectRef, ObjectStager, Store};
 use strata_tree::{split_path, Content, FileData, Leaf, Stat, Tree};
 
-mod archive;
+pub(crate) mod archive;
 mod builder;
 mod xattr;
 use archive::{Archive, ArchiveError, Header};

@@ -9,6 +9,7 @@
 #![forbid(unsafe_code)]
 
 mod channel;
+pub mod convert;
 mod decompress;
 mod error;
 mod layer;

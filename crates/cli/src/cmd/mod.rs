@@ -1,5 +1,6 @@
 //! One file per verb: parse arguments, call the libraries, print.
 
+pub mod convert;
 pub mod df;
 pub mod fsck;
 pub mod gc;

@@ -24,7 +24,7 @@ const BLOCK: usize = 512;
 
 /// One archive member, as the next header (and its PAX records) describe it.
 #[derive(Debug)]
-pub(super) struct Header {
+pub(crate) struct Header {
     /// After normalisation: `0` for every regular file (V7 NUL, old GNU `S`).
     pub typeflag: u8,
     pub path: Vec<u8>,
@@ -33,6 +33,9 @@ pub(super) struct Header {
     pub uid: i64,
     pub gid: i64,
     pub mtime: (i64, u32),
+    /// Access and change times, where a PAX record or a GNU header gives them.
+    pub atime: Option<(i64, u32)>,
+    pub ctime: Option<(i64, u32)>,
     pub dev_major: i64,
     pub dev_minor: i64,
     /// What reading the body yields, sparse holes included.
@@ -42,7 +45,7 @@ pub(super) struct Header {
 }
 
 #[derive(Debug)]
-pub(super) enum ArchiveError {
+pub(crate) enum ArchiveError {
     Io(io::Error),
     /// The archive's framing is broken; no entry to name.
     Header(String),
@@ -78,7 +81,7 @@ struct Sparse {
     size: u64,
 }
 
-pub(super) struct Archive<'r> {
+pub(crate) struct Archive<'r> {
     inner: &'r mut dyn Read,
     max_name: usize,
     body: Body,
@@ -88,7 +91,7 @@ pub(super) struct Archive<'r> {
 
 impl<'r> Archive<'r> {
     /// `max_name`: the most bytes a GNU long name or link may have.
-    pub(super) fn new(inner: &'r mut dyn Read, max_name: usize) -> Self {
+    pub(crate) fn new(inner: &'r mut dyn Read, max_name: usize) -> Self {
         Archive {
             inner,
             max_name,
@@ -147,7 +150,7 @@ impl<'r> Archive<'r> {
     }
 
     /// The next entry, metadata entries applied; `None` at the end.
-    pub(super) fn next(&mut self) -> Result<Option<Header>, ArchiveError> {
+    pub(crate) fn next(&mut self) -> Result<Option<Header>, ArchiveError> {
         if self.done {
             return Ok(None);
         }
@@ -550,6 +553,17 @@ impl Pax {
                         .and_then(parse_pax_time)
                         .ok_or_else(bad)?;
                 }
+                b"atime" | b"ctime" => {
+                    let time = std::str::from_utf8(value)
+                        .ok()
+                        .and_then(parse_pax_time)
+                        .ok_or_else(bad)?;
+                    *if key == b"atime" {
+                        &mut header.atime
+                    } else {
+                        &mut header.ctime
+                    } = Some(time);
+                }
                 b"size" => *stored = parse_decimal(value).ok_or_else(bad)?,
                 _ => {
                     if let Some(name) = key.strip_prefix(b"SCHILY.xattr.") {
@@ -610,6 +624,9 @@ struct RawHeader {
     uid: i64,
     gid: i64,
     mtime: i64,
+    /// GNU headers only, where set.
+    atime: Option<i64>,
+    ctime: Option<i64>,
     dev_major: i64,
     dev_minor: i64,
     size: u64,
@@ -649,6 +666,13 @@ impl RawHeader {
             (0, 0)
         };
         let size = u64::try_from(field(124..136, "size")?).map_err(|_| header_err("negative size in tar header"))?;
+        // As Go: set only when non-empty, and both dropped if either is unreadable.
+        let gnu_time = |at: usize| (block[at] != 0).then(|| parse_numeric(&block[at..at + 12]));
+        let (atime, ctime) = match (gnu_time(345), gnu_time(357)) {
+            (Some(None), _) | (_, Some(None)) => (None, None),
+            (a, c) if gnu => (a.flatten(), c.flatten()),
+            _ => (None, None),
+        };
         Ok(RawHeader {
             typeflag,
             gnu,
@@ -658,6 +682,8 @@ impl RawHeader {
             uid: field(108..116, "uid")?,
             gid: field(116..124, "gid")?,
             mtime: field(136..148, "mtime")?,
+            atime,
+            ctime,
             dev_major,
             dev_minor,
             size,
@@ -677,6 +703,8 @@ impl RawHeader {
             uid: self.uid,
             gid: self.gid,
             mtime: (self.mtime, 0),
+            atime: self.atime.map(|t| (t, 0)),
+            ctime: self.ctime.map(|t| (t, 0)),
             dev_major: self.dev_major,
             dev_minor: self.dev_minor,
             size: self.size,

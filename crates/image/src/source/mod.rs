@@ -15,7 +15,7 @@ mod layout;
 mod registry;
 
 pub use layout::LayoutSource;
-pub use registry::{RegistryConfig, RegistrySource};
+pub use registry::{RegistryConfig, RegistrySource, RegistryTarget};
 
 /// A document fetched from a source, with what it is expected to hash to
 /// when the source knows (a digest reference, a descriptor).

@@ -8,6 +8,7 @@
 mod auth;
 mod hosts;
 mod http;
+mod push;
 mod token;
 
 use std::io::{self, Read};
@@ -21,6 +22,8 @@ use crate::{Descriptor, ImportError, RegistryRef};
 use auth::{AuthFile, Credential};
 use hosts::Endpoint;
 use token::{AuthCache, HostError, Requester};
+
+pub use push::RegistryTarget;
 
 /// Where registries are reached and with which credentials; shared by
 /// every [`RegistrySource`] of a process (tokens are cached here).

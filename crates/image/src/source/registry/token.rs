@@ -95,15 +95,28 @@ pub(crate) struct Requester<'a> {
 /// GETs `url`, authorizing as the host asks. Returns any answer but 401;
 /// a second 401 is [`HostError::Unauthorized`].
 pub(crate) async fn send(r: &Requester<'_>, url: &str, accept: &[&str]) -> Result<reqwest::Response, HostError> {
+    send_with(r, || {
+        let request = r.client.get(url);
+        match accept {
+            [] => request,
+            _ => request.header(ACCEPT, accept.join(", ")),
+        }
+    })
+    .await
+}
+
+/// Sends the request `build` makes (once more after a 401, with the
+/// credentials the host asked for), with the host's headers added.
+pub(crate) async fn send_with(
+    r: &Requester<'_>,
+    build: impl Fn() -> reqwest::RequestBuilder,
+) -> Result<reqwest::Response, HostError> {
     let host = r.endpoint.host.as_str();
     let mut auth = r.cache.header(host, r.scope, r.credential);
     for attempt in 0..2 {
-        let mut request = r.client.get(url);
+        let mut request = build();
         for (name, value) in &r.endpoint.headers {
             request = request.header(name, value);
-        }
-        if !accept.is_empty() {
-            request = request.header(ACCEPT, accept.join(", "));
         }
         if let Some(header) = &auth {
             request = request.header(AUTHORIZATION, header);
