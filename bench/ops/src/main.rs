@@ -8,6 +8,7 @@
 //!   ops      N rounds of Prepare, Commit, Remove on one committed parent.
 //!   prepare  N Prepares with `--label`s (sized scratch); `--share` first
 //!            prepares an owner with those labels and times its sharers.
+//!   reads    N Lists and 100 N Stats among many committed siblings.
 
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -19,6 +20,7 @@ use serde_json::json;
 use strata_grpc::api::snapshots::{self as pb, snapshots_client::SnapshotsClient};
 use strata_grpc::api::types::Mount;
 
+mod reads;
 mod scale;
 use tonic::transport::Channel;
 
@@ -52,6 +54,11 @@ enum Mode {
         depth: usize,
         #[arg(long, default_value_t = 100_000)]
         files: usize,
+    },
+    /// Stat and List among many committed siblings.
+    Reads {
+        #[arg(long, default_value_t = 1000)]
+        snapshots: usize,
     },
     Prepare {
         /// KEY=VALUE snapshot labels for each Prepare.
@@ -303,6 +310,7 @@ async fn main() -> Result<()> {
             depth,
             files,
         } => scale::run(&mut target, *snapshots, *depth, *files).await?,
+        Mode::Reads { snapshots } => reads::run(&mut target, *snapshots, args.n).await?,
         Mode::Prepare {
             labels,
             share,

@@ -1,5 +1,6 @@
 //! The gRPC service: each call runs the snapshotter on a blocking thread,
-//! since snapshot operations touch the disk and mount filesystems.
+//! since snapshot operations touch the disk and mount filesystems. Stat and
+//! List answered from the snapshotter's info cache skip that thread.
 
 use std::pin::Pin;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -20,8 +21,9 @@ const LIST_BATCH: usize = 100;
 /// types, only names.
 pub trait CallObserver: Send + Sync {
     /// `op` is the snapshot operation (`"prepare"`, `"list"`, ..), `elapsed`
-    /// its time on the blocking thread, `error` the gRPC code's name
-    /// (`"NotFound"`, as Go's `codes.Code` prints it) when it failed.
+    /// its time in the snapshotter (on a blocking thread, or a cache lookup),
+    /// `error` the gRPC code's name (`"NotFound"`, as Go's `codes.Code`
+    /// prints it) when it failed.
     fn call_ended(&self, op: &'static str, elapsed: Duration, error: Option<&'static str>);
 }
 
@@ -77,6 +79,17 @@ impl SnapshotService {
                 return Err(Status::internal(format!("{name}: worker failed: {e}")));
             }
         };
+        self.finish(name, key, started, result)
+    }
+
+    /// Observes and logs a call's `result` and maps its error to a status.
+    fn finish<T>(
+        &self,
+        name: &'static str,
+        key: &str,
+        started: Instant,
+        result: Result<T, SnapshotError>,
+    ) -> Result<T, Status> {
         let micros = u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX);
         match result {
             Ok(v) => {
@@ -162,8 +175,14 @@ impl Snapshots for SnapshotService {
 
     async fn stat(&self, req: Request<pb::StatSnapshotRequest>) -> Result<Response<pb::StatSnapshotResponse>, Status> {
         let r = req.into_inner();
-        let key = r.key.clone();
-        let info = self.run("stat", &key, move |s| s.stat(&r.key)).await?;
+        let started = Instant::now();
+        let info = match self.snapshotter.stat_cached(&r.key) {
+            Some(cached) => self.finish("stat", &r.key, started, cached)?,
+            None => {
+                let key = r.key.clone();
+                self.run("stat", &key, move |s| s.stat(&r.key)).await?
+            }
+        };
         Ok(Response::new(pb::StatSnapshotResponse {
             info: Some(info_to_pb(info)),
         }))
@@ -190,8 +209,12 @@ impl Snapshots for SnapshotService {
 
     async fn list(&self, req: Request<pb::ListSnapshotsRequest>) -> Result<Response<Self::ListStream>, Status> {
         let r = req.into_inner();
-        let infos = self.run("list", "", move |s| s.walk(&r.filters)).await?;
-        let mut batches = Vec::new();
+        let started = Instant::now();
+        let infos = match self.snapshotter.walk_cached(&r.filters) {
+            Some(cached) => self.finish("list", "", started, cached)?,
+            None => self.run("list", "", move |s| s.walk(&r.filters)).await?,
+        };
+        let mut batches = Vec::with_capacity(infos.len().div_ceil(LIST_BATCH));
         let mut infos = infos.into_iter().map(info_to_pb).peekable();
         while infos.peek().is_some() {
             let info = infos.by_ref().take(LIST_BATCH).collect();

@@ -10,9 +10,10 @@ use std::collections::BTreeMap;
 use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition, WriteTransaction};
 use serde::{Deserialize, Serialize};
 
+use crate::info_cache;
 use crate::scratch::ScratchUse;
 use crate::types::{Kind, Stamp, Usage};
-use crate::SnapshotError;
+use crate::{Info, SnapshotError};
 
 const SNAPSHOTS: TableDefinition<&str, &[u8]> = TableDefinition::new("snapshots");
 const META: TableDefinition<&str, u64> = TableDefinition::new("snapshot_meta");
@@ -34,6 +35,20 @@ pub(crate) struct Record {
     /// The sized or shared scratch of an active snapshot.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub scratch: Option<ScratchUse>,
+}
+
+impl Record {
+    /// What containerd is told of the snapshot `key`.
+    pub(crate) fn info(&self, key: &str) -> Info {
+        Info {
+            name: key.to_owned(),
+            parent: self.parent.clone().unwrap_or_default(),
+            kind: self.kind,
+            labels: self.labels.clone(),
+            created: self.created.into(),
+            updated: self.updated.into(),
+        }
+    }
 }
 
 pub(crate) fn init(db: &Database) -> Result<(), SnapshotError> {
@@ -60,6 +75,18 @@ pub(crate) fn get(db: &Database, key: &str) -> Result<Option<Record>, SnapshotEr
     decode(key, value.value()).map(Some)
 }
 
+/// The rows of `keys`, in order, from one read transaction.
+pub(crate) fn get_many(db: &Database, keys: &[String]) -> Result<Vec<Option<Record>>, SnapshotError> {
+    let txn = db.begin_read()?;
+    let table = txn.open_table(SNAPSHOTS)?;
+    keys.iter()
+        .map(|key| match table.get(key.as_str())? {
+            Some(value) => decode(key, value.value()).map(Some),
+            None => Ok(None),
+        })
+        .collect()
+}
+
 pub(crate) fn all(db: &Database) -> Result<Vec<(String, Record)>, SnapshotError> {
     let txn = db.begin_read()?;
     let table = match txn.open_table(SNAPSHOTS) {
@@ -84,13 +111,17 @@ pub(crate) fn next_id(txn: &WriteTransaction) -> Result<u64, SnapshotError> {
     Ok(id)
 }
 
+/// Writes `key`'s row; only under the snapshotter's lock (see `info_cache`).
 pub(crate) fn put(txn: &WriteTransaction, key: &str, record: &Record) -> Result<(), SnapshotError> {
+    info_cache::note_write(key);
     let json = serde_json::to_vec(record).expect("records serialize");
     txn.open_table(SNAPSHOTS)?.insert(key, json.as_slice())?;
     Ok(())
 }
 
+/// Removes `key`'s row; only under the snapshotter's lock.
 pub(crate) fn delete(txn: &WriteTransaction, key: &str) -> Result<(), SnapshotError> {
+    info_cache::note_write(key);
     txn.open_table(SNAPSHOTS)?.remove(key)?;
     Ok(())
 }

@@ -53,33 +53,27 @@ impl Filter {
 
 impl Selector {
     fn matches(&self, info: &Info) -> bool {
-        let (value, present) = field(info, &self.path);
+        let value = field(info, &self.path);
         match &self.op {
-            Op::Present => present,
-            Op::Equal(v) => present && value == *v,
-            Op::NotEqual(v) => value != *v,
+            Op::Present => value.is_some(),
+            Op::Equal(v) => value == Some(v.as_str()),
+            Op::NotEqual(v) => value.unwrap_or_default() != v,
         }
     }
 }
 
-fn field(info: &Info, path: &[String]) -> (String, bool) {
-    let Some((first, rest)) = path.split_first() else {
-        return (String::new(), false);
-    };
+/// The value at `path`, or `None` when `info` has no such field. As
+/// containerd's adaptor: name and parent are always present, so
+/// `parent==""` selects snapshots without a parent.
+fn field<'a>(info: &'a Info, path: &[String]) -> Option<&'a str> {
+    let (first, rest) = path.split_first()?;
     match (first.as_str(), rest) {
-        // As containerd's adaptor: name and parent are always present, so
-        // `parent==""` selects snapshots without a parent.
-        ("name", []) => (info.name.clone(), true),
-        ("parent", []) => (info.parent.clone(), true),
-        ("kind", []) => (info.kind.as_str().to_owned(), true),
-        ("labels", [_, ..]) => {
-            let key = rest.join(".");
-            match info.labels.get(&key) {
-                Some(v) => (v.clone(), true),
-                None => (String::new(), false),
-            }
-        }
-        _ => (String::new(), false),
+        ("name", []) => Some(&info.name),
+        ("parent", []) => Some(&info.parent),
+        ("kind", []) => Some(info.kind.as_str()),
+        ("labels", [key]) => info.labels.get(key).map(String::as_str),
+        ("labels", [_, _, ..]) => info.labels.get(&rest.join(".")).map(String::as_str),
+        _ => None,
     }
 }
 

@@ -6,6 +6,8 @@
 //! committing an upper directory into the store as one flattened EROFS
 //! image, and the mounts containerd is handed. It has its own [`Info`],
 //! [`Mount`] and [`SnapshotError`] types and must not depend on gRPC.
+//! Stat and Walk answer from an in-memory copy of the infos that every
+//! change brings up to date before it releases the lock (`info_cache.rs`).
 //!
 //! Every state change touches directories first and commits the DB last;
 //! [`Snapshotter::open`] removes directories the DB does not know, so a
@@ -19,6 +21,7 @@ mod db;
 mod diff;
 mod error;
 mod filter;
+mod info_cache;
 mod ops;
 pub mod remote;
 mod scratch;

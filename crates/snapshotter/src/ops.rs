@@ -12,18 +12,23 @@ use strata_tree::{Digest, Stat, Tree};
 use strata_scratch::{ScratchPolicy, ScratchRequest};
 
 use crate::db::{self, Record};
+use crate::info_cache::{InfoCache, WriteGuard};
 use crate::scratch::{ScratchUse, Scratches, Undo};
 use crate::types::Stamp;
-use crate::{codec, diff, Filter, Info, Kind, Mount, SnapshotError, Usage};
+use crate::{codec, diff, Info, Kind, Mount, SnapshotError, Usage};
 
 mod cleanup;
 mod fetched;
+mod reads;
 
 /// containerd's snapshotter over one store. Operations are serialized.
 pub struct Snapshotter {
     store: Store,
     dir: PathBuf,
+    /// Held by every change of a snapshot row, through `guard`.
     lock: Mutex<()>,
+    /// Infos for Stat and Walk, kept current by `guard`.
+    infos: InfoCache,
     scratches: Scratches,
     /// Unpack snapshots' upper dirs being hashed as containerd writes them.
     prehashes: Mutex<HashMap<u64, Prehash>>,
@@ -58,6 +63,7 @@ impl Snapshotter {
             store,
             dir,
             lock: Mutex::new(()),
+            infos: InfoCache::default(),
             prehashes: Mutex::new(HashMap::new()),
             swept: Mutex::new(None),
             sweep_asked: std::sync::atomic::AtomicBool::new(false),
@@ -72,6 +78,9 @@ impl Snapshotter {
         sn.finish_interrupted()?;
         sn.remount_parents();
         sn.reconcile_scratch(false)?;
+        // Fills the info cache whole: every Stat, even of a missing key,
+        // is then answered from memory.
+        sn.walk::<&str>(&[])?;
         Ok(sn)
     }
 
@@ -190,23 +199,12 @@ impl Snapshotter {
         &self.store
     }
 
-    fn guard(&self) -> std::sync::MutexGuard<'_, ()> {
-        self.lock.lock().unwrap_or_else(|p| p.into_inner())
+    fn guard(&self) -> WriteGuard<'_> {
+        self.infos.lock(&self.lock, self.store.database())
     }
 
     fn snap_dir(&self, id: u64) -> PathBuf {
         self.dir.join(id.to_string())
-    }
-
-    fn info(key: &str, r: &Record) -> Info {
-        Info {
-            name: key.to_owned(),
-            parent: r.parent.clone().unwrap_or_default(),
-            kind: r.kind,
-            labels: r.labels.clone(),
-            created: r.created.into(),
-            updated: r.updated.into(),
-        }
     }
 
     fn record(&self, key: &str) -> Result<Record, SnapshotError> {
@@ -400,11 +398,6 @@ impl Snapshotter {
         }])
     }
 
-    pub fn stat(&self, key: &str) -> Result<Info, SnapshotError> {
-        let record = self.record(key)?;
-        Ok(Self::info(key, &record))
-    }
-
     /// Updates labels. `fieldpaths` empty means all mutable fields (labels);
     /// `labels` replaces all labels; `labels.KEY` sets or removes one.
     pub fn update(&self, info: &Info, fieldpaths: &[String]) -> Result<Info, SnapshotError> {
@@ -433,7 +426,7 @@ impl Snapshotter {
         let txn = self.store.database().begin_write()?;
         db::put(&txn, key, &record)?;
         txn.commit()?;
-        Ok(Self::info(key, &record))
+        Ok(record.info(key))
     }
 
     /// Disk usage: the upper dir of an active snapshot (measured now), the
@@ -455,17 +448,6 @@ impl Snapshotter {
             Kind::Committed => Ok(record.usage.unwrap_or_default()),
             Kind::View => Ok(Usage::default()),
         }
-    }
-
-    /// Every snapshot matching `filters` (containerd's filter strings; any
-    /// string may match, all selectors within one must).
-    pub fn walk<S: AsRef<str>>(&self, filters: &[S]) -> Result<Vec<Info>, SnapshotError> {
-        let filter = Filter::parse(filters)?;
-        Ok(db::all(self.store.database())?
-            .iter()
-            .map(|(k, r)| Self::info(k, r))
-            .filter(|i| filter.matches(i))
-            .collect())
     }
 
     /// The merged tree of committed snapshot `key`, read back from its
