@@ -10,6 +10,9 @@ pub mod serve;
 #[path = "cri_support.rs"]
 pub mod cri;
 
+#[path = "oci_layout.rs"]
+pub mod oci_layout;
+
 #[path = "registries.rs"]
 pub mod registries;
 

@@ -11,14 +11,16 @@
 
 use std::collections::BTreeMap;
 use std::fs::File;
-use std::io::{self, Read};
+use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::OnceLock;
 
-use serde_json::Value;
 use sha2::{Digest as _, Sha256};
-use strata_image::toc::{self, EntryKind, Sha256Digest, Toc, TocEntry, TocFormat, TocLimits};
+use strata_image::toc::{self, EntryKind, Sha256Digest, TocEntry, TocFormat};
+use strata_tests::oci_layout::{
+    blob_path, digest_through_toc, image, layer_stream, layers, legacy_zstd_keys, normalise, read_toc,
+};
 
 const TAG: &str = "devel";
 
@@ -28,7 +30,7 @@ fn fixtures() -> &'static Path {
         if let Some(dir) = std::env::var_os("STRATA_TOC_FIXTURES") {
             return dir.into();
         }
-        let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures/toc-images.sh");
+        let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures/toc-images.sh");
         let out = Command::new("bash").arg(&script).output().expect("bash runs");
         assert!(
             out.status.success(),
@@ -38,47 +40,6 @@ fn fixtures() -> &'static Path {
         );
         PathBuf::from(String::from_utf8(out.stdout).unwrap().trim())
     })
-}
-
-fn read_json(path: &Path) -> Value {
-    serde_json::from_slice(&std::fs::read(path).unwrap()).unwrap()
-}
-
-fn blob_path(layout: &Path, digest: &str) -> PathBuf {
-    layout
-        .join("blobs/sha256")
-        .join(digest.strip_prefix("sha256:").unwrap())
-}
-
-/// The manifest and config of the layout's `TAG` image.
-fn image(layout: &Path) -> (Value, Value) {
-    let index = read_json(&layout.join("index.json"));
-    let found = index["manifests"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|m| m["annotations"]["org.opencontainers.image.ref.name"] == TAG)
-        .unwrap_or_else(|| panic!("{TAG} is not in {}", layout.display()));
-    let manifest = read_json(&blob_path(layout, found["digest"].as_str().unwrap()));
-    let config = read_json(&blob_path(layout, manifest["config"]["digest"].as_str().unwrap()));
-    (manifest, config)
-}
-
-fn layers(manifest: &Value) -> &Vec<Value> {
-    manifest["layers"].as_array().unwrap()
-}
-
-/// A layer's uncompressed tar stream.
-fn layer_stream(layout: &Path, layer: &Value) -> Box<dyn Read> {
-    let file = io::BufReader::new(File::open(blob_path(layout, layer["digest"].as_str().unwrap())).unwrap());
-    let media_type = layer["mediaType"].as_str().unwrap();
-    if media_type.ends_with("+gzip") {
-        Box::new(flate2::bufread::MultiGzDecoder::new(file))
-    } else if media_type.ends_with("+zstd") {
-        Box::new(zstd::stream::read::Decoder::with_buffer(file).unwrap())
-    } else {
-        Box::new(file)
-    }
 }
 
 /// What the original tar says about one path.
@@ -105,10 +66,6 @@ fn hash(mut reader: impl Read) -> (u64, Sha256Digest) {
         hasher.update(&buf[..n]);
         len += n as u64;
     }
-}
-
-fn normalise(raw: &[u8]) -> String {
-    String::from_utf8(strata_tree::split_path(raw, 4096).unwrap().join(&b'/')).unwrap()
 }
 
 /// Every path of a layer's tar (a later entry replacing an earlier one),
@@ -166,39 +123,6 @@ fn tar_entries(stream: impl Read) -> BTreeMap<String, TarEntry> {
         out.insert(path, tar_entry);
     }
     out
-}
-
-fn read_toc(format: TocFormat, layout: &Path, layer: &Value) -> Toc {
-    let annotations: BTreeMap<String, String> = serde_json::from_value(layer["annotations"].clone()).unwrap();
-    let blob = File::open(blob_path(layout, layer["digest"].as_str().unwrap())).unwrap();
-    let size = layer["size"].as_u64().unwrap();
-    let limits = TocLimits::default();
-    match format {
-        TocFormat::Estargz => {
-            let digest = toc::estargz::toc_digest(&annotations).unwrap();
-            toc::estargz::read_toc(&blob, size, &digest, &limits).unwrap()
-        }
-        TocFormat::ZstdChunked => {
-            let found = toc::zstd_chunked::annotations(&annotations)
-                .unwrap()
-                .expect("zstd:chunked annotations");
-            assert!(found.legacy_keys, "Debian's skopeo writes the io.containers.* keys");
-            let read = toc::zstd_chunked::read_toc(&blob, size, &found, &limits).unwrap();
-            assert!(read.tar_split.is_none(), "Debian's skopeo writes no tar-split");
-            read.toc
-        }
-    }
-}
-
-/// A file's bytes, from its chunks' compressed ranges in the blob.
-fn file_digest(blob: &File, format: TocFormat, content: &toc::FileContent) -> Sha256Digest {
-    use toc::RangeReader as _;
-    let mut hasher = Sha256::new();
-    for chunk in &content.chunks {
-        let compressed = blob.read_range(chunk.compressed.start, chunk.compressed.len()).unwrap();
-        hasher.update(toc::decompress_chunk(format, &compressed, chunk).unwrap());
-    }
-    Sha256Digest(hasher.finalize().into())
 }
 
 fn assert_entry_matches(path: &str, toc_entry: &TocEntry, tar_entry: &TarEntry) {
@@ -277,12 +201,19 @@ impl Checked {
 /// it was made from.
 fn check_image(format: TocFormat, converted: &Path) -> Checked {
     let family = fixtures().join("family");
-    let (original, _) = image(&family);
-    let (manifest, _) = image(converted);
+    let (original, _) = image(&family, TAG);
+    let (manifest, _) = image(converted, TAG);
     assert_eq!(layers(&original).len(), layers(&manifest).len());
     let mut checked = Checked::default();
     for (original_layer, layer) in layers(&original).iter().zip(layers(&manifest)) {
-        let toc = read_toc(format, converted, layer);
+        let (toc, has_tar_split) = read_toc(format, converted, layer);
+        if format == TocFormat::ZstdChunked {
+            assert!(
+                legacy_zstd_keys(layer),
+                "Debian's skopeo writes the io.containers.* keys"
+            );
+            assert!(!has_tar_split, "Debian's skopeo writes no tar-split");
+        }
         let expected = tar_entries(layer_stream(&family, original_layer));
         let mut seen: BTreeMap<&str, &TocEntry> = BTreeMap::new();
         for entry in &toc.entries {
@@ -303,7 +234,7 @@ fn check_image(format: TocFormat, converted: &Path) -> Checked {
             assert_entry_matches(path, toc_entry, tar_entry);
             if let EntryKind::File(content) = &toc_entry.kind {
                 assert_eq!(
-                    file_digest(&blob, format, content),
+                    digest_through_toc(&blob, format, content),
                     content.digest,
                     "{path}: bytes from its ranges"
                 );
@@ -366,9 +297,9 @@ fn compare_streams(mut short: impl Read, mut long: impl Read) -> (u64, Sha256Dig
 #[test]
 fn toc_fixture_diff_ids() {
     let family = fixtures().join("family");
-    let (original, _) = image(&family);
+    let (original, _) = image(&family, TAG);
     let converted = fixtures().join("zstd-chunked");
-    let (manifest, config) = image(&converted);
+    let (manifest, config) = image(&converted, TAG);
     let diff_ids = config["rootfs"]["diff_ids"].as_array().unwrap();
     for ((original_layer, layer), diff_id) in layers(&original).iter().zip(layers(&manifest)).zip(diff_ids) {
         let (_, digest, only_zeros_missing) =
@@ -381,7 +312,7 @@ fn toc_fixture_diff_ids() {
         assert_ne!(digest.to_string(), diff_id.as_str().unwrap(), "{}", layer["digest"]);
     }
     let converted = fixtures().join("estargz");
-    let (manifest, config) = image(&converted);
+    let (manifest, config) = image(&converted, TAG);
     let diff_ids = config["rootfs"]["diff_ids"].as_array().unwrap();
     for (layer, diff_id) in layers(&manifest).iter().zip(diff_ids) {
         let (_, digest) = hash(layer_stream(&converted, layer));
