@@ -154,26 +154,14 @@ pub(super) fn walk<S: TarSink + ?Sized>(
     // Whatever follows the end-of-archive blocks is part of the stream too.
     let mut rest = vec![0; 1 << 20];
     loop {
-        let n = read_full(&mut recorder, &mut rest).map_err(|e| layer_error(layer, format!("reading tar: {e}")))?;
+        let n = crate::decompress::read_full(&mut recorder, &mut rest)
+            .map_err(|e| layer_error(layer, format!("reading tar: {e}")))?;
         if n == 0 {
             walked.bytes = state.borrow().total;
             return Ok(walked);
         }
         sink.tail(&rest[..n], 0)?;
     }
-}
-
-fn read_full(reader: &mut dyn Read, buf: &mut [u8]) -> io::Result<usize> {
-    let mut filled = 0;
-    while filled < buf.len() {
-        match reader.read(&mut buf[filled..]) {
-            Ok(0) => break,
-            Ok(n) => filled += n,
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-            Err(e) => return Err(e),
-        }
-    }
-    Ok(filled)
 }
 
 fn layer_error(layer: &str, reason: String) -> ConvertError {
