@@ -51,6 +51,10 @@ pub enum ImportError {
     RegistryConfig { path: std::path::PathBuf, reason: String },
     #[error("registry: {0}")]
     Registry(String),
+    /// The source cannot serve byte ranges of a blob (a registry that
+    /// ignored `Range` and answered with the whole blob): fetch it whole.
+    #[error("{source_name} cannot serve byte ranges: {reason}")]
+    RangesUnsupported { source_name: String, reason: String },
     #[error("reading {what}: {source}")]
     Io {
         what: String,

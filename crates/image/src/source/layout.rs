@@ -1,8 +1,11 @@
 //! An OCI image layout directory: `oci-layout`, `index.json`, `blobs/sha256/*`.
 
 use std::io::Read;
+use std::ops::Range;
+use std::os::unix::fs::FileExt as _;
 use std::path::{Path, PathBuf};
 
+use super::ranges::check_ranges;
 use super::{BlobSource, Fetched};
 use crate::manifest::{parse_document, Document};
 use crate::reference::check_digest;
@@ -113,5 +116,35 @@ impl BlobSource for LayoutSource {
             256 * 1024,
             self.open(&desc.digest)?,
         )))
+    }
+
+    fn read_ranges(&self, desc: &Descriptor, ranges: &[Range<u64>]) -> Result<Vec<Vec<u8>>, ImportError> {
+        check_ranges(desc, ranges)?;
+        if ranges.is_empty() {
+            return Ok(Vec::new());
+        }
+        let file = self.open(&desc.digest)?;
+        let io_err = |e| ImportError::Io {
+            what: format!("blob {} of {}", desc.digest, self.describe()),
+            source: e,
+        };
+        let actual = file.metadata().map_err(io_err)?.len();
+        if actual != desc.size {
+            return Err(ImportError::BlobSizeMismatch {
+                digest: desc.digest.clone(),
+                actual,
+                expected: desc.size,
+            });
+        }
+        ranges
+            .iter()
+            .map(|range| {
+                let len = usize::try_from(range.end - range.start)
+                    .map_err(|_| io_err(std::io::Error::from(std::io::ErrorKind::OutOfMemory)))?;
+                let mut buf = vec![0; len];
+                file.read_exact_at(&mut buf, range.start).map_err(io_err)?;
+                Ok(buf)
+            })
+            .collect()
     }
 }

@@ -3,6 +3,7 @@
 //! way for every source.
 
 use std::io::Read;
+use std::ops::Range;
 
 use crate::decompress::HashingReader;
 use crate::manifest::{parse_config, parse_document, platform_candidates, sha256_digest, verify, Document};
@@ -12,9 +13,12 @@ use crate::{Descriptor, ImageConfig, ImportError, Manifest, Platform};
 pub const MAX_DOCUMENT: u64 = 16 << 20;
 
 mod layout;
+pub mod multipart;
+mod ranges;
 mod registry;
 
 pub use layout::LayoutSource;
+pub use ranges::BlobRanges;
 pub use registry::{RegistryConfig, RegistrySource, RegistryTarget};
 
 /// A document fetched from a source, with what it is expected to hash to
@@ -39,6 +43,20 @@ pub trait BlobSource: Send + Sync {
     }
     /// A blob as a stream; the caller verifies it.
     fn open_blob(&self, desc: &Descriptor) -> Result<Box<dyn Read + Send>, ImportError>;
+    /// The bytes of each range of blob `desc`, in the order asked, each
+    /// exactly `range.end - range.start` long. Ranges must be sorted,
+    /// non-empty, non-overlapping and within `desc.size` (else
+    /// [`ImportError::Malformed`]). The caller bounds how much one call
+    /// asks for (tens of MiB); a source never returns more than asked.
+    ///
+    /// The bytes are *not* verified: a registry may answer with the wrong
+    /// ones, and only the caller knows the digests (of TOC entries, of
+    /// chunks) to check them against.
+    ///
+    /// [`ImportError::RangesUnsupported`] means the source cannot serve
+    /// ranges (a registry ignored `Range` and sent the whole blob): the
+    /// caller falls back to a whole-blob pull.
+    fn read_ranges(&self, desc: &Descriptor, ranges: &[Range<u64>]) -> Result<Vec<Vec<u8>>, ImportError>;
 }
 
 /// Reads a whole document of exactly `desc.size` bytes hashing to

@@ -24,8 +24,6 @@ use std::io::Read;
 
 use sha2::{Digest as _, Sha256};
 
-use super::raw;
-use super::validate::{validate, Frame};
 use super::{read_exact, ByteRange, RangeReader, Sha256Digest, Toc, TocError, TocFormat, TocLimits};
 
 pub const TOC_DIGEST_ANNOTATION: &str = "containerd.io/snapshot/stargz/toc.digest";
@@ -75,14 +73,7 @@ pub fn read_toc(
     let tail = read_exact(blob, blob_size - tail_len, tail_len)?;
     let footer = parse_footer(&tail)?;
     let json = read_toc_json(blob, blob_size, footer, expected, limits)?;
-    let raw = raw::parse(&json, limits.max_entries)?;
-    drop(json);
-    let frame = Frame {
-        format: TocFormat::Estargz,
-        digest: *expected,
-        data_end: footer.toc_offset,
-    };
-    validate(&raw, frame, limits)
+    super::parse_json(TocFormat::Estargz, &json, *expected, footer.toc_offset, limits)
 }
 
 /// Parses the footer from the blob's last bytes (51, or fewer for a blob

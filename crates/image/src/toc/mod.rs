@@ -158,6 +158,29 @@ impl fmt::Debug for Sha256Digest {
     }
 }
 
+/// Parses and validates TOC JSON whose digest the caller has already
+/// checked (`digest`), for a blob whose file data ends at `data_end`. Both
+/// readers end here; it is public so the fuzzer can reach the parser
+/// without forging digests.
+pub fn parse_json(
+    format: TocFormat,
+    json: &[u8],
+    digest: Sha256Digest,
+    data_end: u64,
+    limits: &TocLimits,
+) -> Result<Toc, TocError> {
+    let raw = raw::parse(json, limits.max_entries)?;
+    validate::validate(
+        &raw,
+        validate::Frame {
+            format,
+            digest,
+            data_end,
+        },
+        limits,
+    )
+}
+
 /// Reads exactly `len` bytes at `offset`, for a purpose named in errors.
 fn read_exact(reader: &(impl RangeReader + ?Sized), offset: u64, len: u64) -> Result<Vec<u8>, TocError> {
     let bytes = reader

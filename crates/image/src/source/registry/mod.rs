@@ -3,16 +3,20 @@
 //! ([`hosts`]), credentials from a docker `config.json` ([`auth`]),
 //! anonymous, Basic or Bearer-token auth ([`token`]). Documents are read
 //! up to [`MAX_DOCUMENT`](super::MAX_DOCUMENT); blobs stream through a
-//! bounded channel into the import threads, never whole in memory.
+//! bounded channel into the import threads, never whole in memory; byte
+//! ranges of a blob come several per request ([`ranges`]).
 
 mod auth;
 mod hosts;
 mod http;
 mod push;
+mod ranges;
 mod token;
 
 use std::io::{self, Read};
+use std::ops::Range;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 
 use super::{BlobSource, Fetched, MAX_DOCUMENT};
@@ -89,6 +93,9 @@ struct Inner {
     endpoints: Vec<Endpoint>,
     /// `repository:NAME:pull`
     scope: String,
+    /// Set once a host refused several ranges in one request: from then
+    /// on each range is asked for alone ([`ranges`]).
+    single_ranges: AtomicBool,
 }
 
 /// What is fetched, which decides the hosts that may serve it.
@@ -137,6 +144,7 @@ impl RegistrySource {
                 config,
                 endpoints,
                 scope,
+                single_ranges: AtomicBool::new(false),
             }),
         })
     }
@@ -150,6 +158,17 @@ impl Inner {
     /// The first host's successful answer, trying each allowed host in
     /// order while they fail (no answer, 404, 5xx, anything else).
     async fn get(&self, want: Want<'_>) -> Result<(reqwest::Response, String), ImportError> {
+        self.get_with(want, &[], &[]).await
+    }
+
+    /// [`get`](Self::get) with `headers` added to the request, taking the
+    /// statuses in `answers` as answers too (not as a host's failure).
+    async fn get_with(
+        &self,
+        want: Want<'_>,
+        headers: &[(reqwest::header::HeaderName, &str)],
+        answers: &[reqwest::StatusCode],
+    ) -> Result<(reqwest::Response, String), ImportError> {
         let accept: &[&str] = match want {
             Want::Blob(_) => &[],
             _ => ACCEPTED,
@@ -166,8 +185,18 @@ impl Inner {
                 cache: &self.config.cache,
                 scope: &self.scope,
             };
-            let failure = match token::send(&requester, &url, accept).await {
-                Ok(response) if response.status().is_success() => {
+            let request = || {
+                let mut request = client.get(&url);
+                if !accept.is_empty() {
+                    request = request.header(reqwest::header::ACCEPT, accept.join(", "));
+                }
+                for (name, value) in headers {
+                    request = request.header(name, *value);
+                }
+                request
+            };
+            let failure = match token::send_with(&requester, request).await {
+                Ok(response) if response.status().is_success() || answers.contains(&response.status()) => {
                     tracing::debug!(host = %endpoint.root(), "{tail} of {} served", self.repo());
                     return Ok((response, url));
                 }
@@ -302,6 +331,21 @@ impl BlobSource for RegistrySource {
             rx,
             current: bytes::Bytes::new(),
         }))
+    }
+
+    fn read_ranges(&self, desc: &Descriptor, ranges: &[Range<u64>]) -> Result<Vec<Vec<u8>>, ImportError> {
+        check_digest(&desc.digest)?;
+        super::ranges::check_ranges(desc, ranges)?;
+        if ranges.is_empty() {
+            return Ok(Vec::new());
+        }
+        let inner = self.inner.clone();
+        let blob = ranges::Blob {
+            digest: desc.digest.clone(),
+            size: desc.size,
+        };
+        let ranges = ranges.to_vec();
+        http::run(async move { ranges::read(inner, blob, ranges).await })?
     }
 }
 

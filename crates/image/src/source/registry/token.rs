@@ -8,7 +8,7 @@ use std::collections::HashMap;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use reqwest::header::{ACCEPT, AUTHORIZATION, WWW_AUTHENTICATE};
+use reqwest::header::{AUTHORIZATION, WWW_AUTHENTICATE};
 use serde::Deserialize;
 
 use super::auth::{basic_header, parse_challenges, Challenge, Credential};
@@ -92,21 +92,9 @@ pub(crate) struct Requester<'a> {
     pub scope: &'a str,
 }
 
-/// GETs `url`, authorizing as the host asks. Returns any answer but 401;
-/// a second 401 is [`HostError::Unauthorized`].
-pub(crate) async fn send(r: &Requester<'_>, url: &str, accept: &[&str]) -> Result<reqwest::Response, HostError> {
-    send_with(r, || {
-        let request = r.client.get(url);
-        match accept {
-            [] => request,
-            _ => request.header(ACCEPT, accept.join(", ")),
-        }
-    })
-    .await
-}
-
 /// Sends the request `build` makes (once more after a 401, with the
 /// credentials the host asked for), with the host's headers added.
+/// Returns any answer but 401; a second 401 is [`HostError::Unauthorized`].
 pub(crate) async fn send_with(
     r: &Requester<'_>,
     build: impl Fn() -> reqwest::RequestBuilder,
