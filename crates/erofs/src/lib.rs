@@ -24,7 +24,7 @@ use std::os::unix::ffi::OsStrExt;
 use composefs::erofs::format::{self, FormatVersion, XATTR_OVERLAY_ESCAPED_PREFIX, XATTR_OVERLAY_PREFIX};
 use composefs::erofs::reader::collect_objects;
 use composefs::erofs::writer::{mkfs_erofs_versioned, ValidatedFileSystem};
-use composefs::fsverity::{FsVerityHashValue, Sha256HashValue};
+use composefs::fsverity::Sha256HashValue;
 use composefs::generic_tree::{Inode, LeafContent, LeafId as CfsLeafId, Stat as CfsStat};
 use composefs::tree::{Directory, FileSystem, RegularFile};
 use strata_tree::{Content, Digest, Dir, FileData, Leaf, LeafId, Node, Stat, Tree, MAX_NAME_LEN};
@@ -160,14 +160,7 @@ struct Leaves {
 /// The object digests an image's files point at.
 pub fn referenced_objects(image: &[u8]) -> Result<Vec<Digest>, ErofsError> {
     let set = collect_objects::<Sha256HashValue>(image).map_err(|e| ErofsError::Corrupt { reason: e.to_string() })?;
-    let mut out: Vec<Digest> = set
-        .iter()
-        .map(|id| {
-            id.to_hex()
-                .parse()
-                .expect("a SHA-256 value formats as 64 hex characters")
-        })
-        .collect();
+    let mut out: Vec<Digest> = set.iter().map(digest_of).collect();
     out.sort_unstable();
     Ok(out)
 }
@@ -218,6 +211,19 @@ fn convert_dir(
     Ok(out)
 }
 
+/// composefs's value for a digest: the same 32 bytes (no hex round trip,
+/// which was a few percent of a 100,000-file commit).
+fn cfs_digest(digest: &Digest) -> Sha256HashValue {
+    <Sha256HashValue as zerocopy::FromBytes>::read_from_bytes(&digest.0).expect("32 bytes make a SHA-256 value")
+}
+
+/// The digest composefs's value holds.
+pub(crate) fn digest_of(id: &Sha256HashValue) -> Digest {
+    let mut bytes = [0u8; 32];
+    bytes.copy_from_slice(zerocopy::IntoBytes::as_bytes(id));
+    Digest(bytes)
+}
+
 /// composefs's id for leaf `id`, and whether it is a character device 0/0.
 fn convert_leaf(id: LeafId, fs: &mut CfsFs, leaves: &mut Leaves, path: &[u8]) -> Result<(CfsLeafId, bool), ErofsError> {
     let shown = || String::from_utf8_lossy(path).into_owned();
@@ -246,7 +252,7 @@ fn convert_leaf(id: LeafId, fs: &mut CfsFs, leaves: &mut Leaves, path: &[u8]) ->
             LeafContent::Regular(RegularFile::Inline(data.into()))
         }
         Content::File(FileData::Object { digest, size }) => {
-            let id = Sha256HashValue::from_hex(digest.to_hex()).expect("64 hex characters");
+            let id = cfs_digest(&digest);
             LeafContent::Regular(RegularFile::External(id, size))
         }
         Content::Symlink(target) => {

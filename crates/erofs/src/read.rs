@@ -10,10 +10,10 @@ use std::os::unix::ffi::OsStrExt;
 
 use composefs::erofs::format::COMPOSEFS_VERSION;
 use composefs::erofs::reader::{erofs_to_filesystem, DirectoryBlock, Image, InodeHeader, InodeOps, InodeType};
-use composefs::fsverity::{FsVerityHashValue, Sha256HashValue};
+use composefs::fsverity::Sha256HashValue;
 use composefs::generic_tree::{Inode, LeafContent, Stat as CfsStat};
 use composefs::tree::{Directory, FileSystem, RegularFile};
-use strata_tree::{Content, Digest, Dir, FileData, Leaf, LeafId, Node, Stat, Tree};
+use strata_tree::{Content, Dir, FileData, Leaf, LeafId, Node, Stat, Tree};
 use zerocopy::FromBytes;
 
 use crate::{check_name, with_stack_for, ErofsError, INLINE_MAX, MAX_DEPTH, SYMLINK_MAX};
@@ -209,13 +209,10 @@ impl Reader<'_> {
                 }
                 Content::File(FileData::Inline(data.to_vec()))
             }
-            LeafContent::Regular(RegularFile::External(id, size)) => {
-                let digest: Digest = id
-                    .to_hex()
-                    .parse()
-                    .map_err(|e| corrupt(format!("{:?} has a bad object digest: {e}", self.shown())))?;
-                Content::File(FileData::Object { digest, size: *size })
-            }
+            LeafContent::Regular(RegularFile::External(id, size)) => Content::File(FileData::Object {
+                digest: crate::digest_of(id),
+                size: *size,
+            }),
             LeafContent::Regular(RegularFile::ExternalNoVerity(..)) => {
                 return Err(corrupt(format!(
                     "{:?} is an external file without an fs-verity digest, which strata never writes",

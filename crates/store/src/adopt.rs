@@ -50,9 +50,9 @@ impl Default for MoveState {
 
 impl Store {
     /// Renames each file into `objects/` and makes it read-only; with
-    /// [`Recheck::Rehash`], then hashes every one moved again (on every
-    /// core) and takes out any whose bytes no longer match its digest, or
-    /// that is not a regular file. A file is found below the store root
+    /// [`Recheck::Rehash`], hashes each one again right after its move (on
+    /// the same few threads, while it is still cached) and takes out any
+    /// whose bytes no longer match its digest, or that is not a regular file. A file is found below the store root
     /// without following symlinks; one outside it, gone, or already
     /// present is skipped. Returns how many entered.
     pub(crate) fn move_into_objects(&self, files: &[(PathBuf, Digest)], recheck: Recheck) -> Result<usize, StoreError> {
@@ -63,20 +63,17 @@ impl Store {
             MoveState::default,
             |state, (path, digest)| self.move_one(state, path, digest, recheck),
         );
-        let mut added = Vec::new();
+        let mut added = 0;
         for m in moved {
-            if let Some(digest) = m? {
-                added.push(digest);
-            }
+            added += usize::from(m?.is_some());
         }
-        match recheck {
-            Recheck::Trust => Ok(added.len()),
-            Recheck::Rehash => self.keep_unchanged(&added),
-        }
+        Ok(added)
     }
 
-    /// Moves one file; with [`Recheck::Trust`], also makes it read-only
-    /// (an object that is not a regular file goes). The digest if it moved.
+    /// Moves one file and makes it read-only; with [`Recheck::Rehash`],
+    /// hashes it again right after the move and takes it out if its bytes
+    /// no longer match. An object that is not a regular file goes. The
+    /// digest if it moved and stayed.
     fn move_one(
         &self,
         state: &mut MoveState,
@@ -121,42 +118,46 @@ impl Store {
             }
             Err(e) => return Err(StoreError::io("move into store", path, e)),
         }
-        match recheck {
-            Recheck::Rehash => Ok(Some(*digest)),
-            Recheck::Trust if self.make_trusted_read_only(digest)? => Ok(Some(*digest)),
-            Recheck::Trust => self.take_out(digest).map(|()| None),
+        let kept = match recheck {
+            Recheck::Rehash => self.keep_unchanged(digest)?,
+            Recheck::Trust => self.make_trusted_read_only(digest)?,
+        };
+        if kept {
+            Ok(Some(*digest))
+        } else {
+            self.take_out(digest).map(|()| None)
         }
     }
 
-    /// Hashes each moved file again through one open that also makes it
-    /// read-only; takes out those no longer holding the bytes of their
-    /// name. Returns how many stayed.
-    fn keep_unchanged(&self, moved: &[Digest]) -> Result<usize, StoreError> {
-        let kept = map_on_threads(
-            moved,
-            usize::MAX,
-            BATCH,
-            || (),
-            |(), digest| {
-                let path = self.inner.objects.path().join(digest.object_path());
-                let unchanged = match self.open_object(digest) {
-                    Ok(mut file) => match crate::hashing::hash_open_file(&mut file, &path) {
-                        Ok((found, _)) if found == *digest => Some(file),
-                        _ => None,
-                    },
-                    Err(_) => None,
-                };
-                match unchanged {
-                    Some(file) => self.make_read_only(&file, digest).map(|()| true),
-                    None => self.take_out(digest).map(|()| false),
-                }
-            },
-        );
-        let mut added = 0;
-        for k in kept {
-            added += usize::from(k?);
+    /// Hashes a file just moved into `objects/` again, through one open
+    /// that also makes it read-only. False: it is not a regular file, or
+    /// no longer holds the bytes of its name.
+    ///
+    /// Once moved, the name is out of the writer's reach (only a process
+    /// with open fds can still write), so it is looked at by name and then
+    /// opened by name: no `O_PATH` handle reopened through `/proc`, which
+    /// cost a procfs path walk per file.
+    fn keep_unchanged(&self, digest: &Digest) -> Result<bool, StoreError> {
+        let objects = &self.inner.objects;
+        let name = digest.object_path();
+        let path = || objects.path().join(&name);
+        match rustix::fs::statat(objects.fd(), name.as_str(), AtFlags::SYMLINK_NOFOLLOW) {
+            Ok(stat) if FileType::from_raw_mode(stat.st_mode) == FileType::RegularFile => {}
+            _ => return Ok(false),
         }
-        Ok(added)
+        let flags = OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::NONBLOCK | OFlags::CLOEXEC;
+        // No atime update: it would dirty the inode once more.
+        let opened = match rustix::fs::openat(objects.fd(), name.as_str(), flags | OFlags::NOATIME, Mode::empty()) {
+            Err(Errno::PERM) => rustix::fs::openat(objects.fd(), name.as_str(), flags, Mode::empty()),
+            opened => opened,
+        };
+        let Ok(mut file) = opened.map(std::fs::File::from) else {
+            return Ok(false);
+        };
+        match crate::hashing::hash_open_file(&mut file, &path()) {
+            Ok((found, _)) if found == *digest => self.make_read_only(&file, digest).map(|()| true),
+            _ => Ok(false),
+        }
     }
 
     /// The object `digest`, opened without following a symlink; an error
@@ -243,5 +244,44 @@ impl Store {
             }
         }
         Ok(cache.last.as_ref().map(|(_, fd)| fd.as_fd()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::os::unix::fs::PermissionsExt;
+
+    use super::*;
+
+    /// A rehashed move leaves a read-only regular object; a name that is
+    /// no longer a regular file (here a FIFO, which must never be opened)
+    /// stays out.
+    #[test]
+    fn rehashed_moves_are_read_only_and_only_regular_files() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(&dir.path().join("store")).unwrap();
+        let upper = dir.path().join("store/upper");
+        std::fs::create_dir(&upper).unwrap();
+        std::fs::write(upper.join("file"), [7u8; 3000]).unwrap();
+        std::fs::write(upper.join("fifo"), [8u8; 3000]).unwrap();
+        let (file, _) = crate::hash_file(&upper.join("file")).unwrap();
+        let (fifo, _) = crate::hash_file(&upper.join("fifo")).unwrap();
+        std::fs::remove_file(upper.join("fifo")).unwrap();
+        rustix::fs::mknodat(
+            rustix::fs::CWD,
+            upper.join("fifo"),
+            FileType::Fifo,
+            Mode::from_raw_mode(0o644),
+            0,
+        )
+        .unwrap();
+        let files = [(upper.join("file"), file), (upper.join("fifo"), fifo)];
+        assert_eq!(store.move_into_objects(&files, Recheck::Rehash).unwrap(), 1);
+        let object = store.inner.objects.path().join(file.object_path());
+        let meta = std::fs::metadata(&object).unwrap();
+        assert_eq!(meta.permissions().mode() & 0o777, 0o444);
+        assert_eq!(std::fs::read(&object).unwrap(), [7u8; 3000]);
+        assert!(!store.has_object(&fifo).unwrap());
+        assert!(upper.join("fifo").exists(), "the FIFO stays where it was");
     }
 }

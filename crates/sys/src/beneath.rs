@@ -81,12 +81,42 @@ pub fn reopen_regular(handle: OwnedFd) -> std::io::Result<Opened> {
     if FileType::from_raw_mode(stat.st_mode) != FileType::RegularFile {
         return Ok(Opened::Other(handle, stat));
     }
-    let file = rustix::fs::open(
-        proc_path(handle.as_fd()),
-        OFlags::RDONLY | OFlags::CLOEXEC | OFlags::NONBLOCK,
-        Mode::empty(),
-    )?;
+    let flags = OFlags::RDONLY | OFlags::CLOEXEC | OFlags::NONBLOCK;
+    // Without O_NOATIME, the first read of a file written since its last
+    // read dirties its inode (relatime), a journal write per file hashed.
+    // Only the owner or CAP_FOWNER may ask for it.
+    let file = match reopen(handle.as_fd(), flags | OFlags::NOATIME) {
+        Err(rustix::io::Errno::PERM) => reopen(handle.as_fd(), flags)?,
+        opened => opened?,
+    };
     Ok(Opened::File(std::fs::File::from(file), stat))
+}
+
+/// Opens the inode `handle` holds again, through its `/proc/self/fd`
+/// link: by its one name below this process's fd directory, opened once
+/// (a walk of the whole path resolves `self` afresh, a string allocation
+/// and a pid lookup per file), or by the whole path where that directory
+/// cannot be held (no `/proc` at first use, or a forked child).
+fn reopen(handle: BorrowedFd<'_>, flags: OFlags) -> rustix::io::Result<OwnedFd> {
+    static FD_DIR: std::sync::OnceLock<Option<(rustix::process::Pid, OwnedFd)>> = std::sync::OnceLock::new();
+    let pid = rustix::process::getpid();
+    let dir = FD_DIR.get_or_init(|| {
+        rustix::fs::open(
+            "/proc/self/fd",
+            OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC,
+            Mode::empty(),
+        )
+        .ok()
+        .map(|fd| (pid, fd))
+    });
+    match dir {
+        // The directory of this process: a forked child must not open its
+        // parent's fds.
+        Some((owner, dir)) if *owner == pid => {
+            rustix::fs::openat(dir, handle.as_raw_fd().to_string(), flags, Mode::empty())
+        }
+        _ => rustix::fs::open(proc_path(handle), flags, Mode::empty()),
+    }
 }
 
 #[cfg(test)]
