@@ -1,6 +1,7 @@
 //! Writable scratch through the gRPC API, as containerd calls it: size
 //! limits, refused labels, pod sharing and rollback at every Prepare step.
-//! Real `strata serve`, real ext4 scratch files on loop devices, real mounts.
+//! Real `strata serve`, real ext4 scratch files on loop devices, real mounts;
+//! the quota mechanisms (btrfs qgroups, project quotas) in scratch_quota.rs.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -390,3 +391,5 @@ fn kill_9_keeps_live_scratches_and_cleanup_frees_templates() {
     drop(c);
     assert!(serve.stop().success());
 }
+
+mod scratch_quota;

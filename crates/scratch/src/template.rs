@@ -30,6 +30,8 @@ pub enum TemplateError {
         tool: &'static str,
         stderr: String,
     },
+    #[error(transparent)]
+    Quota(#[from] crate::QuotaError),
 }
 
 fn io(op: &'static str, path: &Path) -> impl FnOnce(std::io::Error) -> TemplateError {

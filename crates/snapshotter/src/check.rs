@@ -89,8 +89,19 @@ pub fn check(store: &Store, policy: &ScratchPolicy) -> Result<SnapshotReport, Sn
     }
     let files: BTreeSet<PathBuf> = records
         .iter()
-        .filter_map(|(_, r)| r.scratch.as_ref().map(|s| s.file.clone()))
+        .filter_map(|(_, r)| r.scratch.as_ref()?.file().map(Path::to_owned))
         .collect();
+    let dirs: BTreeSet<PathBuf> = records
+        .iter()
+        .filter_map(|(_, r)| r.scratch.as_ref()?.limited_dir().map(Path::to_owned))
+        .collect();
+    for dir in scratches.limited_dirs()? {
+        if !dirs.contains(&dir) {
+            report
+                .orphans
+                .push(format!("scratch dir {} has no user", dir.display()));
+        }
+    }
     for file in scratches.files()? {
         if !files.contains(&file) {
             report
@@ -137,13 +148,13 @@ fn check_record(
         Kind::Active | Kind::View => {
             let upper = match &r.scratch {
                 Some(s) => {
-                    if !s.file.is_file() {
-                        problems.push(format!(
-                            "snapshot {key:?}: scratch file {} is missing",
-                            s.file.display()
-                        ));
+                    if let Some(file) = s.file().filter(|f| !f.is_file()) {
+                        problems.push(format!("snapshot {key:?}: scratch file {} is missing", file.display()));
                     }
-                    if !strata_sys::is_mountpoint(&scratches.mount_point(s.fs)) {
+                    if let Some(dir) = s.limited_dir().filter(|d| !d.is_dir()) {
+                        problems.push(format!("snapshot {key:?}: scratch dir {} is missing", dir.display()));
+                    }
+                    if s.file().is_some() && !strata_sys::is_mountpoint(&scratches.mount_point(s.fs)) {
                         problems.push(format!("snapshot {key:?}: its scratch is not mounted"));
                     }
                     scratches.upper_of(s, r.id).0

@@ -32,6 +32,6 @@ pub use error::{ErrorKind, SnapshotError};
 pub use filter::Filter;
 pub use ops::Snapshotter;
 pub use remote::{FallbackReason, FetchError, FetchedLayer, LayerFetcher, LayerRequest, RemoteOutcome};
-pub use scratch::{scratch_usage, ScratchMechanism, ScratchUsage};
-pub use strata_scratch::{FsKind, ScratchPolicy};
+pub use scratch::{scratch_plans, scratch_usage, ScratchMechanism, ScratchUsage};
+pub use strata_scratch::{FsKind, Plan as ScratchPlan, ScratchPolicy};
 pub use types::{Info, Kind, Mount, Usage};
