@@ -19,7 +19,9 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use strata_image::source::resolve;
-use strata_image::{import_layer, BlobSource, ImageRef, ImportError, Limits, Platform, Progress, RegistryRef};
+use strata_image::{
+    import_layer_from, BlobSource, ImageRef, ImportError, Limits, PartialPulls, Platform, Progress, RegistryRef,
+};
 use strata_snapshotter::{FetchError, FetchedLayer, LayerFetcher, LayerRequest};
 use strata_store::Store;
 
@@ -40,6 +42,8 @@ pub struct FetcherOptions {
     /// How long a prefetched layer waits for its Prepare before it is
     /// dropped.
     pub keep_unclaimed: Duration,
+    /// Which layers are pulled partially (only the files the store lacks).
+    pub partial: PartialPulls,
 }
 
 /// An image being pulled: where its blobs come from, and its layers.
@@ -133,8 +137,9 @@ impl Fetcher {
         let limits = self.options.limits.clone();
         let chain_id = layer.chain_id.clone();
         let totals = Arc::clone(&self.totals);
+        let partial = self.options.partial;
         self.jobs.submit(group, &chain_id, first, move || {
-            import(&store, source.as_ref(), layer, &limits, &totals)
+            import(&store, source.as_ref(), layer, &limits, partial, &totals)
         });
     }
 }
@@ -148,11 +153,25 @@ fn image_key(request: &LayerRequest) -> String {
 /// Fetches, verifies and imports one layer, holding the store's shared lock
 /// from the first staged object until the snapshotter commits them; its
 /// counters go to `totals`.
-fn import(store: &Store, source: &dyn BlobSource, layer: Located, limits: &Limits, totals: &Arc<Progress>) -> Outcome {
+fn import(
+    store: &Store,
+    source: &dyn BlobSource,
+    layer: Located,
+    limits: &Limits,
+    partial: PartialPulls,
+    totals: &Arc<Progress>,
+) -> Outcome {
     let lock = store.lock_shared().map_err(|e| e.to_string())?;
-    let raw = source.open_blob(&layer.desc).map_err(|e| e.to_string())?;
-    let import = import_layer(store, &layer.desc, Some(&layer.diff_id), raw, limits, totals)
-        .map_err(|e| format!("importing {}: {e}", layer.desc.digest))?;
+    let import = import_layer_from(
+        store,
+        source,
+        &layer.desc,
+        Some(&layer.diff_id),
+        limits,
+        totals,
+        partial,
+    )
+    .map_err(|e| format!("importing {}: {e}", layer.desc.digest))?;
     totals.layers_done.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     Ok(FetchedLayer {
         tree: import.tree,

@@ -31,8 +31,9 @@ use strata_tree::{split_path, Content, FileData, Leaf, Stat, Tree};
 
 pub(crate) mod archive;
 mod builder;
+pub(crate) use archive::Header;
 mod xattr;
-use archive::{Archive, ArchiveError, Header};
+use archive::{Archive, ArchiveError};
 use builder::{NewNode, TreeBuilder};
 
 use crate::decompress::{self, Compression, Expected};
@@ -101,6 +102,12 @@ impl EntryBudget {
         }
     }
 
+    /// Gives back `n` entries taken by an import that was abandoned (a
+    /// partial pull that falls back to a whole one).
+    pub(crate) fn release(&self, n: u64) {
+        self.used.fetch_sub(n, Ordering::Relaxed);
+    }
+
     fn take(&self, layer: &str) -> Result<(), ImportError> {
         if self.used.fetch_add(1, Ordering::Relaxed) >= self.limit {
             return Err(ImportError::TooManyImageEntries {
@@ -145,7 +152,8 @@ pub(crate) fn import_layer_in(
         limit: limits.max_layer_bytes,
     };
     let (mut reader, verdict) = decompress::spawn(raw, compression, expected, progress.clone());
-    let mut builder = LayerBuilder::new(store, &desc.digest, limits, progress)?;
+    let mut builder = LayerBuilder::new(store.stager()?, &desc.digest, limits, progress);
+    builder.hide_estargz_metadata = is_estargz(desc);
     let parsed = builder.read_archive(&mut reader, budget);
     // Read the rest, even after a tar error, so the digests cover every byte
     // (the tar end marker may also come before the stream's end).
@@ -160,17 +168,33 @@ pub(crate) fn import_layer_in(
     // A digest failure explains a tar failure (truncation, corruption), so it wins.
     verified?;
     parsed?;
-    let mut objects = builder.objects;
-    objects.sort_unstable();
-    objects.dedup();
-    Ok(LayerImport {
-        tree: builder.tree.tree,
-        stager: builder.stager,
-        objects,
-    })
+    Ok(builder.finish())
 }
 
-struct LayerBuilder<'a> {
+/// A layer with eStargz's TOC annotation: its `stargz.index.json` and
+/// landmark files at the root are the format's, not the image's.
+pub(crate) fn is_estargz(desc: &Descriptor) -> bool {
+    desc.annotations
+        .contains_key(crate::toc::estargz::TOC_DIGEST_ANNOTATION)
+}
+
+/// eStargz's own entries at a layer's root, hidden from the image.
+fn is_estargz_metadata(path: &[Vec<u8>]) -> bool {
+    use crate::toc::estargz::{NO_PREFETCH_LANDMARK, PREFETCH_LANDMARK, TOC_TAR_NAME};
+    matches!(path, [name] if [TOC_TAR_NAME, PREFETCH_LANDMARK, NO_PREFETCH_LANDMARK]
+        .iter()
+        .any(|n| n.as_bytes() == &name[..]))
+}
+
+/// Where a regular file's bytes come from.
+pub(crate) enum Body<'r, 'a> {
+    /// The tar entry's body, read now.
+    Tar(&'r mut Archive<'a>),
+    /// Already staged or inline (a partial pull fetched and checked it).
+    Known(FileData),
+}
+
+pub(crate) struct LayerBuilder<'a> {
     layer: &'a str,
     limits: &'a Limits,
     progress: &'a Progress,
@@ -180,20 +204,70 @@ struct LayerBuilder<'a> {
     buf: Vec<u8>,
     /// File bytes this layer has written (sparse holes included).
     written: u64,
+    /// Entries so far, against `limits.max_entries`.
+    count: u64,
+    pub(crate) hide_estargz_metadata: bool,
 }
 
 impl<'a> LayerBuilder<'a> {
-    fn new(store: &Store, layer: &'a str, limits: &'a Limits, progress: &'a Progress) -> Result<Self, ImportError> {
-        Ok(LayerBuilder {
+    pub(crate) fn new(stager: ObjectStager, layer: &'a str, limits: &'a Limits, progress: &'a Progress) -> Self {
+        LayerBuilder {
             layer,
             limits,
             progress,
             tree: TreeBuilder::new(layer, limits.max_depth),
-            stager: store.stager()?,
+            stager,
             objects: Vec::new(),
             buf: Vec::new(),
             written: 0,
-        })
+            count: 0,
+            hide_estargz_metadata: false,
+        }
+    }
+
+    /// The layer's tree, stager and objects.
+    pub(crate) fn finish(self) -> LayerImport {
+        let mut objects = self.objects;
+        objects.sort_unstable();
+        objects.dedup();
+        LayerImport {
+            tree: self.tree.tree,
+            stager: self.stager,
+            objects,
+        }
+    }
+
+    /// Entries counted so far.
+    pub(crate) fn entries(&self) -> u64 {
+        self.count
+    }
+
+    /// Counts one entry against the layer's and the image's limits.
+    pub(crate) fn count_entry(&mut self, budget: &EntryBudget) -> Result<(), ImportError> {
+        self.count += 1;
+        if self.count > self.limits.max_entries {
+            return Err(ImportError::TooManyEntries {
+                layer: self.layer.to_owned(),
+                limit: self.limits.max_entries,
+            });
+        }
+        budget.take(self.layer)
+    }
+
+    /// Counts a file's bytes against the layer's limit.
+    fn count_bytes(&mut self, size: u64, raw_path: &[u8]) -> Result<(), ImportError> {
+        // Sparse holes count: the limit bounds what is written, not what was sent.
+        self.written = self.written.saturating_add(size);
+        if self.written > self.limits.max_layer_bytes {
+            return Err(self.entry_err(
+                raw_path,
+                format!(
+                    "a file of {size} bytes takes the layer past the limit of {} bytes (raise --max-layer-bytes if it is genuine)",
+                    self.limits.max_layer_bytes
+                ),
+            ));
+        }
+        Ok(())
     }
 
     fn entry_err(&self, path: &[u8], reason: impl ToString) -> ImportError {
@@ -206,20 +280,12 @@ impl<'a> LayerBuilder<'a> {
 
     fn read_archive(&mut self, reader: &mut dyn Read, budget: &EntryBudget) -> Result<(), ImportError> {
         let mut archive = Archive::new(reader, self.limits.max_path_bytes);
-        let mut count = 0u64;
         while let Some(header) = archive.next().map_err(|e| self.archive_err(e))? {
             if header.typeflag == b'g' {
                 continue; // Global PAX headers: ignored, as containerd does.
             }
-            count += 1;
-            if count > self.limits.max_entries {
-                return Err(ImportError::TooManyEntries {
-                    layer: self.layer.to_owned(),
-                    limit: self.limits.max_entries,
-                });
-            }
-            budget.take(self.layer)?;
-            self.add_entry(header, &mut archive)?;
+            self.count_entry(budget)?;
+            self.add_entry(header, Body::Tar(&mut archive))?;
         }
         Ok(())
     }
@@ -253,12 +319,16 @@ impl<'a> LayerBuilder<'a> {
         })
     }
 
-    fn add_entry(&mut self, header: Header, archive: &mut Archive<'_>) -> Result<(), ImportError> {
+    /// One entry, taking effect in the layer's order.
+    pub(crate) fn add_entry(&mut self, header: Header, body: Body<'_, '_>) -> Result<(), ImportError> {
         let raw_path = &header.path[..];
         self.check_path_len(raw_path)?;
         let path = split_path(raw_path, self.limits.max_depth).map_err(|e| self.entry_err(raw_path, e))?;
         if is_aufs_metadata(&path) {
             return Ok(()); // Docker skips AUFS's own files.
+        }
+        if self.hide_estargz_metadata && is_estargz_metadata(&path) {
+            return Ok(()); // The same in full and partial pulls.
         }
         let stat = self.read_stat(&header)?;
 
@@ -271,7 +341,13 @@ impl<'a> LayerBuilder<'a> {
         let node = match header.typeflag {
             b'5' => NewNode::Dir(stat),
             b'0' | b'7' => {
-                let data = self.read_body(archive, header.size, raw_path)?;
+                let data = match body {
+                    Body::Tar(archive) => self.read_body(archive, header.size, raw_path)?,
+                    Body::Known(data) => {
+                        self.count_bytes(header.size, raw_path)?;
+                        data
+                    }
+                };
                 Progress::add(&self.progress.files, 1);
                 NewNode::Leaf(Leaf {
                     stat,
@@ -351,17 +427,7 @@ impl<'a> LayerBuilder<'a> {
     }
 
     fn read_body(&mut self, archive: &mut Archive<'_>, size: u64, raw_path: &[u8]) -> Result<FileData, ImportError> {
-        // Sparse holes count: the limit bounds what is written, not what was sent.
-        self.written = self.written.saturating_add(size);
-        if self.written > self.limits.max_layer_bytes {
-            return Err(self.entry_err(
-                raw_path,
-                format!(
-                    "a file of {size} bytes takes the layer past the limit of {} bytes (raise --max-layer-bytes if it is genuine)",
-                    self.limits.max_layer_bytes
-                ),
-            ));
-        }
+        self.count_bytes(size, raw_path)?;
         let io_err = |s: &Self, e: std::io::Error| s.entry_err(raw_path, format!("reading file body: {e}"));
         if size <= IN_MEMORY_MAX {
             let mut buf = std::mem::take(&mut self.buf);
@@ -403,7 +469,7 @@ impl<'a> LayerBuilder<'a> {
         })
     }
 
-    fn note(&mut self, staged: strata_store::StagedObject) {
+    pub(crate) fn note(&mut self, staged: strata_store::StagedObject) {
         let counter = if staged.new {
             &self.progress.new_objects
         } else {

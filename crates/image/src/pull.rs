@@ -11,7 +11,8 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use strata_store::{ImageRecord, ObjectRef, Store};
 use strata_tree::{merge_layer, Digest, Stat, Tree};
 
-use crate::layer::{import_layer_in, EntryBudget};
+use crate::layer::EntryBudget;
+use crate::partial::{import_layer_with, PartialPulls};
 use crate::source::{resolve, BlobSource};
 use crate::{ImportError, LayerImport, Limits, Platform, Progress};
 
@@ -23,6 +24,8 @@ pub struct PullOptions {
     /// Layers imported at once.
     pub parallel_layers: usize,
     pub platform: Platform,
+    /// Which layers may be pulled partially (only what the store lacks).
+    pub partial: PartialPulls,
 }
 
 #[derive(Clone, Debug)]
@@ -131,9 +134,16 @@ fn import_all(
                 let i = next.fetch_add(1, Ordering::Relaxed);
                 let Some(desc) = layers.get(i) else { break };
                 let diff_id = resolved.config.diff_ids.get(i).map(String::as_str);
-                let result = source
-                    .open_blob(desc)
-                    .and_then(|raw| import_layer_in(store, desc, diff_id, raw, &options.limits, progress, &budget));
+                let result = import_layer_with(
+                    store,
+                    source,
+                    desc,
+                    diff_id,
+                    &options.limits,
+                    progress,
+                    &budget,
+                    options.partial,
+                );
                 if result.is_err() {
                     failed.store(true, Ordering::Relaxed);
                 } else {

@@ -133,6 +133,7 @@ impl Db {
         txn.open_table(ROOTS)?;
         txn.open_table(PENDING)?;
         txn.open_table(META)?;
+        txn.open_table(crate::sha_index::SHA256_INDEX)?;
         txn.commit()?;
         Ok(Db { db })
     }

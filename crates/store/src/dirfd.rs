@@ -78,6 +78,17 @@ impl DirFd {
         Ok(std::fs::File::from(fd))
     }
 
+    pub fn open_read(&self, name: &str) -> Result<std::fs::File, StoreError> {
+        let fd = rustix::fs::openat(
+            &self.fd,
+            name,
+            OFlags::RDONLY | OFlags::CLOEXEC | OFlags::NOFOLLOW,
+            Mode::empty(),
+        )
+        .map_err(|e| StoreError::io("open", self.path.join(name), e))?;
+        Ok(std::fs::File::from(fd))
+    }
+
     pub fn read_small(&self, name: &str) -> Result<Option<Vec<u8>>, StoreError> {
         match rustix::fs::openat(
             &self.fd,

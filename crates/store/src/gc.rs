@@ -85,6 +85,8 @@ pub(crate) fn run(store: &Store) -> Result<GcReport, StoreError> {
         }
         Ok(())
     })?;
+    // The SHA-256 index must not name what is gone (lookups check, too).
+    crate::sha_index::forget_dead(store, &live.objects)?;
 
     let tmp = store.inner.tmp.path().to_owned();
     for entry in read_dir(&tmp)? {

@@ -30,6 +30,7 @@ mod lock;
 mod objects;
 mod prehash;
 mod recover;
+mod sha_index;
 mod trash;
 
 use std::path::{Path, PathBuf};
@@ -42,7 +43,7 @@ pub use fsck::{FsckProblem, FsckReport};
 pub use gc::GcReport;
 pub use hashing::{hash_file, hash_files, hash_opened};
 pub use lock::{ExclusiveGuard, ImportSlot, SharedGuard};
-pub use objects::{AdoptSource, ObjectStager, StagedObject};
+pub use objects::{AdoptSource, HashedBytes, ObjectStager, StagedObject};
 pub use prehash::{Prehash, Prehashed};
 
 use dirfd::DirFd;
@@ -224,6 +225,16 @@ impl Store {
 
     pub fn image_path(&self, id: &strata_tree::Digest) -> PathBuf {
         self.inner.root.join("images").join(images::file_name(id))
+    }
+
+    /// A path in `tmp/` for a short-lived file of this process (a kernel
+    /// feature probe); named as staging is, so recovery removes it if the
+    /// process dies first.
+    pub fn private_tmp_path(&self, purpose: &str) -> PathBuf {
+        self.inner
+            .root
+            .join("tmp")
+            .join(format!("stage-{}-{purpose}", std::process::id()))
     }
 
     /// Where the EROFS image `id` is mounted, shared by all its users.

@@ -49,6 +49,29 @@ pub struct ObjectStager {
     device: u64,
 }
 
+/// Bytes with their fs-verity digest, which only hashing them can make.
+pub struct HashedBytes {
+    data: Vec<u8>,
+    digest: Digest,
+}
+
+impl HashedBytes {
+    pub fn new(data: Vec<u8>) -> Self {
+        HashedBytes {
+            digest: Digest::of(&data),
+            data,
+        }
+    }
+
+    pub fn digest(&self) -> Digest {
+        self.digest
+    }
+
+    pub fn bytes(&self) -> &[u8] {
+        &self.data
+    }
+}
+
 /// A large content being streamed into a staging file.
 pub struct ObjectWriter {
     file: std::fs::File,
@@ -195,6 +218,26 @@ impl ObjectStager {
             file.write_all(data)
                 .map_err(|e| StoreError::io("write object", dir.path().join(name), e))
         })
+    }
+
+    /// Stages a content hashed beforehand (off any lock the caller holds
+    /// around the stager); writes nothing if it is known.
+    pub fn add_hashed(&mut self, content: &HashedBytes) -> Result<StagedObject, StoreError> {
+        let data = &content.data;
+        self.stage_new(content.digest, data.len() as u64, |dir, name| {
+            let mut file = dir.create_file(name, 0o444)?;
+            file.write_all(data)
+                .map_err(|e| StoreError::io("write object", dir.path().join(name), e))
+        })
+    }
+
+    /// Opens a content this stager staged, or else the store's object, for
+    /// reading (a partial pull rebuilding a layer's tar stream).
+    pub fn open_content(&self, digest: &Digest) -> Result<std::fs::File, StoreError> {
+        match self.pending.iter().find(|(_, d)| d == digest) {
+            Some((name, _)) => self.dir.open_read(name),
+            None => self.store.inner.objects.open_read(&digest.object_path()),
+        }
     }
 
     /// Starts streaming a content too large to hold in memory.

@@ -174,3 +174,41 @@ fn adopted_moves_stay_pending_until_a_later_sync() {
     assert!(store.has_object(&d1).unwrap() && store.has_object(&d2).unwrap());
     assert!(store.fsck(false).unwrap().problems.is_empty());
 }
+
+/// The SHA-256 index answers only for objects that exist; gc drops the
+/// rows of what it removes.
+#[test]
+fn sha256_index_follows_gc() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path()).unwrap();
+    let sha = |bytes: &[u8]| -> [u8; 32] { <sha2::Sha256 as sha2::Digest>::digest(bytes).into() };
+    let row = |bytes: &[u8]| {
+        (
+            sha(bytes),
+            ObjectRef {
+                digest: Digest::of(bytes),
+                size: bytes.len() as u64,
+            },
+        )
+    };
+    let (kept, dropped, never) = (&b"kept content"[..], &b"dropped content"[..], &b"never stored"[..]);
+    store.record_sha256(&[row(kept), row(dropped), row(never)]).unwrap();
+    // Not stored yet: no answer, whatever the rows say.
+    assert_eq!(store.objects_by_sha256(&[sha(kept)]).unwrap(), vec![None]);
+
+    add_image(&store, "a", &[kept]);
+    add_image(&store, "b", &[dropped]);
+    let answers = store.objects_by_sha256(&[sha(kept), sha(dropped), sha(never)]).unwrap();
+    assert_eq!(answers, vec![Some(row(kept).1), Some(row(dropped).1), None]);
+
+    assert!(store.remove_image("b").unwrap());
+    store.gc().unwrap();
+    let answers = store.objects_by_sha256(&[sha(kept), sha(dropped), sha(never)]).unwrap();
+    assert_eq!(answers, vec![Some(row(kept).1), None, None]);
+    assert_eq!(
+        store.sha256_index_len().unwrap(),
+        1,
+        "gc dropped the rows of absent objects"
+    );
+    assert!(store.fsck(false).unwrap().is_clean());
+}

@@ -22,6 +22,10 @@ pub struct Args {
     /// Refuse a layer that decompresses to more than this many bytes.
     #[arg(long)]
     max_layer_bytes: Option<u64>,
+    /// Which layers may be pulled partially: off, toc or verified
+    /// (default: the config's pull.partial_pulls).
+    #[arg(long, value_name = "MODE")]
+    partial: Option<strata_image::PartialPulls>,
 }
 
 pub fn run(config: &Config, args: Args) -> anyhow::Result<()> {
@@ -51,6 +55,7 @@ pub fn run(config: &Config, args: Args) -> anyhow::Result<()> {
         limits,
         parallel_layers: config.limits.parallel_layers,
         platform: Platform::host(),
+        partial: args.partial.unwrap_or(config.pull.partial_pulls),
     };
     let progress = Arc::new(Progress::default());
     let started = Instant::now();

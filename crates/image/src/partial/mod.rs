@@ -1,0 +1,307 @@
+//! Partial pulls: a layer that carries a table of contents (eStargz,
+//! zstd:chunked) is imported by fetching only the files the store lacks.
+//!
+//! The trust chain is manifest digest -> layer annotation -> TOC digest ->
+//! each file's SHA-256 (see `docs/partial-pulls.md`). The TOC is read and
+//! checked against its annotated digest ([`crate::toc`]); [`plan`] (pure)
+//! decides which contents to fetch and which ranges to ask for; [`fetch`]
+//! fetches, decompresses and checks each content before it is staged;
+//! [`tree`] builds the layer's tree from the TOC through the tar import's
+//! own builder. A layer whose TOC cannot be read or whose bytes do not
+//! verify is pulled whole instead (its blob digest and diff_id checked as
+//! in any pull), after a warning; nothing the failed attempt staged stays.
+
+mod fetch;
+pub mod plan;
+mod tree;
+mod verify;
+
+use std::fmt;
+use std::str::FromStr;
+use std::sync::{Arc, Mutex};
+
+use strata_store::Store;
+
+use crate::layer::{import_layer_in, EntryBudget};
+use crate::source::BlobRanges;
+use crate::toc::zstd_chunked::TarSplit;
+use crate::toc::{self, ByteRange, Sha256Digest, Toc, TocError, TocLimits};
+use crate::{BlobSource, Descriptor, ImportError, LayerImport, Limits, Progress};
+
+/// Where strata may pull a layer partially.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum PartialPulls {
+    /// Every layer is pulled whole.
+    Off,
+    /// Layers with a TOC are pulled partially; their files are checked
+    /// against the TOC, which the manifest covers; the diff_id is not.
+    #[default]
+    Toc,
+    /// Only where the layer's diff_id can be checked too: zstd:chunked
+    /// layers with a tar-split, whose uncompressed stream is rebuilt from
+    /// it and the files. Other layers are pulled whole.
+    Verified,
+}
+
+impl FromStr for PartialPulls {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "off" => Ok(PartialPulls::Off),
+            "toc" => Ok(PartialPulls::Toc),
+            "verified" => Ok(PartialPulls::Verified),
+            other => Err(format!("{other:?} is not one of \"off\", \"toc\", \"verified\"")),
+        }
+    }
+}
+
+impl fmt::Display for PartialPulls {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            PartialPulls::Off => "off",
+            PartialPulls::Toc => "toc",
+            PartialPulls::Verified => "verified",
+        })
+    }
+}
+
+/// Why a partial pull of a layer did not complete. All but errors of the
+/// store and the entry limits make the layer be pulled whole instead: a
+/// tree the TOC's entries cannot make (a name through a symlink, a hard
+/// link to nothing) may be the TOC's lie, and the tar has the last word.
+#[derive(Debug, thiserror::Error)]
+pub enum PartialError {
+    #[error("the layer's TOC: {0}")]
+    Toc(Box<TocError>),
+    #[error("planning the fetch: {0}")]
+    Plan(#[from] plan::PlanError),
+    #[error("{0}")]
+    Source(Box<ImportError>),
+    #[error("the source's answer: {reason}")]
+    Answer { reason: String },
+    #[error("{path:?}: chunk at {offset}: {source}")]
+    Chunk {
+        path: String,
+        offset: u64,
+        #[source]
+        source: Box<TocError>,
+    },
+    #[error("{path:?}: {actual} bytes, the TOC says {expected}")]
+    FileSize { path: String, expected: u64, actual: u64 },
+    #[error("{path:?}: its bytes hash to {actual}, the TOC says {expected}")]
+    FileDigest {
+        path: String,
+        expected: Sha256Digest,
+        actual: Sha256Digest,
+    },
+    #[error("{path:?}: content {digest} was neither fetched nor found")]
+    Missing { path: String, digest: Sha256Digest },
+    #[error("range {range} lies in no planned call")]
+    Unplanned { range: ByteRange },
+    #[error("the diff_id cannot be checked: {reason}")]
+    DiffId { reason: String },
+    #[error("the tar-split and the files rebuild a stream of {actual}, the config's diff_id is {expected}")]
+    DiffIdMismatch { expected: String, actual: String },
+    #[error("the store: {0}")]
+    Store(Box<strata_store::StoreError>),
+    #[error("{0}")]
+    Tree(Box<ImportError>),
+}
+
+impl From<TocError> for PartialError {
+    fn from(e: TocError) -> Self {
+        PartialError::Toc(Box::new(e))
+    }
+}
+
+impl From<ImportError> for PartialError {
+    fn from(e: ImportError) -> Self {
+        PartialError::Source(Box::new(e))
+    }
+}
+
+impl From<strata_store::StoreError> for PartialError {
+    fn from(e: strata_store::StoreError) -> Self {
+        PartialError::Store(Box::new(e))
+    }
+}
+
+impl PartialError {
+    /// Whether pulling the layer whole may still succeed (and is safe).
+    fn falls_back(&self) -> bool {
+        match self {
+            PartialError::Store(_) => false,
+            PartialError::Source(e) | PartialError::Tree(e) => !matches!(
+                **e,
+                ImportError::Store(_) | ImportError::TooManyEntries { .. } | ImportError::TooManyImageEntries { .. }
+            ),
+            _ => true,
+        }
+    }
+}
+
+/// Fetch workers per layer; the registry side also spreads a call's
+/// ranges over requests.
+const WORKERS: usize = 2;
+
+/// Imports one layer: partially where `mode` and the layer allow, else
+/// whole. The layer's SHA-256 index rows are recorded on success.
+pub fn import_layer_from(
+    store: &Store,
+    source: &dyn BlobSource,
+    desc: &Descriptor,
+    diff_id: Option<&str>,
+    limits: &Limits,
+    progress: &Arc<Progress>,
+    mode: PartialPulls,
+) -> Result<LayerImport, ImportError> {
+    let budget = EntryBudget::new(limits.max_entries_per_image);
+    import_layer_with(store, source, desc, diff_id, limits, progress, &budget, mode)
+}
+
+/// [`import_layer_from`], drawing entries from an image-wide budget.
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn import_layer_with(
+    store: &Store,
+    source: &dyn BlobSource,
+    desc: &Descriptor,
+    diff_id: Option<&str>,
+    limits: &Limits,
+    progress: &Arc<Progress>,
+    budget: &EntryBudget,
+    mode: PartialPulls,
+) -> Result<LayerImport, ImportError> {
+    if mode != PartialPulls::Off {
+        match partial(store, source, desc, diff_id, limits, progress, budget, mode) {
+            Ok(Some(import)) => return Ok(import),
+            Ok(None) => {}
+            Err(e) if e.falls_back() => {
+                tracing::warn!(
+                    layer = %desc.digest,
+                    error = %e,
+                    "partial pull failed; pulling the layer whole (nothing it fetched is kept)"
+                );
+            }
+            Err(e) => {
+                return Err(match e {
+                    PartialError::Tree(e) | PartialError::Source(e) => *e,
+                    other => ImportError::Layer {
+                        layer: desc.digest.clone(),
+                        reason: other.to_string(),
+                    },
+                })
+            }
+        }
+    }
+    let raw = source.open_blob(desc)?;
+    import_layer_in(store, desc, diff_id, raw, limits, progress, budget)
+}
+
+/// Reads a layer's TOC (and where its tar-split is), if its annotations
+/// announce one.
+fn read_toc(
+    source: &dyn BlobSource,
+    desc: &Descriptor,
+    limits: &Limits,
+) -> Result<Option<(Toc, Option<TarSplit>)>, TocError> {
+    let reader = BlobRanges { source, desc };
+    let toc_limits = TocLimits::from_layer_limits(limits);
+    if desc.annotations.contains_key(toc::estargz::TOC_DIGEST_ANNOTATION) {
+        let expected = toc::estargz::toc_digest(&desc.annotations)?;
+        return toc::estargz::read_toc(&reader, desc.size, &expected, &toc_limits).map(|t| Some((t, None)));
+    }
+    match toc::zstd_chunked::annotations(&desc.annotations)? {
+        Some(annotations) => toc::zstd_chunked::read_toc(&reader, desc.size, &annotations, &toc_limits)
+            .map(|t| Some((t.toc, t.tar_split))),
+        None => Ok(None),
+    }
+}
+
+/// The partial import; `None` when the layer has no TOC, or `mode` asks
+/// for a diff_id check this layer does not allow.
+#[allow(clippy::too_many_arguments)]
+fn partial(
+    store: &Store,
+    source: &dyn BlobSource,
+    desc: &Descriptor,
+    diff_id: Option<&str>,
+    limits: &Limits,
+    progress: &Arc<Progress>,
+    budget: &EntryBudget,
+    mode: PartialPulls,
+) -> Result<Option<LayerImport>, PartialError> {
+    let started = std::time::Instant::now();
+    let verified = mode == PartialPulls::Verified;
+    // eStargz has no tar-split: nothing to check a diff_id with.
+    if verified && (diff_id.is_none() || crate::layer::is_estargz(desc)) {
+        return Ok(None);
+    }
+    let Some((toc, tar_split)) = read_toc(source, desc, limits)? else {
+        return Ok(None);
+    };
+    let tar_split = match (verified, tar_split, diff_id) {
+        (false, _, _) => None,
+        (true, Some(tar_split), Some(diff_id)) => Some((tar_split, diff_id)),
+        (true, _, _) => {
+            tracing::info!(layer = %desc.digest, format = %toc.format, "no tar-split to check the diff_id with: pulling the layer whole");
+            return Ok(None);
+        }
+    };
+    let toc_bytes = desc.size.saturating_sub(toc.data_end);
+    let mut lookup_error = None;
+    let plan = plan::plan(
+        &toc,
+        strata_erofs::INLINE_MAX as u64,
+        limits.max_layer_bytes,
+        |digests| {
+            let keys: Vec<[u8; 32]> = digests.iter().map(|d| d.0).collect();
+            store.objects_by_sha256(&keys).unwrap_or_else(|e| {
+                lookup_error = Some(e);
+                vec![None; keys.len()]
+            })
+        },
+    )?;
+    if let Some(e) = lookup_error {
+        return Err(e.into());
+    }
+    let stager = Mutex::new(store.stager()?);
+    let shell = fetch::Shell {
+        source,
+        desc,
+        format: toc.format,
+        progress,
+    };
+    let mut fetched = shell.fetch(&plan, &stager, WORKERS)?;
+    let rows = fetch::index_rows(&fetched);
+    for (digest, object) in &plan.have {
+        fetched.contents.insert(*digest, tree::had(*object));
+    }
+    let stager = stager.into_inner().expect("workers are done");
+    if let Some((tar_split, diff_id)) = tar_split {
+        let reader = BlobRanges { source, desc };
+        let ndjson =
+            toc::zstd_chunked::read_tar_split(&reader, desc.size, &tar_split, &TocLimits::from_layer_limits(limits))?;
+        verify::check_diff_id(&ndjson, &toc, &fetched.contents, &|d| stager.open_content(d), diff_id)?;
+    }
+    let import = tree::build(&toc, &desc.digest, &fetched.contents, stager, limits, progress, budget)?;
+    store.record_sha256(&rows)?;
+    let stats = &plan.stats;
+    tracing::info!(
+        layer = %desc.digest,
+        format = %toc.format,
+        files = stats.files,
+        contents = stats.contents,
+        have = stats.have,
+        have_bytes = stats.have_bytes,
+        fetched = stats.fetch,
+        fetched_bytes = stats.fetch_bytes,
+        range_bytes = stats.range_bytes,
+        request_bytes = stats.request_bytes,
+        calls = stats.calls,
+        toc_bytes,
+        blob_bytes = desc.size,
+        seconds = started.elapsed().as_secs_f64(),
+        "partial pull of a layer"
+    );
+    Ok(Some(import))
+}
