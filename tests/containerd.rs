@@ -82,6 +82,18 @@ fn run(cd: &Containerd, snapshotter: &str, tag: &str, id: &str, cmd: &[&str]) ->
     (started.elapsed().as_secs_f64(), out)
 }
 
+/// Kills a running container's task and removes both.
+fn remove_container(cd: &Containerd, id: &str) {
+    cd.ctr(&["task", "kill", "-s", "KILL", id]);
+    for _ in 0..50 {
+        if cd.try_ctr(&["task", "rm", id]).status.success() {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    cd.ctr(&["containers", "rm", id]);
+}
+
 /// After strata restarts, containerd's proxy connection needs a call to
 /// reconnect; wait until snapshot calls go through again.
 fn wait_ready(cd: &Containerd) {
@@ -158,14 +170,7 @@ fn containerd_pulls_and_runs_the_family_with_strata() {
     );
     std::fs::remove_file(rootfs.join("written-inside")).unwrap();
     assert_tree_matches(&expected_tree("devel", scratch), &rootfs, scratch);
-    cd.ctr(&["task", "kill", "-s", "KILL", &long]);
-    for _ in 0..50 {
-        if cd.try_ctr(&["task", "rm", &long]).status.success() {
-            break;
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    cd.ctr(&["containers", "rm", &long]);
+    remove_container(&cd, &long);
 
     // The family's shared files are stored once.
     let mut distinct = std::collections::BTreeMap::new();
@@ -700,4 +705,145 @@ fn for_each_committed_view(c: &mut strata_tests::serve::Client, view: &Path, mut
         unmount_under(view);
         c.remove(&key).unwrap();
     }
+}
+
+/// The EROFS mounts under `root/mnt` and the device each is mounted from.
+fn image_mount_sources(root: &Path) -> Vec<String> {
+    let mnt = root.join("mnt");
+    std::fs::read_to_string("/proc/self/mountinfo")
+        .unwrap()
+        .lines()
+        .filter_map(|line| {
+            let fields: Vec<&str> = line.split(' ').collect();
+            let target = Path::new(fields.get(4)?);
+            let (_, rest) = line.split_once(" - ")?;
+            let mut tail = rest.split(' ');
+            (target.parent() == Some(mnt.as_path()) && tail.next()? == "erofs")
+                .then(|| tail.next().map(str::to_owned))?
+        })
+        .collect()
+}
+
+/// Loop devices whose backing file lies under `root`.
+fn loop_devices_under(root: &Path) -> usize {
+    let out = std::process::Command::new("losetup")
+        .args(["--list", "--noheadings", "--output", "BACK-FILE"])
+        .output()
+        .unwrap();
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter(|file| Path::new(file.trim()).starts_with(root))
+        .count()
+}
+
+/// The lower rungs of the kernel ladder, forced by config as on a kernel
+/// without EROFS-from-file and `lowerdir+`: images mount through loop
+/// devices and overlays name their data-only lower with `::`. containerd
+/// pulls and runs an image, its rootfs is the image, and GC frees the
+/// devices with the mounts.
+#[test]
+fn the_loop_device_rung_pulls_and_runs_through_containerd() {
+    let store = TestStore::new();
+    let scratch = store.dir.path();
+    let socket = scratch.join("s.sock");
+    let config = scratch.join("loop.toml");
+    std::fs::write(&config, "[kernel]\nerofs = \"loop\"\nlowers = \"double-colon\"\n").unwrap();
+    let serve = Serve::start(&store.root(), &socket, Some(&config), &[]);
+    assert!(
+        serve
+            .log_text()
+            .contains("ladder=erofs=loop lowers=double-colon verity=off"),
+        "{}",
+        serve.log_text()
+    );
+    let cd = Containerd::start(&short_dir(&store), &socket);
+    pull(&cd, "strata", "python");
+    let (_, out) = run(&cd, "strata", "python", "loop-py", &["python3", "-c", "print(6*7)"]);
+    assert_eq!(out.trim(), "42");
+
+    let long = format!("loop-long-{}", std::process::id());
+    cd.ctr(&[
+        "run",
+        "-d",
+        "--snapshotter",
+        "strata",
+        &image("python"),
+        &long,
+        "sleep",
+        "300",
+    ]);
+    let sources = image_mount_sources(&store.root());
+    assert!(!sources.is_empty(), "the running container's image is mounted");
+    assert!(
+        sources.iter().all(|s| s.starts_with("/dev/loop")),
+        "every image mount is on a loop device: {sources:?}"
+    );
+    let rootfs = cd
+        .dir
+        .join("state/io.containerd.runtime.v2.task/default")
+        .join(&long)
+        .join("rootfs");
+    let mountinfo = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
+    let overlay = mountinfo
+        .lines()
+        .find(|l| l.contains(&format!(" {} ", rootfs.display())))
+        .expect("the container's rootfs is mounted");
+    assert!(overlay.contains("::") && !overlay.contains("datadir+"), "{overlay}");
+    assert_tree_matches(&expected_tree("python", scratch), &rootfs, scratch);
+    remove_container(&cd, &long);
+    store.fsck_clean();
+
+    cd.ctr(&["images", "rm", "--sync", &image("python")]);
+    let mut left = (usize::MAX, usize::MAX);
+    for _ in 0..100 {
+        left = (store.objects().len(), loop_devices_under(&store.root()));
+        if left == (0, 0) {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    assert_eq!(left, (0, 0), "objects and loop devices left after GC and Cleanup");
+    drop(cd);
+    assert!(serve.stop().success());
+}
+
+/// `strata version` prints the rungs in use, forced or chosen; a rung the
+/// kernel lacks, forced by config, stops serve with the missing feature
+/// named; a rung that is no rung is a config error.
+#[test]
+fn version_prints_the_ladder_and_a_forced_rung_the_kernel_lacks_is_refused() {
+    let store = TestStore::new();
+    store.ok(&["gc"]); // creates the store, where fs-verity is tried
+    let auto = store.ok(&["version"]);
+    assert!(
+        auto.contains("kernel ladder: erofs=file lowers=append verity=off"),
+        "{auto}"
+    );
+    assert!(auto.contains("no-fs-verity"), "this kernel has no fs-verity: {auto}");
+    for (config, ladder) in [
+        ("erofs = \"loop\"", "erofs=loop lowers=append"),
+        ("lowers = \"double-colon\"", "erofs=file lowers=double-colon"),
+        (
+            "erofs = \"loop\"\nlowers = \"double-colon\"",
+            "erofs=loop lowers=double-colon",
+        ),
+    ] {
+        store.set_config(&format!("[kernel]\n{config}\n"));
+        let out = store.ok(&["version"]);
+        assert!(out.contains(&format!("kernel ladder: {ladder} verity=off")), "{out}");
+    }
+    store.set_config("[kernel]\nverity = \"require\"\n");
+    let stderr = store.fails(&["serve", "--address", "/nonexistent/s.sock"]);
+    assert!(
+        stderr.contains("[kernel] verity = \"require\" is set, but this kernel lacks fs-verity"),
+        "{stderr}"
+    );
+    store.set_config("[kernel]\nerofs = \"fuse\"\n");
+    let out = store.run(&["images"]);
+    assert_eq!(out.status.code(), Some(2), "a config error is a usage error: {out:?}");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("erofs = \"fuse\": expected one of \"auto\", \"file\", \"loop\""),
+        "{stderr}"
+    );
 }

@@ -9,9 +9,31 @@ use strata_tests::*;
 
 #[test]
 fn containerd_snapshotter_suite_passes() {
+    run_suite(&[]);
+}
+
+/// The same suite with images mounted through loop devices and the
+/// data-only lower passed as `::`: the kernel ladder's lower rungs, forced.
+#[test]
+fn containerd_snapshotter_suite_passes_on_the_loop_device_rung() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("loop.toml");
+    std::fs::write(&config, "[kernel]\nerofs = \"loop\"\nlowers = \"double-colon\"\n").unwrap();
+    run_suite(&[
+        ("STRATA_SUITE_CONFIG", config.to_str().unwrap()),
+        ("STRATA_SUITE_LADDER", "erofs=loop lowers=double-colon"),
+    ]);
+}
+
+fn run_suite(env: &[(&str, &str)]) {
     require_root();
     let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("containerd-suite/run.sh");
-    let out = Command::new("bash").arg(script).arg(strata_bin()).output().unwrap();
+    let out = Command::new("bash")
+        .arg(script)
+        .arg(strata_bin())
+        .envs(env.iter().copied())
+        .output()
+        .unwrap();
     let stdout = String::from_utf8_lossy(&out.stdout);
     eprintln!("{stdout}{}", String::from_utf8_lossy(&out.stderr));
     let line = stdout

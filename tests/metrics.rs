@@ -158,6 +158,11 @@ fn prometheus_scrapes_calls_store_scratch_and_fetches() {
     // Every call took less than the histogram's top bucket.
     prometheus.wait_for(r#"strata_rpc_duration_seconds_bucket{op="prepare",le="32.768"}"#, 3.0);
     prometheus.wait_for("strata_store_images", 1.0);
+    // The kernel ladder's rungs in use: one series per feature.
+    prometheus.wait_for(r#"strata_kernel_rung{feature="erofs",rung="file"}"#, 1.0);
+    prometheus.wait_for(r#"strata_kernel_rung{feature="lowers",rung="append"}"#, 1.0);
+    prometheus.wait_for(r#"strata_kernel_rung{feature="verity",rung="off"}"#, 1.0);
+    assert_eq!(prometheus.query("count(strata_kernel_rung)"), Some(3.0));
     prometheus.wait_for("strata_store_objects", 1.0);
     prometheus.wait_for("strata_store_logical_bytes", 65536.0);
     prometheus.wait_until("strata_store_stored_bytes", "the object and its EROFS image", |v| {

@@ -33,7 +33,7 @@ fn empty_store_reports_cleanly() {
     let df: serde_json::Value = serde_json::from_str(&store.ok(&["df", "--json"])).unwrap();
     assert_eq!(df["objects"].as_u64(), Some(0));
     assert!(store.ok(&["gc"]).contains("removed 0 objects"));
-    assert!(store.ok(&["version"]).contains("erofs: available"));
+    assert!(store.ok(&["version"]).contains("kernel offers: erofs erofs-from-file"));
 }
 
 #[test]

@@ -1,6 +1,8 @@
 // Runs containerd's own snapshotter test suite against `strata serve`
 // through containerd's proxy client. Each case gets a fresh strata process
-// on a fresh root. STRATA_BIN names the strata binary.
+// on a fresh root. STRATA_BIN names the strata binary; STRATA_SUITE_CONFIG
+// a config file for it, and STRATA_SUITE_LADDER the kernel rungs serve must
+// then say it uses (e.g. "erofs=loop").
 package stratasuite
 
 import (
@@ -41,7 +43,11 @@ func start(bin, root string) (snapshots.Snapshotter, func() error, error) {
 	if err != nil {
 		return nil, nil, err
 	}
-	cmd := exec.Command(bin, "--root", filepath.Join(root, "strata"), "--config", "/dev/null", "--log-level", "info", "serve", "--address", socket)
+	config := os.Getenv("STRATA_SUITE_CONFIG")
+	if config == "" {
+		config = "/dev/null"
+	}
+	cmd := exec.Command(bin, "--root", filepath.Join(root, "strata"), "--config", config, "--log-level", "info", "serve", "--address", socket)
 	cmd.Stdout, cmd.Stderr = logFile, logFile
 	if err := cmd.Start(); err != nil {
 		return nil, nil, err
@@ -57,6 +63,14 @@ func start(bin, root string) (snapshots.Snapshotter, func() error, error) {
 			return nil, nil, fmt.Errorf("strata serve did not listen on %s", socket)
 		}
 		time.Sleep(20 * time.Millisecond)
+	}
+	// A forced kernel rung must be the one serve says it uses.
+	if want := os.Getenv("STRATA_SUITE_LADDER"); want != "" {
+		logText, _ := os.ReadFile(logFile.Name())
+		if !strings.Contains(string(logText), "ladder="+want) {
+			cmd.Process.Kill()
+			return nil, nil, fmt.Errorf("strata serve does not use ladder %q: %s", want, logText)
+		}
 	}
 	conn, err := grpc.Dial("unix://"+socket, grpc.WithInsecure())
 	if err != nil {

@@ -15,6 +15,56 @@ pub struct Config {
     pub scratch: ScratchConfig,
     pub registry: RegistrySection,
     pub metrics: MetricsConfig,
+    pub pull: PullSection,
+    pub kernel: KernelSection,
+}
+
+/// `[kernel]`: how each kernel feature is used; "auto" takes the best rung
+/// the running kernel offers (see `strata_mount::ladder`).
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct KernelSection {
+    /// "auto", "file" or "loop".
+    #[serde(deserialize_with = "kernel_rung::<0, _>")]
+    pub erofs: String,
+    /// "auto", "append" (`lowerdir+`/`datadir+`) or "double-colon".
+    #[serde(deserialize_with = "kernel_rung::<1, _>")]
+    pub lowers: String,
+    /// "auto", "off" or "require".
+    #[serde(deserialize_with = "kernel_rung::<2, _>")]
+    pub verity: String,
+}
+
+const KERNEL_KEYS: [&str; 3] = ["erofs", "lowers", "verity"];
+
+impl Default for KernelSection {
+    fn default() -> Self {
+        let auto = || "auto".to_owned();
+        KernelSection {
+            erofs: auto(),
+            lowers: auto(),
+            verity: auto(),
+        }
+    }
+}
+
+impl KernelSection {
+    pub fn ladder_config(&self) -> anyhow::Result<strata_mount::KernelConfig> {
+        let mut config = strata_mount::KernelConfig::default();
+        for (key, value) in KERNEL_KEYS.iter().zip([&self.erofs, &self.lowers, &self.verity]) {
+            config.set(key, value)?;
+        }
+        Ok(config)
+    }
+}
+
+/// One `[kernel]` value, checked against its rungs as it is read.
+fn kernel_rung<'de, const KEY: usize, D: serde::Deserializer<'de>>(d: D) -> Result<String, D::Error> {
+    let text = String::deserialize(d)?;
+    strata_mount::KernelConfig::default()
+        .set(KERNEL_KEYS[KEY], &text)
+        .map_err(serde::de::Error::custom)?;
+    Ok(text)
 }
 
 /// Prometheus metrics of `strata serve`; off unless an address is given.
@@ -36,6 +86,21 @@ fn socket_address<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<std::
             "{text:?} is not IP:PORT (e.g. \"127.0.0.1:9479\"; a host name is not resolved)"
         ))
     })
+}
+
+/// How layers are pulled, by `strata pull` and by `strata serve`'s fetcher.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct PullSection {
+    /// `"off"`, `"toc"` (the default) or `"verified"`: which layers with a
+    /// table of contents (eStargz, zstd:chunked) are pulled partially,
+    /// fetching only the files the store lacks. See docs/partial-pulls.md.
+    #[serde(deserialize_with = "partial_pulls")]
+    pub partial_pulls: strata_image::PartialPulls,
+}
+
+fn partial_pulls<'de, D: serde::Deserializer<'de>>(d: D) -> Result<strata_image::PartialPulls, D::Error> {
+    String::deserialize(d)?.parse().map_err(serde::de::Error::custom)
 }
 
 /// How registries are reached: containerd's hosts directory and a docker
@@ -139,6 +204,8 @@ impl Default for Config {
             scratch: ScratchConfig::default(),
             registry: RegistrySection::default(),
             metrics: MetricsConfig::default(),
+            pull: PullSection::default(),
+            kernel: KernelSection::default(),
         }
     }
 }

@@ -4,6 +4,7 @@
 mod cmd;
 mod config;
 mod draw;
+mod kernel;
 mod metrics;
 mod store_usage;
 

@@ -84,6 +84,25 @@ impl Metrics {
             .register_collector(Box::new(scrape::FetchCollector { totals }));
     }
 
+    /// Exports the kernel rungs in use: `strata_kernel_rung{feature, rung}`
+    /// is 1 for each feature's rung.
+    pub fn add_kernel_ladder(&mut self, ladder: strata_mount::Ladder) {
+        let rungs: Family<TwoLabels, prometheus_client::metrics::gauge::Gauge> = Family::default();
+        for (feature, rung) in [
+            ("erofs", ladder.erofs.name()),
+            ("lowers", strata_mount::ladder::lowers_name(ladder.lowers)),
+            ("verity", ladder.verity.name()),
+        ] {
+            rungs.get_or_create(&[("feature", feature), ("rung", rung)]).set(1);
+        }
+        self.registry.register(
+            "kernel_rung",
+            "The kernel ladder's rung in use per feature: erofs (file | loop), lowers (append | \
+             double-colon), verity (off | require)",
+            rungs,
+        );
+    }
+
     /// The observer `strata_grpc::serve` tells of every call.
     pub fn call_observer(&self) -> Arc<dyn strata_grpc::CallObserver> {
         Arc::new(self.calls.clone())

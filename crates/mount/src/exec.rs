@@ -5,22 +5,39 @@ use std::path::Path;
 
 use strata_sys::{mount_fs, unmount, FsOption, MountError, MountFlags};
 
-use crate::{LowerMode, OverlayPlan};
+use crate::ladder::{ErofsSource, Ladder};
+use crate::OverlayPlan;
 
 pub trait Mounter {
+    /// The kernel rungs this mounter uses.
+    fn ladder(&self) -> Ladder;
     fn mount(&self, fstype: &str, options: &[FsOption], flags: MountFlags, target: &Path) -> Result<(), MountError>;
+    /// Mounts the filesystem image `file` read-only through an autoclear
+    /// loop device, so unmounting frees the device too.
+    fn mount_through_loop(&self, fstype: &str, file: &Path, target: &Path) -> Result<(), MountError>;
     fn unmount(&self, target: &Path) -> Result<(), MountError>;
     fn is_mountpoint(&self, path: &Path) -> bool;
     /// How many overlays use `lower` as a lower layer.
     fn overlay_users(&self, lower: &Path) -> usize;
 }
 
-/// The kernel.
-pub struct Kernel;
+/// The kernel, used through the rungs of its [`Ladder`].
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Kernel {
+    pub ladder: Ladder,
+}
 
 impl Mounter for Kernel {
+    fn ladder(&self) -> Ladder {
+        self.ladder
+    }
+
     fn mount(&self, fstype: &str, options: &[FsOption], flags: MountFlags, target: &Path) -> Result<(), MountError> {
         mount_fs(fstype, options, flags, target)
+    }
+
+    fn mount_through_loop(&self, fstype: &str, file: &Path, target: &Path) -> Result<(), MountError> {
+        mount_file_through_loop(fstype, "loop,ro", file, target)
     }
 
     fn unmount(&self, target: &Path) -> Result<(), MountError> {
@@ -48,31 +65,52 @@ pub fn mount_image(m: &dyn Mounter, image: &Path, target: &Path) -> Result<bool,
         step: "mkdir",
         errno: e,
     })?;
-    let options = [FsOption::String("source".into(), image.display().to_string())];
-    let flags = MountFlags {
-        read_only: true,
-        nodev: false,
-    };
-    m.mount("erofs", &options, flags, target)?;
+    match m.ladder().erofs {
+        ErofsSource::File => {
+            let options = [FsOption::String("source".into(), image.display().to_string())];
+            let flags = MountFlags {
+                read_only: true,
+                nodev: false,
+            };
+            m.mount("erofs", &options, flags, target)?;
+        }
+        ErofsSource::Loop => m.mount_through_loop("erofs", image, target)?,
+    }
     Ok(true)
 }
 
-/// Mounts `plan` on `target`, preferring `lowerdir+`/`datadir+` and falling
-/// back to `::` on kernels that lack them. Returns the mode used.
-pub fn mount_overlay(m: &dyn Mounter, plan: &OverlayPlan, target: &Path) -> Result<LowerMode, MountError> {
+/// Mounts `plan` on `target` with the data-only lower passed the way the
+/// mounter's ladder says.
+pub fn mount_overlay(m: &dyn Mounter, plan: &OverlayPlan, target: &Path) -> Result<(), MountError> {
     let flags = MountFlags {
         read_only: plan.upper.is_none(),
         nodev: false,
     };
-    match m.mount("overlay", &plan.fs_options(LowerMode::Append), flags, target) {
-        Ok(()) => Ok(LowerMode::Append),
-        Err(e) if e.is_unsupported_option() => {
-            tracing::info!("overlay lacks lowerdir+/datadir+; using lowerdir=META::DATA");
-            m.mount("overlay", &plan.fs_options(LowerMode::DoubleColon), flags, target)?;
-            Ok(LowerMode::DoubleColon)
-        }
-        Err(e) => Err(e),
+    m.mount("overlay", &plan.fs_options(m.ladder().lowers), flags, target)
+}
+
+/// Mounts the filesystem image `file` on `target` through mount(8) with
+/// `options` (which include `loop`): it sets up the device with autoclear,
+/// so a crash cannot leak a device that is not mounted.
+pub fn mount_file_through_loop(fstype: &str, options: &str, file: &Path, target: &Path) -> Result<(), MountError> {
+    let failed = |step, errno| MountError::Mount {
+        fstype: fstype.to_owned(),
+        target: target.to_owned(),
+        step,
+        errno,
+    };
+    std::fs::create_dir_all(target).map_err(|e| failed("mkdir", e))?;
+    let out = std::process::Command::new("mount")
+        .args(["-t", fstype, "-o", options])
+        .arg(file)
+        .arg(target)
+        .output()
+        .map_err(|e| failed("run mount(8)", e))?;
+    if !out.status.success() {
+        let stderr = String::from_utf8_lossy(&out.stderr).trim().to_owned();
+        return Err(failed("mount(8) through a loop device", std::io::Error::other(stderr)));
     }
+    Ok(())
 }
 
 /// Unmounts an overlay, then its image's EROFS mount if no other overlay
@@ -204,16 +242,20 @@ pub fn release_image_mounts(m: &dyn Mounter, mnt_dir: &Path, keep: impl Fn(&str)
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::LowerMode;
     use std::cell::RefCell;
 
-    /// Records calls; rejects `lowerdir+` to exercise the fallback.
+    /// Records calls, with the ladder it is given.
     #[derive(Default)]
     struct Recorder {
         calls: RefCell<Vec<String>>,
-        old_kernel: bool,
+        ladder: Ladder,
     }
 
     impl Mounter for Recorder {
+        fn ladder(&self) -> Ladder {
+            self.ladder
+        }
         fn mount(
             &self,
             fstype: &str,
@@ -221,22 +263,17 @@ mod tests {
             flags: MountFlags,
             target: &Path,
         ) -> Result<(), MountError> {
-            if self.old_kernel
-                && options
-                    .iter()
-                    .any(|o| matches!(o, FsOption::String(k, _) if k == "lowerdir+"))
-            {
-                return Err(MountError::Option {
-                    fstype: fstype.into(),
-                    option: "lowerdir+".into(),
-                    errno: std::io::Error::from_raw_os_error(22),
-                });
-            }
             self.calls.borrow_mut().push(format!(
                 "mount {fstype} ro={} {} {options:?}",
                 flags.read_only,
                 target.display()
             ));
+            Ok(())
+        }
+        fn mount_through_loop(&self, fstype: &str, file: &Path, target: &Path) -> Result<(), MountError> {
+            self.calls
+                .borrow_mut()
+                .push(format!("loop {fstype} {} {}", file.display(), target.display()));
             Ok(())
         }
         fn unmount(&self, target: &Path) -> Result<(), MountError> {
@@ -266,23 +303,34 @@ mod tests {
     }
 
     #[test]
-    fn falls_back_to_double_colon() {
+    fn mounts_follow_the_ladder() {
         let plan = OverlayPlan {
             meta: "/m".into(),
             data: "/o".into(),
             upper: None,
         };
-        let old = Recorder {
-            old_kernel: true,
+        let lower_rungs = Recorder {
+            ladder: Ladder {
+                erofs: ErofsSource::Loop,
+                lowers: LowerMode::DoubleColon,
+                ..Ladder::default()
+            },
             ..Default::default()
         };
-        assert_eq!(
-            mount_overlay(&old, &plan, Path::new("/t")).unwrap(),
-            LowerMode::DoubleColon
-        );
-        assert!(old.calls.borrow()[0].contains("\"lowerdir\", \"/m::/o\""));
-        assert!(old.calls.borrow()[0].contains("ro=true"));
-        let new = Recorder::default();
-        assert_eq!(mount_overlay(&new, &plan, Path::new("/t")).unwrap(), LowerMode::Append);
+        let tmp = tempfile::tempdir().unwrap();
+        let meta = tmp.path().join("meta");
+        assert!(mount_image(&lower_rungs, Path::new("/i.erofs"), &meta).unwrap());
+        mount_overlay(&lower_rungs, &plan, Path::new("/t")).unwrap();
+        let calls = lower_rungs.calls.borrow();
+        assert_eq!(calls[0], format!("loop erofs /i.erofs {}", meta.display()));
+        assert!(calls[1].contains("\"lowerdir\", \"/m::/o\""), "{}", calls[1]);
+        assert!(calls[1].contains("ro=true"));
+
+        let top = Recorder::default();
+        assert!(mount_image(&top, Path::new("/i.erofs"), &meta).unwrap());
+        mount_overlay(&top, &plan, Path::new("/t")).unwrap();
+        let calls = top.calls.borrow();
+        assert!(calls[0].starts_with("mount erofs ro=true") && calls[0].contains("/i.erofs"));
+        assert!(calls[1].contains("\"lowerdir+\", \"/m\"") && calls[1].contains("\"datadir+\", \"/o\""));
     }
 }

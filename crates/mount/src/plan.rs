@@ -45,8 +45,8 @@ impl OverlayPlan {
     }
 
     /// The option strings of a mount(2)-style spec (for containerd).
-    pub fn mount_options(&self) -> Vec<String> {
-        self.fs_options(LowerMode::DoubleColon)
+    pub fn mount_options(&self, mode: LowerMode) -> Vec<String> {
+        self.fs_options(mode)
             .into_iter()
             .map(|o| match o {
                 FsOption::Flag(k) => k,
@@ -68,7 +68,7 @@ mod tests {
             upper: Some(("/u".into(), "/w".into())),
         };
         assert_eq!(
-            plan.mount_options(),
+            plan.mount_options(LowerMode::DoubleColon),
             vec![
                 "lowerdir=/s/mnt/abc::/s/objects",
                 "upperdir=/u",

@@ -4,8 +4,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
-use strata_mount::exec::Kernel;
-use strata_mount::{mount_image, OverlayPlan};
+use strata_mount::{mount_image, Kernel, Mounter, OverlayPlan};
 use strata_store::{ObjectRef, Prehash, Store};
 use strata_tree::{Digest, Stat, Tree};
 
@@ -42,6 +41,8 @@ pub struct Snapshotter {
     fetcher: Option<std::sync::Arc<dyn crate::LayerFetcher>>,
     /// Images whose later layers containerd fetches itself.
     fallen_back: crate::remote::FallenBack,
+    /// Mounts images, with the kernel rungs chosen for this store.
+    mounter: std::sync::Arc<dyn Mounter + Send + Sync>,
     /// Held for the snapshotter's life: one snapshotter per store.
     _owner: std::fs::File,
 }
@@ -54,6 +55,16 @@ impl Snapshotter {
     /// Opens the snapshotter on `store`, reconciling its directories with
     /// the DB: directories of snapshots the DB does not know are removed.
     pub fn open(store: Store, scratch: ScratchPolicy) -> Result<Snapshotter, SnapshotError> {
+        Self::open_with_mounter(store, scratch, std::sync::Arc::new(Kernel::default()))
+    }
+
+    /// [`open`](Self::open), mounting through `mounter` (the kernel with
+    /// the rungs of its probed ladder, or a recorder in tests).
+    pub fn open_with_mounter(
+        store: Store,
+        scratch: ScratchPolicy,
+        mounter: std::sync::Arc<dyn Mounter + Send + Sync>,
+    ) -> Result<Snapshotter, SnapshotError> {
         let owner = take_owner_lock(store.root())?;
         db::init(store.database())?;
         let dir = store.root().join("snapshots");
@@ -69,6 +80,7 @@ impl Snapshotter {
             sweep_asked: std::sync::atomic::AtomicBool::new(false),
             fetcher: None,
             fallen_back: crate::remote::FallenBack::new(std::time::Duration::from_secs(600)),
+            mounter,
             _owner: owner,
         };
         let removed = sn.remove_unknown_dirs()?;
@@ -118,7 +130,7 @@ impl Snapshotter {
             let remounted = self.parent_image(record).and_then(|image| match image {
                 Some(image) => {
                     mount_image(
-                        &Kernel,
+                        &*self.mounter,
                         &self.store.image_path(&image),
                         &self.store.image_mount_path(&image),
                     )?;
@@ -379,7 +391,7 @@ impl Snapshotter {
         {
             // `strata mount`/`umount` in another process change these too.
             let _lock = strata_mount::lock_image_mounts(&self.store.root().join("mnt"))?;
-            mount_image(&Kernel, &self.store.image_path(&image), &meta)?;
+            mount_image(&*self.mounter, &self.store.image_path(&image), &meta)?;
         }
         let upper = (record.kind == Kind::Active).then(|| self.upper_of(record));
         let plan = OverlayPlan {
@@ -387,7 +399,7 @@ impl Snapshotter {
             data: self.store.objects_path(),
             upper,
         };
-        let mut options = plan.mount_options();
+        let mut options = plan.mount_options(self.mounter.ladder().lowers);
         if record.kind != Kind::Active {
             options.insert(0, "ro".into());
         }
@@ -434,17 +446,24 @@ impl Snapshotter {
     pub fn usage(&self, key: &str) -> Result<Usage, SnapshotError> {
         let record = self.record(key)?;
         match record.kind {
-            Kind::Active => match &record.scratch {
-                // The creator of a scratch answers for the whole filesystem.
-                Some(s) if s.fs == record.id => {
-                    let (size, inodes) = strata_scratch::fs_used(&self.scratches.mount_point(s.fs))?;
-                    Ok(Usage {
-                        size: i64::try_from(size).unwrap_or(i64::MAX),
-                        inodes: i64::try_from(inodes).unwrap_or(i64::MAX),
-                    })
+            Kind::Active => {
+                let usage = match &record.scratch {
+                    // The creator of a scratch answers for all of it.
+                    Some(s) if s.fs == record.id => match self.scratches.used(s)? {
+                        Some((size, inodes)) => Usage {
+                            size: i64::try_from(size).unwrap_or(i64::MAX),
+                            inodes: i64::try_from(inodes).unwrap_or(i64::MAX),
+                        },
+                        None => disk_usage(&self.scratches.root_of(s))?,
+                    },
+                    _ => disk_usage(&self.upper_of(&record).0)?,
+                };
+                if let Some(s) = &record.scratch {
+                    let (size, inodes) = (usage.size, usage.inodes);
+                    tracing::debug!(key, fs = s.fs, mechanism = %s.mechanism(), size, inodes, "usage of a sized scratch");
                 }
-                _ => disk_usage(&self.upper_of(&record).0),
-            },
+                Ok(usage)
+            }
             Kind::Committed => Ok(record.usage.unwrap_or_default()),
             Kind::View => Ok(Usage::default()),
         }
@@ -548,7 +567,6 @@ impl Snapshotter {
         txn.commit()?;
         phases.mark("db");
         strata_failpoint::hit("commit.after_db")?;
-        self.release_scratch(&record)?;
         // The upper dir is in the image now: its new files go into the
         // store (any later open of the store does it if this process dies
         // first), the rest is garbage.
@@ -561,6 +579,9 @@ impl Snapshotter {
         };
         self.store.adopt_in_place(&adopted, recheck)?;
         phases.mark("adopt");
+        // Only now: a project-quota scratch is on the store's filesystem,
+        // so its new files were left in place for the move above.
+        self.release_scratch(&record)?;
         for sub in ["fs", "work"] {
             // Past the commit point: a failure here only leaves garbage
             // that the next start removes.

@@ -58,7 +58,8 @@ pub fn run(config: &Config, args: Args) -> anyhow::Result<()> {
     );
     if args.repair && !snapshots.is_clean() {
         // Opening the snapshotter reconciles the disk with the DB.
-        match Snapshotter::open(store.clone(), policy.clone()) {
+        let kernel = crate::kernel::mounter(config, &store)?;
+        match Snapshotter::open_with_mounter(store.clone(), policy.clone(), std::sync::Arc::new(kernel)) {
             Ok(sn) => {
                 drop(sn);
                 snapshots = strata_snapshotter::check(&store, &policy)?;

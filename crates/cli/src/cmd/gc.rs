@@ -16,7 +16,7 @@ pub fn run(config: &Config, _args: Args) -> anyhow::Result<()> {
     let mnt = store.root().join("mnt");
     {
         let _lock = lock_image_mounts(&mnt)?;
-        release_image_mounts(&Kernel, &mnt, |id| live.contains(id))?;
+        release_image_mounts(&Kernel::default(), &mnt, |id| live.contains(id))?;
     }
     let report = store.gc()?;
     println!(

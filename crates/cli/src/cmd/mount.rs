@@ -1,7 +1,6 @@
 use std::path::PathBuf;
 
 use anyhow::Context;
-use strata_mount::exec::Kernel;
 use strata_mount::{lock_image_mounts, mount_image, mount_overlay, Mounter, OverlayPlan};
 
 use crate::cmd::{find_image, mount_error};
@@ -48,13 +47,14 @@ pub fn run(config: &Config, args: Args) -> anyhow::Result<()> {
             target.display()
         );
     }
+    let kernel = crate::kernel::mounter(config, &store)?;
     store.add_root(&root, &id, &store.image_objects(&id)?)?;
     let result = (|| -> anyhow::Result<()> {
         let meta = store.image_mount_path(&id);
         // Held until the overlay is up, so no umount of another user of
         // the image takes its EROFS mount away in between.
         let _lock = lock_image_mounts(&store.root().join("mnt")).map_err(mount_error)?;
-        let fresh = mount_image(&Kernel, &store.image_path(&id), &meta).map_err(mount_error)?;
+        let fresh = mount_image(&kernel, &store.image_path(&id), &meta).map_err(mount_error)?;
         let upper = if args.writable {
             let dir = scratch_dir(config, &target);
             let (upper, work) = (dir.join("upper"), dir.join("work"));
@@ -70,9 +70,9 @@ pub fn run(config: &Config, args: Args) -> anyhow::Result<()> {
             data: store.objects_path(),
             upper,
         };
-        if let Err(e) = mount_overlay(&Kernel, &plan, &target) {
+        if let Err(e) = mount_overlay(&kernel, &plan, &target) {
             if fresh {
-                let _ = Kernel.unmount(&meta);
+                let _ = kernel.unmount(&meta);
             }
             return Err(mount_error(e));
         }

@@ -22,8 +22,15 @@ pub fn run(config: &Config, args: Args) -> anyhow::Result<()> {
     };
     let policy = config.scratch_policy()?;
     let store = config.open_store()?;
-    let mut snapshotter = Snapshotter::open(store.clone(), policy).context("opening the snapshotter")?;
-    let mut metrics = config.metrics.address.map(|_| Metrics::new(store.clone()));
+    let kernel = crate::kernel::mounter(config, &store)?;
+    tracing::info!(ladder = %kernel.ladder, "kernel rungs");
+    let mut snapshotter =
+        Snapshotter::open_with_mounter(store.clone(), policy, Arc::new(kernel)).context("opening the snapshotter")?;
+    let mut metrics = config.metrics.address.map(|_| {
+        let mut metrics = Metrics::new(store.clone());
+        metrics.add_kernel_ladder(kernel.ladder);
+        metrics
+    });
     if config.serve.fetch_layers {
         let fetcher = Arc::new(fetcher(config, store)?);
         let mut layer_fetcher: Arc<dyn LayerFetcher> = fetcher.clone();
@@ -72,6 +79,7 @@ fn fetcher(config: &Config, store: strata_store::Store) -> anyhow::Result<strata
         workers: config.limits.parallel_layers.max(1),
         platform: strata_image::Platform::host(),
         keep_unclaimed: std::time::Duration::from_secs(120),
+        partial: config.pull.partial_pulls,
     };
     strata_fetcher::Fetcher::new(store, Box::new(sources), options).context("starting the layer fetch workers")
 }

@@ -31,7 +31,7 @@ pub fn run(config: &Config, args: Args) -> anyhow::Result<()> {
         let _lock = lock_image_mounts(&store.root().join("mnt")).map_err(mount_error)?;
         let image_mount = store.image_mount_path(&id);
         let keep = used_by_snapshots(&store, &id)?;
-        unmount_overlay(&Kernel, &target, (!keep).then_some(image_mount.as_path())).map_err(mount_error)?;
+        unmount_overlay(&Kernel::default(), &target, (!keep).then_some(image_mount.as_path())).map_err(mount_error)?;
     }
     let scratch = scratch_dir(config, &target);
     if scratch.exists() {

@@ -13,10 +13,61 @@ pub fn run(config: &Config, _args: Args) -> anyhow::Result<()> {
     println!("store: {} ({state})", config.root.display());
     let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
     println!("kernel: {}", kernel.trim());
-    let filesystems = std::fs::read_to_string("/proc/filesystems").unwrap_or_default();
-    let has = |fs: &str| filesystems.lines().any(|l| l.split_whitespace().last() == Some(fs));
-    println!("erofs: {}", if has("erofs") { "available" } else { "missing" });
-    println!("overlay: {}", if has("overlay") { "available" } else { "missing" });
-    println!("fs-verity: user-space digests (objects are named by fs-verity digest; kernel enforcement not used)");
+    // fs-verity is the store's filesystem's answer: tried only in a store
+    // that can be written, so that version changes nothing else.
+    let writable = matches!(
+        strata_store::probe(&config.root),
+        Ok(strata_store::StoreState::Store {
+            supported: true,
+            read_only: false,
+            ..
+        })
+    );
+    let store = writable.then(|| config.open_store().ok()).flatten();
+    match crate::kernel::offered(store.as_ref()) {
+        Ok(offered) => {
+            println!("kernel offers: {}", offered_text(&offered, store.is_some()));
+            match crate::kernel::ladder(config, &offered) {
+                Ok(ladder) => println!("kernel ladder: {ladder}"),
+                Err(e) => println!("kernel ladder: none ({e:#})"),
+            }
+        }
+        Err(e) => println!("kernel offers: unknown ({e:#})"),
+    }
+    // How a size label is enforced in each place a scratch may go.
+    match config.scratch_policy() {
+        Ok(policy) => {
+            for (place, plan) in strata_snapshotter::scratch_plans(&config.root, &policy) {
+                let plan = plan.map_or_else(
+                    |e| format!("unknown: {e}"),
+                    |p| match p.mechanism.statfs_shows_size() {
+                        true => p.to_string(),
+                        false => format!("{p}; df in a container shows the filesystem, not the limit"),
+                    },
+                );
+                println!("sized scratch in {}: {plan}", place.display());
+            }
+        }
+        Err(e) => println!("sized scratch: unknown ({e:#})"),
+    }
     Ok(())
+}
+
+/// `erofs-file loop lowerdir+ :: fs-verity`, with what is missing marked.
+fn offered_text(offered: &strata_mount::Offered, verity_probed: bool) -> String {
+    let verity = match (verity_probed, offered.verity) {
+        (false, _) => "fs-verity:untested(no writable store)",
+        (true, true) => "fs-verity",
+        (true, false) => "no-fs-verity",
+    };
+    let mark = |has: bool, yes: &'static str, no: &'static str| if has { yes } else { no };
+    [
+        mark(offered.erofs, "erofs", "no-erofs"),
+        mark(offered.erofs_file, "erofs-from-file", "no-erofs-from-file"),
+        mark(offered.loop_devices, "loop-devices", "no-loop-devices"),
+        mark(offered.lowers_append, "lowerdir+/datadir+", "no-lowerdir+"),
+        mark(offered.lowers_double_colon, "data-only-::", "no-data-only-::"),
+        verity,
+    ]
+    .join(" ")
 }

@@ -1,7 +1,6 @@
 //! Cleanup: what containerd asks for after its garbage collection, and
 //! what Remove and start-up share with it.
 
-use strata_mount::exec::Kernel;
 use strata_tree::Digest;
 
 use super::Snapshotter;
@@ -13,7 +12,7 @@ impl Snapshotter {
         let live: std::collections::HashSet<String> = self.store.live_images()?.iter().map(Digest::to_hex).collect();
         let mnt = self.store.root().join("mnt");
         let _lock = strata_mount::lock_image_mounts(&mnt)?;
-        strata_mount::release_image_mounts(&Kernel, &mnt, |id| live.contains(id))?;
+        strata_mount::release_image_mounts(&*self.mounter, &mnt, |id| live.contains(id))?;
         Ok(())
     }
 
