@@ -4,9 +4,12 @@
 
 use std::path::Path;
 
-use strata_sys::{enable_verity, mount_fs, unmount, FsOption, MountFlags};
+use strata_sys::{enable_verity, mount_fs, unmount, FsOption, MountError, MountFlags};
 
 use crate::ladder::Offered;
+
+/// The errno of a mount without CAP_SYS_ADMIN.
+const EPERM: i32 = 1;
 
 /// Probes the mounts in a fresh directory under the system's temporary
 /// directory, and fs-verity with the file `verity_file`, which must be on
@@ -27,7 +30,7 @@ pub fn probe(verity_file: Option<&Path>, erofs_image: &[u8]) -> std::io::Result<
 
     let image = dir.path().join("probe.erofs");
     std::fs::write(&image, erofs_image)?;
-    let erofs_file = erofs && tried("erofs", &[source(&image)], &at("erofs")?);
+    let erofs_file = erofs && tried("erofs", &[source(&image)], &at("erofs")?)?;
 
     let (lower, data) = (at("lower")?, at("data")?);
     let append = [
@@ -38,8 +41,8 @@ pub fn probe(verity_file: Option<&Path>, erofs_image: &[u8]) -> std::io::Result<
         "lowerdir".into(),
         format!("{}::{}", lower.display(), data.display()),
     )];
-    let lowers_append = tried("overlay", &append, &at("append")?);
-    let lowers_double_colon = tried("overlay", &double_colon, &at("double-colon")?);
+    let lowers_append = tried("overlay", &append, &at("append")?)?;
+    let lowers_double_colon = tried("overlay", &double_colon, &at("double-colon")?)?;
 
     Ok(Offered {
         erofs,
@@ -56,8 +59,9 @@ fn source(path: &Path) -> FsOption {
 }
 
 /// Whether a read-only mount of `fstype` with `options` succeeds on `target`;
-/// it is unmounted again.
-fn tried(fstype: &str, options: &[FsOption], target: &Path) -> bool {
+/// it is unmounted again. Without the right to mount, nothing can be
+/// learnt: that is an error, not a missing feature.
+fn tried(fstype: &str, options: &[FsOption], target: &Path) -> std::io::Result<bool> {
     let flags = MountFlags {
         read_only: true,
         nodev: true,
@@ -67,11 +71,15 @@ fn tried(fstype: &str, options: &[FsOption], target: &Path) -> bool {
             if let Err(e) = unmount(target, false).or_else(|_| unmount(target, true)) {
                 tracing::warn!("probe: unmounting {}: {e}", target.display());
             }
-            true
+            Ok(true)
         }
+        Err(MountError::Mount { errno, .. }) if errno.raw_os_error() == Some(EPERM) => Err(std::io::Error::new(
+            std::io::ErrorKind::PermissionDenied,
+            "mounting needs root (CAP_SYS_ADMIN)",
+        )),
         Err(e) => {
             tracing::debug!("probe: {fstype} {options:?}: {e}");
-            false
+            Ok(false)
         }
     }
 }
