@@ -225,3 +225,36 @@ fn scratch_fail_points_recover() {
     }
     eprintln!("fail point table (scratch):\n{}", table.join("\n"));
 }
+
+/// Past its commit point a Commit cannot fail: when the upper dir's new
+/// files cannot move into the store, the commit still succeeds, the files
+/// stay journaled where they are, and the next change moves them.
+#[test]
+fn a_commit_whose_files_cannot_move_succeeds_and_the_next_change_moves_them() {
+    let node = Node {
+        store: TestStore::new(),
+    };
+    let dir = node.store.dir.path().join("mnt");
+    let files: &[(&str, &[u8])] = &[("big", &[5u8; 80_000]), ("other", &[6u8; 9_000])];
+    let serve = Serve::start(
+        &node.store.root(),
+        &node.store.dir.path().join("s.sock"),
+        None,
+        &[("STRATA_FAILPOINTS", "commit.before_adopt=error")],
+    );
+    let mut c = serve.client();
+    write_into(&mut c, "ns/1/a", "", &dir, files);
+    c.commit("ns/2/base", "ns/1/a").unwrap();
+    let missing = node.store.objects().len();
+    // The next change (this view's Prepare) moves them first.
+    view_shows(&mut c, "ns/2/base", &dir, files);
+    assert!(
+        node.store.objects().len() >= missing + 2,
+        "the retried move adds both objects: {missing} before, {} after",
+        node.store.objects().len()
+    );
+    c.cleanup().unwrap();
+    drop(c);
+    serve.stop();
+    node.fsck_clean();
+}

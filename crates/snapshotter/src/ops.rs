@@ -5,18 +5,20 @@ use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
 use strata_mount::{mount_image, Kernel, Mounter, OverlayPlan};
-use strata_store::{ObjectRef, Prehash, Store};
-use strata_tree::{Digest, Stat, Tree};
+use strata_store::{Prehash, Store};
+use strata_tree::{Digest, Tree};
 
-use strata_scratch::{ScratchPolicy, ScratchRequest};
+use strata_scratch::ScratchPolicy;
 
 use crate::db::{self, Record};
 use crate::info_cache::{InfoCache, WriteGuard};
-use crate::scratch::{ScratchUse, Scratches, Undo};
+use crate::scratch::{ScratchUse, Scratches};
 use crate::types::Stamp;
-use crate::{codec, diff, Info, Kind, Mount, SnapshotError, Usage};
+use crate::{codec, Info, Kind, Mount, SnapshotError, Usage};
 
 mod cleanup;
+mod commit;
+mod create;
 mod fetched;
 mod reads;
 
@@ -37,6 +39,9 @@ pub struct Snapshotter {
     /// Set by a failed commit (which may leave orphans): the next Cleanup
     /// sweeps whatever `swept` says.
     sweep_asked: std::sync::atomic::AtomicBool,
+    /// Set when a commit could not move its new files into the store past
+    /// its commit point: the next change retries the journaled moves.
+    adoptions_left: std::sync::atomic::AtomicBool,
     /// Fetches layers for containerd's remote-snapshot labels.
     fetcher: Option<std::sync::Arc<dyn crate::LayerFetcher>>,
     /// Images whose later layers containerd fetches itself.
@@ -78,6 +83,7 @@ impl Snapshotter {
             prehashes: Mutex::new(HashMap::new()),
             swept: Mutex::new(None),
             sweep_asked: std::sync::atomic::AtomicBool::new(false),
+            adoptions_left: std::sync::atomic::AtomicBool::new(false),
             fetcher: None,
             fallen_back: crate::remote::FallenBack::new(std::time::Duration::from_secs(600)),
             mounter,
@@ -245,98 +251,6 @@ impl Snapshotter {
         self.create(Kind::View, key, parent, labels)
     }
 
-    fn create(
-        &self,
-        kind: Kind,
-        key: &str,
-        parent: &str,
-        labels: BTreeMap<String, String>,
-    ) -> Result<Vec<Mount>, SnapshotError> {
-        let _g = self.guard();
-        let database = self.store.database();
-        if db::get(database, key)?.is_some() {
-            return Err(SnapshotError::AlreadyExists { key: key.to_owned() });
-        }
-        let parent = if parent.is_empty() {
-            None
-        } else {
-            let p = db::get(database, parent)?.ok_or_else(|| SnapshotError::ParentNotFound {
-                parent: parent.to_owned(),
-            })?;
-            if p.kind != Kind::Committed {
-                return Err(SnapshotError::ParentNotCommitted {
-                    parent: parent.to_owned(),
-                    actual: p.kind,
-                });
-            }
-            Some(parent.to_owned())
-        };
-        let request = match kind {
-            Kind::Active => strata_scratch::parse_labels(key, &labels, &self.scratches.policy)?,
-            Kind::View | Kind::Committed => ScratchRequest::Plain,
-        };
-        let shared = match &request {
-            ScratchRequest::Shared { owner } => Some(self.scratch_owner(key, owner)?),
-            _ => None,
-        };
-        let txn = database.begin_write()?;
-        let id = db::next_id(&txn)?;
-        let dir = self.snap_dir(id);
-        let mut undo = Undo::default();
-        let made = (|| -> Result<(), SnapshotError> {
-            undo.dir(dir.clone());
-            let scratch = match request {
-                ScratchRequest::Plain => {
-                    let (fs, work) = (dir.join("fs"), dir.join("work"));
-                    for p in [&fs, &work] {
-                        std::fs::create_dir_all(p).map_err(|e| SnapshotError::io("create", p, e))?;
-                    }
-                    std::fs::set_permissions(&fs, std::os::unix::fs::PermissionsExt::from_mode(0o755))
-                        .map_err(|e| SnapshotError::io("chmod", &fs, e))?;
-                    strata_failpoint::hit("prepare.after_mkdir")?;
-                    None
-                }
-                ScratchRequest::Sized { bytes, location } => {
-                    std::fs::create_dir_all(&dir).map_err(|e| SnapshotError::io("create", &dir, e))?;
-                    strata_failpoint::hit("prepare.after_mkdir")?;
-                    Some(self.scratches.create(id, bytes, location.as_deref(), &mut undo)?)
-                }
-                ScratchRequest::Shared { .. } => {
-                    std::fs::create_dir_all(&dir).map_err(|e| SnapshotError::io("create", &dir, e))?;
-                    let scratch = shared.expect("owner found above");
-                    self.scratches.join(id, &scratch, &mut undo)?;
-                    Some(scratch)
-                }
-            };
-            let now = Stamp::now();
-            let record = Record {
-                id,
-                kind,
-                parent,
-                labels,
-                created: now,
-                updated: now,
-                image: None,
-                usage: None,
-                scratch,
-            };
-            db::put(&txn, key, &record)?;
-            strata_failpoint::hit("prepare.before_db")?;
-            Ok(())
-        })();
-        let committed = made.and_then(|()| txn.commit().map_err(SnapshotError::from));
-        if let Err(e) = committed {
-            undo.run();
-            return Err(e);
-        }
-        tracing::debug!(key, id, %kind, "created snapshot");
-        if kind == Kind::Active && strata_scratch::is_unpack_key(key) {
-            self.start_prehash(id, &dir.join("fs"));
-        }
-        let record = self.record(key)?;
-        self.mounts_of(&record)
-    }
-
     /// Hashes an unpack snapshot's files while containerd writes them, so
     /// its Commit mostly looks digests up. Without it Commit hashes them all.
     fn start_prehash(&self, id: u64, upper: &Path) {
@@ -379,20 +293,34 @@ impl Snapshotter {
     }
 
     fn mounts_of(&self, record: &Record) -> Result<Vec<Mount>, SnapshotError> {
-        let Some(image) = self.parent_image(record)? else {
+        let meta = match self.parent_image(record)? {
+            Some(image) => Some(self.mount_image_of(&image)?),
+            None => None,
+        };
+        Ok(self.overlay_mounts(record, meta))
+    }
+
+    /// Mounts `image`'s EROFS file (if it is not mounted yet) and returns
+    /// where.
+    fn mount_image_of(&self, image: &Digest) -> Result<PathBuf, SnapshotError> {
+        let meta = self.store.image_mount_path(image);
+        // `strata mount`/`umount` in another process change these too.
+        let _lock = strata_mount::lock_image_mounts(&self.store.root().join("mnt"))?;
+        mount_image(&*self.mounter, &self.store.image_path(image), &meta)?;
+        Ok(meta)
+    }
+
+    /// The mounts of `record`, whose parent's image (if any) is mounted at
+    /// `meta`.
+    fn overlay_mounts(&self, record: &Record, meta: Option<PathBuf>) -> Vec<Mount> {
+        let Some(meta) = meta else {
             let rw = if record.kind == Kind::Active { "rw" } else { "ro" };
-            return Ok(vec![Mount {
+            return vec![Mount {
                 kind: "bind".into(),
                 source: self.upper_of(record).0.display().to_string(),
                 options: vec![rw.into(), "rbind".into()],
-            }]);
+            }];
         };
-        let meta = self.store.image_mount_path(&image);
-        {
-            // `strata mount`/`umount` in another process change these too.
-            let _lock = strata_mount::lock_image_mounts(&self.store.root().join("mnt"))?;
-            mount_image(&*self.mounter, &self.store.image_path(&image), &meta)?;
-        }
         let upper = (record.kind == Kind::Active).then(|| self.upper_of(record));
         let plan = OverlayPlan {
             meta,
@@ -403,11 +331,11 @@ impl Snapshotter {
         if record.kind != Kind::Active {
             options.insert(0, "ro".into());
         }
-        Ok(vec![Mount {
+        vec![Mount {
             kind: "overlay".into(),
             source: "overlay".into(),
             options,
-        }])
+        }]
     }
 
     /// Updates labels. `fieldpaths` empty means all mutable fields (labels);
@@ -504,96 +432,6 @@ impl Snapshotter {
         committed
     }
 
-    fn try_commit(&self, name: &str, key: &str, labels: BTreeMap<String, String>) -> Result<(), SnapshotError> {
-        let _g = self.guard();
-        let database = self.store.database();
-        let record = self.record(key)?;
-        if record.kind != Kind::Active {
-            return Err(SnapshotError::WrongKind {
-                key: key.to_owned(),
-                actual: record.kind,
-                wanted: "an active snapshot",
-            });
-        }
-        if db::get(database, name)?.is_some() {
-            return Err(SnapshotError::AlreadyExists { key: name.to_owned() });
-        }
-        let dir = self.snap_dir(record.id);
-        let (fs, _) = self.upper_of(&record);
-        let _import = self.store.lock_shared()?;
-        let mut phases = Phases::start();
-        let flushing = start_flush(&fs);
-        let mut merged = match &record.parent {
-            Some(p) => self.load_tree(p, &self.record(p)?)?,
-            None => Tree::new(Stat::default_dir()),
-        };
-        phases.mark("load parent");
-        let prehash = self.take_prehash(record.id);
-        let mut stager = self.store.stager()?;
-        let (layer, usage) = diff::layer_from_upper(&fs, &merged, &mut stager, prehash)?;
-        phases.mark("hash");
-        strata_tree::merge_layer(&mut merged, layer)?;
-        merged.compact();
-        let objects = ObjectRef::all_in(&merged);
-        let image = strata_erofs::into_image(merged)?;
-        phases.mark("erofs");
-        // New files stay in the upper dir until the DB commit; publish
-        // makes them durable where they are.
-        let adopted = stager.take_deferred();
-        let _ = flushing.join();
-        stager.publish()?;
-        phases.mark("sync");
-        let id = self.store.put_image(&image)?;
-        phases.mark("put image");
-        strata_failpoint::hit("commit.after_publish")?;
-        let now = Stamp::now();
-        let committed = Record {
-            id: record.id,
-            kind: Kind::Committed,
-            parent: record.parent.clone(),
-            labels,
-            created: now,
-            updated: now,
-            image: Some(id.to_hex()),
-            usage: Some(usage),
-            scratch: None,
-        };
-        strata_failpoint::hit("commit.before_db")?;
-        let txn = database.begin_write()?;
-        db::delete(&txn, key)?;
-        db::put(&txn, name, &committed)?;
-        strata_store::add_root_in(&txn, &root_name(record.id), &id, &objects)?;
-        self.store.journal_adoptions_in(&txn, &adopted)?;
-        txn.commit()?;
-        phases.mark("db");
-        strata_failpoint::hit("commit.after_db")?;
-        // The upper dir is in the image now: its new files go into the
-        // store (any later open of the store does it if this process dies
-        // first), the rest is garbage.
-        // An unpack's upper dir was written by containerd's applier, which
-        // returned before this Commit; a container's may still be written.
-        let recheck = if strata_scratch::is_unpack_key(key) {
-            strata_store::Recheck::Trust
-        } else {
-            strata_store::Recheck::Rehash
-        };
-        self.store.adopt_in_place(&adopted, recheck)?;
-        phases.mark("adopt");
-        // Only now: a project-quota scratch is on the store's filesystem,
-        // so its new files were left in place for the move above.
-        self.release_scratch(&record)?;
-        for sub in ["fs", "work"] {
-            // Past the commit point: a failure here only leaves garbage
-            // that the next start removes.
-            if let Err(e) = self.store.discard(&dir.join(sub)) {
-                tracing::warn!(key, "leaving the old upper dir for the next start: {e}");
-            }
-        }
-        phases.mark("discard");
-        tracing::debug!(name, key, image = %id.to_hex(), phases = %phases, "committed snapshot");
-        Ok(())
-    }
-
     /// Removes a snapshot that has no children.
     pub fn remove(&self, key: &str) -> Result<(), SnapshotError> {
         let _g = self.guard();
@@ -607,15 +445,21 @@ impl Snapshotter {
         db::delete(&txn, key)?;
         strata_store::remove_root_in(&txn, &root_name(record.id))?;
         txn.commit()?;
-        strata_failpoint::hit("remove.after_db")?;
+        // Past the commit point nothing fails the call: what is left is
+        // garbage that Cleanup or the next start removes.
+        let _ = strata_failpoint::hit("remove.after_db");
         drop(self.take_prehash(record.id));
-        self.release_scratch(&record)?;
+        if let Err(e) = self.release_scratch(&record) {
+            tracing::warn!(key, "releasing the scratch: {e}; the next start reconciles it");
+        }
         let dir = self.snap_dir(record.id);
         if let Err(e) = std::fs::remove_dir_all(&dir) {
             tracing::warn!("removing {}: {e}; cleanup retries", dir.display());
         }
         if record.image.is_some() {
-            self.release_unused_images()?;
+            if let Err(e) = self.release_unused_images() {
+                tracing::warn!(key, "unmounting unused images: {e}; cleanup retries");
+            }
         }
         Ok(())
     }

@@ -384,8 +384,15 @@ impl Store {
         forget_pending_in(txn, &self.inner.moves.take_durable())
     }
 
-    /// Finishes the moves a killed process left pending, each checked
-    /// against its digest, and makes them durable before forgetting them.
+    /// Finishes the moves a killed process, or a failed
+    /// [`adopt_in_place`](Self::adopt_in_place), left pending: each checked
+    /// against its digest and made durable before it is forgotten. The
+    /// caller must keep new moves from being journaled meanwhile.
+    pub fn finish_pending_adoptions(&self) -> Result<(), StoreError> {
+        self.finish_pending()
+    }
+
+    /// See [`finish_pending_adoptions`](Self::finish_pending_adoptions).
     pub(crate) fn finish_pending(&self) -> Result<(), StoreError> {
         let pending = self.inner.db.pending()?;
         if !pending.is_empty() {

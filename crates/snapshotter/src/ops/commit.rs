@@ -1,0 +1,206 @@
+//! Commit in three steps. [`build`](Snapshotter::build_commit) does all the
+//! work that can fail (the upper dir's tree, objects published, the EROFS
+//! image stored) and leaves only garbage for gc if it does;
+//! [`apply`](Snapshotter::apply_commit) is the commit point, one DB
+//! transaction; [`finish`](Snapshotter::finish_commit) cannot fail: what it
+//! cannot do is journaled, logged and retried.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::atomic::Ordering;
+
+use strata_store::ObjectRef;
+use strata_tree::{Digest, Stat, Tree};
+
+use super::{root_name, start_flush, Phases, Snapshotter};
+use crate::db::{self, Record};
+use crate::types::Stamp;
+use crate::{diff, Kind, SnapshotError};
+
+/// A commit built and published, waiting for its DB transaction.
+pub(super) struct CommitPlan {
+    name: String,
+    key: String,
+    /// The active snapshot's row, as it was.
+    active: Record,
+    /// Its row once committed.
+    committed: Record,
+    image: Digest,
+    objects: Vec<ObjectRef>,
+    /// Files that stay in the upper dir until the DB commit, then move
+    /// into `objects/`.
+    adopted: Vec<(PathBuf, Digest)>,
+}
+
+impl Snapshotter {
+    pub(super) fn try_commit(
+        &self,
+        name: &str,
+        key: &str,
+        labels: BTreeMap<String, String>,
+    ) -> Result<(), SnapshotError> {
+        let _g = self.guard();
+        self.retry_adoptions();
+        let _import = self.store.lock_shared()?;
+        let mut phases = Phases::start();
+        let plan = self.build_commit(name, key, labels, &mut phases)?;
+        self.apply_commit(&plan)?;
+        phases.mark("db");
+        // Past the commit point only an abort means anything here.
+        let _ = strata_failpoint::hit("commit.after_db");
+        self.finish_commit(plan, &mut phases);
+        Ok(())
+    }
+
+    fn build_commit(
+        &self,
+        name: &str,
+        key: &str,
+        labels: BTreeMap<String, String>,
+        phases: &mut Phases,
+    ) -> Result<CommitPlan, SnapshotError> {
+        let database = self.store.database();
+        let active = self.record(key)?;
+        if active.kind != Kind::Active {
+            return Err(SnapshotError::WrongKind {
+                key: key.to_owned(),
+                actual: active.kind,
+                wanted: "an active snapshot",
+            });
+        }
+        if db::get(database, name)?.is_some() {
+            return Err(SnapshotError::AlreadyExists { key: name.to_owned() });
+        }
+        let (fs, _) = self.upper_of(&active);
+        let flushing = start_flush(&fs);
+        let mut merged = match &active.parent {
+            Some(p) => self.load_tree(p, &self.record(p)?)?,
+            None => Tree::new(Stat::default_dir()),
+        };
+        phases.mark("load parent");
+        let prehash = self.take_prehash(active.id);
+        let mut stager = self.store.stager()?;
+        let (layer, usage) = diff::layer_from_upper(&fs, &merged, &mut stager, prehash)?;
+        phases.mark("hash");
+        strata_tree::merge_layer(&mut merged, layer)?;
+        merged.compact();
+        let objects = ObjectRef::all_in(&merged);
+        let image = strata_erofs::into_image(merged)?;
+        phases.mark("erofs");
+        // New files stay in the upper dir until the DB commit; publish
+        // makes them durable where they are.
+        let adopted = stager.take_deferred();
+        let _ = flushing.join();
+        stager.publish()?;
+        phases.mark("sync");
+        let image = self.store.put_image(&image)?;
+        phases.mark("put image");
+        strata_failpoint::hit("commit.after_publish")?;
+        let now = Stamp::now();
+        let committed = Record {
+            id: active.id,
+            kind: Kind::Committed,
+            parent: active.parent.clone(),
+            labels,
+            created: now,
+            updated: now,
+            image: Some(image.to_hex()),
+            usage: Some(usage),
+            scratch: None,
+        };
+        Ok(CommitPlan {
+            name: name.to_owned(),
+            key: key.to_owned(),
+            active,
+            committed,
+            image,
+            objects,
+            adopted,
+        })
+    }
+
+    /// The commit point: the row renamed and committed, the image's gc
+    /// root and the pending moves written, in one transaction.
+    fn apply_commit(&self, plan: &CommitPlan) -> Result<(), SnapshotError> {
+        strata_failpoint::hit("commit.before_db")?;
+        let txn = self.store.database().begin_write()?;
+        db::delete(&txn, &plan.key)?;
+        db::put(&txn, &plan.name, &plan.committed)?;
+        strata_store::add_root_in(&txn, &root_name(plan.active.id), &plan.image, &plan.objects)?;
+        self.store.journal_adoptions_in(&txn, &plan.adopted)?;
+        txn.commit()?;
+        Ok(())
+    }
+
+    /// Past the commit point: the upper dir's new files move into the
+    /// store, the scratch is released, the rest is discarded. A failure is
+    /// logged and left to a retry (moves) or to the next start (the rest).
+    fn finish_commit(&self, plan: CommitPlan, phases: &mut Phases) {
+        let CommitPlan {
+            name,
+            key,
+            active,
+            image,
+            adopted,
+            ..
+        } = plan;
+        // An unpack's upper dir was written by containerd's applier, which
+        // returned before this Commit; a container's may still be written.
+        let recheck = if strata_scratch::is_unpack_key(&key) {
+            strata_store::Recheck::Trust
+        } else {
+            strata_store::Recheck::Rehash
+        };
+        let moved = strata_failpoint::hit("commit.before_adopt")
+            .map_err(SnapshotError::from)
+            .and_then(|()| Ok(self.store.adopt_in_place(&adopted, recheck)?));
+        if let Err(e) = moved {
+            // The files stay where the journal says they are, and so does
+            // the scratch that holds them, until a retry moves them.
+            tracing::warn!(
+                key,
+                "moving new files into the store failed ({e}); they stay journaled and the next change retries"
+            );
+            self.adoptions_left.store(true, Ordering::SeqCst);
+            return;
+        }
+        phases.mark("adopt");
+        // Only now: a project-quota scratch is on the store's filesystem,
+        // so its new files were left in place for the move above.
+        if let Err(e) = self.release_scratch(&active) {
+            tracing::warn!(key, "releasing the scratch: {e}; the next start reconciles it");
+        }
+        let dir = self.snap_dir(active.id);
+        for sub in ["fs", "work"] {
+            if let Err(e) = self.store.discard(&dir.join(sub)) {
+                tracing::warn!(key, "leaving the old upper dir for the next start: {e}");
+            }
+        }
+        phases.mark("discard");
+        tracing::debug!(name, key, image = %image.to_hex(), phases = %phases, "committed snapshot");
+    }
+
+    /// Moves a failed [`finish_commit`](Self::finish_commit) left
+    /// journaled: finished before the next change, under its guard.
+    pub(super) fn retry_adoptions(&self) {
+        if !self.adoptions_left.swap(false, Ordering::SeqCst) {
+            return;
+        }
+        let retried = self
+            .store
+            .finish_pending_adoptions()
+            .map_err(SnapshotError::from)
+            .and_then(|()| {
+                // What those commits left behind: their upper dirs and scratch.
+                self.finish_interrupted()?;
+                self.reconcile_scratch(false)
+            });
+        match retried {
+            Ok(()) => tracing::info!("moved the files a commit left journaled into the store"),
+            Err(e) => {
+                tracing::warn!("moving journaled files into the store failed again: {e}");
+                self.adoptions_left.store(true, Ordering::SeqCst);
+            }
+        }
+    }
+}
