@@ -18,7 +18,7 @@ pub(crate) fn put(store: &Store, bytes: &[u8]) -> Result<Digest, StoreError> {
     if images.exists(&name)? {
         return Ok(id);
     }
-    let tmp_name = format!("image-{}-{}", std::process::id(), id.to_hex());
+    let tmp_name = crate::tmp_names::tmp_name(crate::tmp_names::TmpKind::Image, id.to_hex());
     let tmp = &store.inner.tmp;
     tmp.unlink(&tmp_name)?;
     let mut file = tmp.create_file(&tmp_name, 0o444)?;

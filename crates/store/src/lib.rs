@@ -31,6 +31,7 @@ mod objects;
 mod prehash;
 mod recover;
 mod sha_index;
+mod tmp_names;
 mod trash;
 
 use std::path::{Path, PathBuf};
@@ -234,7 +235,7 @@ impl Store {
         self.inner
             .root
             .join("tmp")
-            .join(format!("stage-{}-{purpose}", std::process::id()))
+            .join(tmp_names::tmp_name(tmp_names::TmpKind::Stage, purpose))
     }
 
     /// Where the EROFS image `id` is mounted, shared by all its users.

@@ -145,10 +145,9 @@ fn copy_checked(
 
 impl ObjectStager {
     pub(crate) fn new(store: Store) -> Result<Self, StoreError> {
-        let dir_name = format!(
-            "stage-{}-{}",
-            std::process::id(),
-            STAGE_COUNTER.fetch_add(1, Ordering::Relaxed)
+        let dir_name = crate::tmp_names::tmp_name(
+            crate::tmp_names::TmpKind::Stage,
+            STAGE_COUNTER.fetch_add(1, Ordering::Relaxed),
         );
         store.inner.tmp.ensure_dir(&dir_name, 0o700)?;
         let dir = store.inner.tmp.open_dir(&dir_name)?;

@@ -4,20 +4,17 @@
 
 use crate::dirfd::DirFd;
 use crate::gc::read_dir;
+use crate::tmp_names::{parse_tmp_name, TmpKind};
 use crate::StoreError;
 
-/// The pid embedded in a staging name: `stage-PID-N`, `image-PID-ID`,
-/// `trash-PID-N`.
+/// The pid that owns a `tmp/` entry strata made.
 fn owner_pid(name: &str) -> Option<i32> {
-    let rest = ["stage-", "image-", "trash-"]
-        .iter()
-        .find_map(|prefix| name.strip_prefix(prefix))?;
-    rest.split('-').next()?.parse().ok()
+    parse_tmp_name(name).map(|(_, pid)| pid)
 }
 
 /// Whether `name` in `tmp/` is a trash dir a live process is deleting.
 pub(crate) fn is_live_trash(name: &str) -> bool {
-    name.starts_with("trash-") && owner_pid(name).is_some_and(alive)
+    matches!(parse_tmp_name(name), Some((TmpKind::Trash, pid)) if alive(pid))
 }
 
 fn alive(pid: i32) -> bool {

@@ -64,10 +64,9 @@ impl Trash {
     /// A path that does not exist is fine; one on another filesystem is
     /// deleted here and now.
     pub(crate) fn discard(&self, tmp: &DirFd, path: &Path) -> Result<(), StoreError> {
-        let name = format!(
-            "trash-{}-{}",
-            std::process::id(),
-            TRASH_COUNTER.fetch_add(1, Ordering::Relaxed)
+        let name = crate::tmp_names::tmp_name(
+            crate::tmp_names::TmpKind::Trash,
+            TRASH_COUNTER.fetch_add(1, Ordering::Relaxed),
         );
         match rustix::fs::renameat(rustix::fs::CWD, path, tmp.fd(), name.as_str()) {
             Ok(()) => {}
