@@ -27,7 +27,7 @@ pub struct SnapshotReport {
 /// store (what `Store::roots` lists), so reports can name snapshots as
 /// users know them. Read-only.
 pub fn keys_by_root(store: &Store) -> Result<std::collections::HashMap<String, String>, SnapshotError> {
-    Ok(db::all(store.database())?
+    Ok(db::all(store)?
         .into_iter()
         .map(|(key, record)| (crate::ops::root_name(record.id), key))
         .collect())
@@ -41,8 +41,8 @@ impl SnapshotReport {
 
 /// Checks the snapshots of `store` without changing anything.
 pub fn check(store: &Store, policy: &ScratchPolicy) -> Result<SnapshotReport, SnapshotError> {
-    db::init(store.database())?;
-    let records = db::all(store.database())?;
+    db::init(store)?;
+    let records = db::all(store)?;
     let scratches = Scratches::new(store.root(), policy.clone());
     let dir = store.root().join("snapshots");
     let mut report = SnapshotReport {

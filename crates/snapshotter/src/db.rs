@@ -1,4 +1,5 @@
-//! The snapshotter's tables in the store's redb database.
+//! The snapshotter's rows in the store's DB, read and written through the
+//! store's typed transaction so that they change together with gc roots.
 //!
 //! ```text
 //! snapshots       key (as containerd sent it) -> JSON Record
@@ -7,17 +8,16 @@
 
 use std::collections::BTreeMap;
 
-use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition, WriteTransaction};
 use serde::{Deserialize, Serialize};
+use strata_store::{Counter, RecordTable, Store, StoreTxn};
 
 use crate::info_cache;
 use crate::scratch::ScratchUse;
 use crate::types::{Kind, Stamp, Usage};
 use crate::{Info, SnapshotError};
 
-const SNAPSHOTS: TableDefinition<&str, &[u8]> = TableDefinition::new("snapshots");
-const META: TableDefinition<&str, u64> = TableDefinition::new("snapshot_meta");
-const NEXT_ID: &str = "next_id";
+const SNAPSHOTS: RecordTable = RecordTable::new("snapshots");
+const NEXT_ID: Counter = Counter::new("snapshot_meta", "next_id");
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub(crate) struct Record {
@@ -51,12 +51,8 @@ impl Record {
     }
 }
 
-pub(crate) fn init(db: &Database) -> Result<(), SnapshotError> {
-    let txn = db.begin_write()?;
-    txn.open_table(SNAPSHOTS)?;
-    txn.open_table(META)?;
-    txn.commit()?;
-    Ok(())
+pub(crate) fn init(store: &Store) -> Result<(), SnapshotError> {
+    Ok(store.ensure_tables(&[SNAPSHOTS], &[NEXT_ID])?)
 }
 
 fn decode(key: &str, bytes: &[u8]) -> Result<Record, SnapshotError> {
@@ -66,66 +62,47 @@ fn decode(key: &str, bytes: &[u8]) -> Result<Record, SnapshotError> {
     })
 }
 
-pub(crate) fn get(db: &Database, key: &str) -> Result<Option<Record>, SnapshotError> {
-    let txn = db.begin_read()?;
-    let table = txn.open_table(SNAPSHOTS)?;
-    let Some(value) = table.get(key)? else {
-        return Ok(None);
-    };
-    decode(key, value.value()).map(Some)
+pub(crate) fn get(store: &Store, key: &str) -> Result<Option<Record>, SnapshotError> {
+    store
+        .record(SNAPSHOTS, key)?
+        .map(|bytes| decode(key, &bytes))
+        .transpose()
 }
 
-/// The rows of `keys`, in order, from one read transaction.
-pub(crate) fn get_many(db: &Database, keys: &[String]) -> Result<Vec<Option<Record>>, SnapshotError> {
-    let txn = db.begin_read()?;
-    let table = txn.open_table(SNAPSHOTS)?;
+pub(crate) fn get_many(store: &Store, keys: &[String]) -> Result<Vec<Option<Record>>, SnapshotError> {
     keys.iter()
-        .map(|key| match table.get(key.as_str())? {
-            Some(value) => decode(key, value.value()).map(Some),
-            None => Ok(None),
+        .zip(store.records_of(SNAPSHOTS, keys)?)
+        .map(|(key, row)| row.map(|bytes| decode(key, &bytes)).transpose())
+        .collect()
+}
+
+pub(crate) fn all(store: &Store) -> Result<Vec<(String, Record)>, SnapshotError> {
+    store
+        .records(SNAPSHOTS)?
+        .into_iter()
+        .map(|(key, bytes)| {
+            let record = decode(&key, &bytes)?;
+            Ok((key, record))
         })
         .collect()
 }
 
-pub(crate) fn all(db: &Database) -> Result<Vec<(String, Record)>, SnapshotError> {
-    let txn = db.begin_read()?;
-    let table = match txn.open_table(SNAPSHOTS) {
-        Ok(table) => table,
-        // A store the snapshotter never opened has no snapshots.
-        Err(redb::TableError::TableDoesNotExist(_)) => return Ok(Vec::new()),
-        Err(e) => return Err(e.into()),
-    };
-    let mut out = Vec::new();
-    for row in table.iter()? {
-        let (k, v) = row?;
-        out.push((k.value().to_owned(), decode(k.value(), v.value())?));
-    }
-    Ok(out)
+pub(crate) fn next_id(txn: &StoreTxn<'_>) -> Result<u64, SnapshotError> {
+    Ok(txn.next(NEXT_ID)?)
 }
 
-/// Takes the next directory id inside `txn`.
-pub(crate) fn next_id(txn: &WriteTransaction) -> Result<u64, SnapshotError> {
-    let mut meta = txn.open_table(META)?;
-    let id = meta.get(NEXT_ID)?.map_or(1, |v| v.value());
-    meta.insert(NEXT_ID, id + 1)?;
-    Ok(id)
-}
-
-/// Writes `key`'s row; only under the snapshotter's lock (see `info_cache`).
-pub(crate) fn put(txn: &WriteTransaction, key: &str, record: &Record) -> Result<(), SnapshotError> {
+pub(crate) fn put(txn: &StoreTxn<'_>, key: &str, record: &Record) -> Result<(), SnapshotError> {
     info_cache::note_write(key);
     let json = serde_json::to_vec(record).expect("records serialize");
-    txn.open_table(SNAPSHOTS)?.insert(key, json.as_slice())?;
-    Ok(())
+    Ok(txn.put_record(SNAPSHOTS, key, &json)?)
 }
 
-/// Removes `key`'s row; only under the snapshotter's lock.
-pub(crate) fn delete(txn: &WriteTransaction, key: &str) -> Result<(), SnapshotError> {
+pub(crate) fn delete(txn: &StoreTxn<'_>, key: &str) -> Result<(), SnapshotError> {
     info_cache::note_write(key);
-    txn.open_table(SNAPSHOTS)?.remove(key)?;
+    txn.delete_record(SNAPSHOTS, key)?;
     Ok(())
 }
 
-pub(crate) fn has_children(db: &Database, key: &str) -> Result<bool, SnapshotError> {
-    Ok(all(db)?.iter().any(|(_, r)| r.parent.as_deref() == Some(key)))
+pub(crate) fn has_children(store: &Store, key: &str) -> Result<bool, SnapshotError> {
+    Ok(all(store)?.iter().any(|(_, r)| r.parent.as_deref() == Some(key)))
 }

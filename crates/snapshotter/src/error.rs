@@ -63,8 +63,6 @@ pub enum SnapshotError {
         #[source]
         source: std::io::Error,
     },
-    #[error("metadata DB: {0}")]
-    Db(#[from] redb::Error),
     #[error("snapshot record {key:?} is unreadable: {reason}")]
     BadRecord { key: String, reason: String },
     #[error("snapshot {key:?}: {reason}")]
@@ -104,7 +102,6 @@ impl SnapshotError {
             | Scratch(_)
             | FailPoint(_)
             | Io { .. }
-            | Db(_)
             | BadRecord { .. }
             | Store(_)
             | Erofs(_)
@@ -121,20 +118,3 @@ impl SnapshotError {
         }
     }
 }
-
-macro_rules! db_err {
-    ($($t:ty),*) => {$(
-        impl From<$t> for SnapshotError {
-            fn from(e: $t) -> Self {
-                SnapshotError::Db(e.into())
-            }
-        }
-    )*};
-}
-db_err!(
-    redb::DatabaseError,
-    redb::TransactionError,
-    redb::TableError,
-    redb::StorageError,
-    redb::CommitError
-);

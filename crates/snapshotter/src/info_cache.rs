@@ -17,7 +17,7 @@ use std::cell::RefCell;
 use std::collections::BTreeMap;
 use std::sync::{Mutex, MutexGuard, RwLock, RwLockReadGuard, RwLockWriteGuard};
 
-use redb::Database;
+use strata_store::Store;
 
 use crate::db::{self, Record};
 use crate::{Filter, Info, SnapshotError};
@@ -163,7 +163,7 @@ impl InfoCache {
     }
 
     /// Takes the snapshotter's `lock`; see [`WriteGuard`].
-    pub(crate) fn lock<'a>(&'a self, lock: &'a Mutex<()>, database: &'a Database) -> WriteGuard<'a> {
+    pub(crate) fn lock<'a>(&'a self, lock: &'a Mutex<()>, database: &'a Store) -> WriteGuard<'a> {
         let held = lock.lock().unwrap_or_else(|p| p.into_inner());
         {
             let mut state = self.write();
@@ -213,7 +213,7 @@ fn not_found(key: &str) -> SnapshotError {
 /// written up to date first.
 pub(crate) struct WriteGuard<'a> {
     cache: &'a InfoCache,
-    database: &'a Database,
+    database: &'a Store,
     /// Released after `drop` has updated the cache: no other writer can
     /// change the rows it reads back.
     _held: MutexGuard<'a, ()>,

@@ -71,7 +71,7 @@ impl Snapshotter {
         mounter: std::sync::Arc<dyn Mounter + Send + Sync>,
     ) -> Result<Snapshotter, SnapshotError> {
         let owner = take_owner_lock(store.root())?;
-        db::init(store.database())?;
+        db::init(&store)?;
         let dir = store.root().join("snapshots");
         std::fs::create_dir_all(&dir).map_err(|e| SnapshotError::io("create", &dir, e))?;
         let sn = Snapshotter {
@@ -107,7 +107,7 @@ impl Snapshotter {
     /// gc roots of removed snapshots (from before roots and rows shared a
     /// transaction).
     fn finish_interrupted(&self) -> Result<(), SnapshotError> {
-        let records = db::all(self.store.database())?;
+        let records = db::all(&self.store)?;
         for (key, record) in records.iter().filter(|(_, r)| r.kind == Kind::Committed) {
             let dir = self.snap_dir(record.id);
             if has_upper_leftovers(&dir) {
@@ -128,7 +128,7 @@ impl Snapshotter {
     /// Mounts the EROFS image under every active snapshot and view again,
     /// in case they went away with a reboot: their overlays name them.
     fn remount_parents(&self) {
-        let records = match db::all(self.store.database()) {
+        let records = match db::all(&self.store) {
             Ok(r) => r,
             Err(e) => return tracing::warn!("listing snapshots to remount: {e}"),
         };
@@ -152,7 +152,7 @@ impl Snapshotter {
 
     /// Mounts the scratch filesystems in use, removes the others.
     fn reconcile_scratch(&self, templates: bool) -> Result<(), SnapshotError> {
-        let records = db::all(self.store.database())?;
+        let records = db::all(&self.store)?;
         let in_use: Vec<&ScratchUse> = records.iter().filter_map(|(_, r)| r.scratch.as_ref()).collect();
         self.scratches.reconcile(&in_use, templates)
     }
@@ -173,7 +173,7 @@ impl Snapshotter {
     fn scratch_owner(&self, key: &str, owner: &str) -> Result<ScratchUse, SnapshotError> {
         let namespace = key.split('/').next().unwrap_or_default();
         let suffix = format!("/{owner}");
-        let matches: Vec<(String, Record)> = db::all(self.store.database())?
+        let matches: Vec<(String, Record)> = db::all(&self.store)?
             .into_iter()
             .filter(|(k, _)| k.split('/').next() == Some(namespace) && (k == owner || k.ends_with(&suffix)))
             .collect();
@@ -198,7 +198,7 @@ impl Snapshotter {
         let Some(scratch) = &record.scratch else {
             return Ok(());
         };
-        let others = db::all(self.store.database())?
+        let others = db::all(&self.store)?
             .iter()
             .filter(|(_, r)| r.scratch.as_ref().is_some_and(|s| s.fs == scratch.fs))
             .count();
@@ -218,7 +218,7 @@ impl Snapshotter {
     }
 
     fn guard(&self) -> WriteGuard<'_> {
-        self.infos.lock(&self.lock, self.store.database())
+        self.infos.lock(&self.lock, &self.store)
     }
 
     fn snap_dir(&self, id: u64) -> PathBuf {
@@ -226,7 +226,7 @@ impl Snapshotter {
     }
 
     fn record(&self, key: &str) -> Result<Record, SnapshotError> {
-        db::get(self.store.database(), key)?.ok_or_else(|| SnapshotError::NotFound { key: key.to_owned() })
+        db::get(&self.store, key)?.ok_or_else(|| SnapshotError::NotFound { key: key.to_owned() })
     }
 
     /// Creates an active snapshot over `parent` (empty for none). An
@@ -363,7 +363,7 @@ impl Snapshotter {
             }
         }
         record.updated = Stamp::now();
-        let txn = self.store.database().begin_write()?;
+        let txn = self.store.begin()?;
         db::put(&txn, key, &record)?;
         txn.commit()?;
         Ok(record.info(key))
@@ -435,15 +435,15 @@ impl Snapshotter {
     /// Removes a snapshot that has no children.
     pub fn remove(&self, key: &str) -> Result<(), SnapshotError> {
         let _g = self.guard();
-        let database = self.store.database();
+        let database = &self.store;
         let record = self.record(key)?;
         if db::has_children(database, key)? {
             return Err(SnapshotError::HasChildren { key: key.to_owned() });
         }
         strata_failpoint::hit("remove.before_db")?;
-        let txn = database.begin_write()?;
+        let txn = database.begin()?;
         db::delete(&txn, key)?;
-        strata_store::remove_root_in(&txn, &root_name(record.id))?;
+        txn.remove_root(&root_name(record.id))?;
         txn.commit()?;
         // Past the commit point nothing fails the call: what is left is
         // garbage that Cleanup or the next start removes.

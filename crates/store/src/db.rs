@@ -345,7 +345,12 @@ fn decode(key: &str, bytes: &[u8]) -> Result<ImageRecord, StoreError> {
 
 /// Makes `owner` a gc root of image `id` inside the caller's transaction,
 /// so it lands or not together with the caller's own rows.
-pub fn add_root_in(txn: &WriteTransaction, owner: &str, id: &Digest, objects: &[ObjectRef]) -> Result<(), StoreError> {
+pub(crate) fn add_root_in(
+    txn: &WriteTransaction,
+    owner: &str,
+    id: &Digest,
+    objects: &[ObjectRef],
+) -> Result<(), StoreError> {
     let mut refs = txn.open_table(IMAGE_OBJECTS)?;
     if refs.get(id.0.as_slice())?.is_none() {
         refs.insert(id.0.as_slice(), pack(objects).as_slice())?;
@@ -357,7 +362,7 @@ pub fn add_root_in(txn: &WriteTransaction, owner: &str, id: &Digest, objects: &[
 }
 
 /// Drops the gc root `owner` inside the caller's transaction.
-pub fn remove_root_in(txn: &WriteTransaction, owner: &str) -> Result<bool, StoreError> {
+pub(crate) fn remove_root_in(txn: &WriteTransaction, owner: &str) -> Result<bool, StoreError> {
     let removed = txn.open_table(ROOTS)?.remove(owner)?.is_some();
     if removed {
         note_release_in(txn)?;

@@ -29,6 +29,7 @@ mod images;
 mod lock;
 mod objects;
 mod prehash;
+mod records;
 mod recover;
 mod sha_index;
 mod tmp_names;
@@ -38,7 +39,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 pub use adopt::Recheck;
-pub use db::{add_root_in, remove_root_in, ImageRecord, ObjectRef};
+pub use db::{ImageRecord, ObjectRef};
 pub use error::StoreError;
 pub use fsck::{FsckProblem, FsckReport};
 pub use gc::GcReport;
@@ -46,6 +47,7 @@ pub use hashing::{hash_file, hash_files, hash_opened};
 pub use lock::{ExclusiveGuard, ImportSlot, SharedGuard};
 pub use objects::{AdoptSource, HashedBytes, ObjectStager, StagedObject};
 pub use prehash::{Prehash, Prehashed};
+pub use records::{Counter, RecordTable, StoreTxn};
 
 use dirfd::DirFd;
 
@@ -241,11 +243,6 @@ impl Store {
     /// Where the EROFS image `id` is mounted, shared by all its users.
     pub fn image_mount_path(&self, id: &strata_tree::Digest) -> PathBuf {
         self.inner.root.join("mnt").join(id.to_hex())
-    }
-
-    /// The metadata DB, for higher layers that keep their own tables.
-    pub fn database(&self) -> &redb::Database {
-        self.inner.db.raw()
     }
 
     /// Taken by every import for its whole duration; gc waits for it.

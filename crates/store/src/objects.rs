@@ -366,7 +366,7 @@ impl Store {
     /// rename, never a copy. Their data must be durable already (the
     /// stager's publish syncs it); the renames are made durable by the next
     /// publish, and their pending rows (see [`add_pending_in`]) dropped by
-    /// the next [`journal_adoptions_in`](Self::journal_adoptions_in) after
+    /// the next [`StoreTxn::journal_adoptions`](crate::StoreTxn::journal_adoptions) after
     /// it. A content already present, or a file already gone, is left
     /// alone. Returns how many entered.
     pub fn adopt_in_place(&self, files: &[(PathBuf, Digest)], recheck: Recheck) -> Result<usize, StoreError> {
@@ -378,7 +378,11 @@ impl Store {
     /// Inside the caller's transaction: lists `files` as pending moves
     /// (any later open of the store finishes them if the caller cannot),
     /// and drops the rows of earlier moves a sync has made durable.
-    pub fn journal_adoptions_in(&self, txn: &WriteTransaction, files: &[(PathBuf, Digest)]) -> Result<(), StoreError> {
+    pub(crate) fn journal_adoptions_in(
+        &self,
+        txn: &WriteTransaction,
+        files: &[(PathBuf, Digest)],
+    ) -> Result<(), StoreError> {
         add_pending_in(txn, files)?;
         forget_pending_in(txn, &self.inner.moves.take_durable())
     }

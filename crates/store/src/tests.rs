@@ -141,8 +141,8 @@ fn adopt_commit(store: &Store, upper: &std::path::Path, name: &str, data: &[u8])
     assert!(stager.adopt(&source, digest, size).unwrap().new);
     let adopted = stager.take_deferred();
     stager.publish().unwrap();
-    let txn = store.database().begin_write().unwrap();
-    store.journal_adoptions_in(&txn, &adopted).unwrap();
+    let txn = store.begin().unwrap();
+    txn.journal_adoptions(&adopted).unwrap();
     txn.commit().unwrap();
     assert_eq!(store.adopt_in_place(&adopted, crate::Recheck::Rehash).unwrap(), 1);
     (path, digest)

@@ -7,7 +7,6 @@ use std::path::Path;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::SeqCst};
 use std::sync::{Arc, Mutex};
 
-use redb::Database;
 use strata_store::Store;
 use strata_tree::{Stat, Tree};
 
@@ -38,10 +37,10 @@ impl Drop for TestDir {
     }
 }
 
-fn bare_db(dir: &TestDir) -> Database {
-    let database = Database::create(dir.path().join("db")).unwrap();
-    db::init(&database).unwrap();
-    database
+fn bare_db(dir: &TestDir) -> Store {
+    let store = Store::open(&dir.path().join("store")).unwrap();
+    db::init(&store).unwrap();
+    store
 }
 
 fn record(version: &str) -> Record {
@@ -60,9 +59,9 @@ fn record(version: &str) -> Record {
 }
 
 /// Writes (or, with `None`, deletes) `key`'s row as the snapshotter does.
-fn write(cache: &InfoCache, lock: &Mutex<()>, database: &Database, key: &str, row: Option<&Record>) {
+fn write(cache: &InfoCache, lock: &Mutex<()>, database: &Store, key: &str, row: Option<&Record>) {
     let _guard = cache.lock(lock, database);
-    let txn = database.begin_write().unwrap();
+    let txn = database.begin().unwrap();
     match row {
         Some(r) => db::put(&txn, key, r).unwrap(),
         None => db::delete(&txn, key).unwrap(),
@@ -121,7 +120,7 @@ fn while_a_writer_holds_the_lock_reads_go_to_the_db() {
     write(&cache, &lock, &database, "k", Some(&record("1")));
     assert_eq!(cached_version(&cache, "k").as_deref(), Some("1"));
     let guard = cache.lock(&lock, &database);
-    let txn = database.begin_write().unwrap();
+    let txn = database.begin().unwrap();
     db::put(&txn, "k", &record("2")).unwrap();
     txn.commit().unwrap();
     assert!(cache.cached("k").is_none(), "no answer from memory mid-change");
@@ -138,7 +137,7 @@ fn a_rolled_back_write_leaves_the_cache_as_the_db() {
     write(&cache, &lock, &database, "k", Some(&record("1")));
     {
         let _guard = cache.lock(&lock, &database);
-        let txn = database.begin_write().unwrap();
+        let txn = database.begin().unwrap();
         db::put(&txn, "k", &record("2")).unwrap();
         db::put(&txn, "new", &record("2")).unwrap();
         drop(txn);
@@ -176,7 +175,7 @@ fn a_complete_cache_follows_puts_and_deletes() {
 fn a_row_written_without_the_lock_panics() {
     let dir = TestDir::new();
     let database = bare_db(&dir);
-    let txn = database.begin_write().unwrap();
+    let txn = database.begin().unwrap();
     let _ = db::put(&txn, "k", &record("1"));
 }
 
@@ -218,7 +217,7 @@ fn labels(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
 /// Stat (also as the async path asks it) and Walk, with and without a
 /// filter, against the DB, for every key ever used.
 fn check_reads(sn: &Snapshotter, keys: &BTreeSet<String>, step: &str) {
-    let want: BTreeMap<String, Info> = db::all(sn.store().database())
+    let want: BTreeMap<String, Info> = db::all(sn.store())
         .unwrap()
         .into_iter()
         .map(|(key, record)| {
@@ -267,7 +266,7 @@ fn every_read_after_every_change_matches_the_db() {
     let mut step = |name: &str, change: &dyn Fn(&Snapshotter) -> Result<(), crate::SnapshotError>, ok: bool| {
         let result = change(&sn);
         assert_eq!(result.is_ok(), ok, "{name}: {result:?}");
-        keys.extend(db::all(sn.store().database()).unwrap().into_iter().map(|(k, _)| k));
+        keys.extend(db::all(sn.store()).unwrap().into_iter().map(|(k, _)| k));
         check_reads(&sn, &keys, name);
     };
     step("nothing yet", &|_| Ok(()), true);

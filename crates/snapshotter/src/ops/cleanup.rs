@@ -17,10 +17,8 @@ impl Snapshotter {
     }
 
     pub(super) fn remove_unknown_dirs(&self) -> Result<usize, SnapshotError> {
-        let known: std::collections::HashSet<String> = db::all(self.store.database())?
-            .iter()
-            .map(|(_, r)| r.id.to_string())
-            .collect();
+        let known: std::collections::HashSet<String> =
+            db::all(&self.store)?.iter().map(|(_, r)| r.id.to_string()).collect();
         let mut removed = 0;
         for entry in std::fs::read_dir(&self.dir).map_err(|e| SnapshotError::io("read dir", &self.dir, e))? {
             let entry = entry.map_err(|e| SnapshotError::io("read dir", &self.dir, e))?;

@@ -59,7 +59,7 @@ impl Snapshotter {
         labels: BTreeMap<String, String>,
         phases: &mut Phases,
     ) -> Result<CommitPlan, SnapshotError> {
-        let database = self.store.database();
+        let database = &self.store;
         let active = self.record(key)?;
         if active.kind != Kind::Active {
             return Err(SnapshotError::WrongKind {
@@ -123,11 +123,11 @@ impl Snapshotter {
     /// root and the pending moves written, in one transaction.
     fn apply_commit(&self, plan: &CommitPlan) -> Result<(), SnapshotError> {
         strata_failpoint::hit("commit.before_db")?;
-        let txn = self.store.database().begin_write()?;
+        let txn = self.store.begin()?;
         db::delete(&txn, &plan.key)?;
         db::put(&txn, &plan.name, &plan.committed)?;
-        strata_store::add_root_in(&txn, &root_name(plan.active.id), &plan.image, &plan.objects)?;
-        self.store.journal_adoptions_in(&txn, &plan.adopted)?;
+        txn.add_root(&root_name(plan.active.id), &plan.image, &plan.objects)?;
+        txn.journal_adoptions(&plan.adopted)?;
         txn.commit()?;
         Ok(())
     }

@@ -55,7 +55,7 @@ impl Snapshotter {
         parent: &str,
         labels: BTreeMap<String, String>,
     ) -> Result<CreatePlan, SnapshotError> {
-        let database = self.store.database();
+        let database = &self.store;
         if db::get(database, key)?.is_some() {
             return Err(SnapshotError::AlreadyExists { key: key.to_owned() });
         }
@@ -99,8 +99,8 @@ impl Snapshotter {
     /// Makes the snapshot's dirs or scratch and commits its row; on any
     /// failure undoes what it made.
     fn apply_create(&self, plan: CreatePlan) -> Result<Record, SnapshotError> {
-        let database = self.store.database();
-        let txn = database.begin_write()?;
+        let database = &self.store;
+        let txn = database.begin()?;
         let id = db::next_id(&txn)?;
         let dir = self.snap_dir(id);
         let mut undo = Undo::default();

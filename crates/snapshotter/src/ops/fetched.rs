@@ -29,7 +29,7 @@ impl Snapshotter {
             }
         };
         // A key in use gets its AlreadyExists from the ordinary path.
-        if matches!(db::get(self.store.database(), key), Ok(Some(_)) | Err(_)) {
+        if matches!(db::get(&self.store, key), Ok(Some(_)) | Err(_)) {
             return None;
         }
         match self.committed_chain(&request.chain_id, parent) {
@@ -92,7 +92,7 @@ impl Snapshotter {
     /// The committed snapshot that is `chain_id` over `parent`, if any.
     fn committed_chain(&self, chain_id: &str, parent: &str) -> Result<Option<String>, SnapshotError> {
         let parent = (!parent.is_empty()).then_some(parent);
-        Ok(db::all(self.store.database())?
+        Ok(db::all(&self.store)?
             .into_iter()
             .find(|(_, r)| {
                 r.kind == Kind::Committed
@@ -117,7 +117,7 @@ impl Snapshotter {
         if let Some(name) = self.committed_chain(&request.chain_id, parent)? {
             return Ok(name);
         }
-        let database = self.store.database();
+        let database = &self.store;
         let parent_record = self.checked_parent(key, parent, fetched.parent_chain.as_deref())?;
         let name = self.free_name(key, &request.chain_id)?;
         let FetchedLayer {
@@ -139,7 +139,7 @@ impl Snapshotter {
         stager.publish_only(|d| referenced.contains(d))?;
         let image_id = self.store.put_image(&image)?;
         strata_failpoint::hit("fetched.after_publish")?;
-        let txn = database.begin_write()?;
+        let txn = database.begin()?;
         let id = db::next_id(&txn)?;
         let dir = self.snap_dir(id);
         std::fs::create_dir_all(&dir).map_err(|e| SnapshotError::io("create", &dir, e))?;
@@ -159,7 +159,7 @@ impl Snapshotter {
             scratch: None,
         };
         db::put(&txn, &name, &record)?;
-        strata_store::add_root_in(&txn, &root_name(id), &image_id, &objects)?;
+        txn.add_root(&root_name(id), &image_id, &objects)?;
         strata_failpoint::hit("fetched.before_db")?;
         txn.commit()?;
         Ok(name)
@@ -182,7 +182,7 @@ impl Snapshotter {
                 "the layer is the image's first, but the snapshot has parent {parent:?}"
             ))),
             (false, Some(chain)) => {
-                let record = db::get(self.store.database(), parent)?.ok_or_else(|| SnapshotError::ParentNotFound {
+                let record = db::get(&self.store, parent)?.ok_or_else(|| SnapshotError::ParentNotFound {
                     parent: parent.to_owned(),
                 })?;
                 if record.kind != Kind::Committed {
@@ -204,7 +204,7 @@ impl Snapshotter {
     /// The chain ID, or the chain ID under `key`'s namespace prefix when a
     /// snapshot of that name exists already (another namespace's).
     fn free_name(&self, key: &str, chain_id: &str) -> Result<String, SnapshotError> {
-        let database = self.store.database();
+        let database = &self.store;
         if db::get(database, chain_id)?.is_none() {
             return Ok(chain_id.to_owned());
         }

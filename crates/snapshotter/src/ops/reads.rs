@@ -6,7 +6,7 @@ use crate::{db, Filter, Info, SnapshotError};
 
 impl Snapshotter {
     pub fn stat(&self, key: &str) -> Result<Info, SnapshotError> {
-        self.infos.stat(key, || db::get(self.store.database(), key))
+        self.infos.stat(key, || db::get(&self.store, key))
     }
 
     /// Stat's answer when it needs no disk access (the info is cached, or
@@ -20,7 +20,7 @@ impl Snapshotter {
     /// string may match, all selectors within one must).
     pub fn walk<S: AsRef<str>>(&self, filters: &[S]) -> Result<Vec<Info>, SnapshotError> {
         let filter = Filter::parse(filters)?;
-        self.infos.walk(&filter, || db::all(self.store.database()))
+        self.infos.walk(&filter, || db::all(&self.store))
     }
 
     /// Walk's answer when it needs no disk access; `None` otherwise.
