@@ -1,0 +1,66 @@
+//! What the LAZY filesystem has done, counted as it happens, for tests and
+//! metrics.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+
+/// A copy of the counters at one moment.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Counts {
+    /// LOOKUP requests of file names (below a `XX` directory).
+    pub lookups: u64,
+    /// Of those, names the table does not list (answered ENOENT).
+    pub lookups_unknown: u64,
+    /// OPEN requests of files.
+    pub opens: u64,
+    /// Opens answered in passthrough mode.
+    pub opens_passthrough: u64,
+    /// Opens answered EIO because the fetch failed.
+    pub opens_failed: u64,
+    /// Opens answered EIO because their fetch outlived the timeout.
+    pub opens_timed_out: u64,
+    /// Calls of [`crate::ObjectFetcher::fetch`].
+    pub fetches_started: u64,
+    /// Fetches that returned an error or a file of the wrong size.
+    pub fetches_failed: u64,
+    /// Bytes of the objects fetches returned.
+    pub bytes_fetched: u64,
+    /// READ requests. Passthrough sends none; any here means a read went
+    /// through user space (and was refused).
+    pub reads: u64,
+}
+
+#[derive(Debug, Default)]
+pub(crate) struct Counters {
+    pub lookups: AtomicU64,
+    pub lookups_unknown: AtomicU64,
+    pub opens: AtomicU64,
+    pub opens_passthrough: AtomicU64,
+    pub opens_failed: AtomicU64,
+    pub opens_timed_out: AtomicU64,
+    pub fetches_started: AtomicU64,
+    pub fetches_failed: AtomicU64,
+    pub bytes_fetched: AtomicU64,
+    pub reads: AtomicU64,
+}
+
+pub(crate) fn bump(counter: &AtomicU64, by: u64) {
+    counter.fetch_add(by, Ordering::Relaxed);
+}
+
+impl Counters {
+    pub fn snapshot(&self) -> Counts {
+        let get = |c: &AtomicU64| c.load(Ordering::Relaxed);
+        Counts {
+            lookups: get(&self.lookups),
+            lookups_unknown: get(&self.lookups_unknown),
+            opens: get(&self.opens),
+            opens_passthrough: get(&self.opens_passthrough),
+            opens_failed: get(&self.opens_failed),
+            opens_timed_out: get(&self.opens_timed_out),
+            fetches_started: get(&self.fetches_started),
+            fetches_failed: get(&self.fetches_failed),
+            bytes_fetched: get(&self.bytes_fetched),
+            reads: get(&self.reads),
+        }
+    }
+}
