@@ -213,3 +213,82 @@ pub fn eventually(secs: u64, mut done: impl FnMut() -> bool) -> bool {
         std::thread::sleep(Duration::from_millis(100));
     }
 }
+
+/// `<certs.d>/<host>/hosts.toml` making `host` a plain-http registry, for
+/// containerd (and for strata, when its `config_path` names `certs_d`).
+pub fn plain_http_host(certs_d: &Path, host: &str) {
+    let dir = certs_d.join(host);
+    std::fs::create_dir_all(&dir).unwrap();
+    let toml =
+        format!("server = \"http://{host}\"\n\n[host.\"http://{host}\"]\n  capabilities = [\"pull\", \"resolve\"]\n");
+    std::fs::write(dir.join("hosts.toml"), toml).unwrap();
+}
+
+/// The chain ID of an image's top layer, the name containerd gives its
+/// committed snapshot, from the image's config (the CRI's image ID) in
+/// containerd's content store.
+pub fn chain_id(cd: &CriContainerd, config_digest: &str) -> String {
+    use sha2::{Digest as _, Sha256};
+    let config: serde_json::Value = serde_json::from_str(&cd.ctr(&["content", "get", config_digest])).unwrap();
+    let mut chain = String::new();
+    for diff in config["rootfs"]["diff_ids"].as_array().expect("diff_ids") {
+        let diff = diff.as_str().unwrap();
+        chain = if chain.is_empty() {
+            diff.to_owned()
+        } else {
+            let sum = Sha256::digest(format!("{chain} {diff}"));
+            format!("sha256:{}", sum.iter().map(|b| format!("{b:02x}")).collect::<String>())
+        };
+    }
+    chain
+}
+
+/// Mounts a View of the snapshot `chain`, made through containerd (`ctr
+/// snapshots view --mounts`), and compares it with the oracle `expected`;
+/// the View goes again, pass or fail.
+pub fn assert_view_matches(cd: &CriContainerd, name: &str, chain: &str, expected: &Path, scratch: &Path) {
+    let key = format!("oracle-view-{name}");
+    let out = leased_view(cd, &key, chain);
+    let mounts: Vec<serde_json::Value> = serde_json::from_str(&out).unwrap();
+    let text = |m: &serde_json::Value, k: &str| {
+        m[k].as_str()
+            .or(m[k.to_lowercase()].as_str())
+            .unwrap_or_default()
+            .to_owned()
+    };
+    let mounts: Vec<strata_grpc::api::types::Mount> = mounts
+        .iter()
+        .map(|m| strata_grpc::api::types::Mount {
+            r#type: text(m, "Type"),
+            source: text(m, "Source"),
+            options: serde_json::from_value(m.get("Options").or(m.get("options")).cloned().unwrap_or_default())
+                .unwrap_or_default(),
+            ..Default::default()
+        })
+        .collect();
+    // Under containerd's dir, so that its guard unmounts it on a panic.
+    let target = cd.dir.join(format!("view-{name}"));
+    crate::serve::mount_all(&mounts, &target);
+    let result = std::panic::catch_unwind(|| crate::assert_tree_matches(expected, &target, scratch));
+    unmount_under(&target);
+    cd.ctr(&["snapshots", "--snapshotter", "strata", "rm", &key]);
+    if let Err(panic) = result {
+        std::panic::resume_unwind(panic);
+    }
+}
+
+/// `ctr snapshots view --mounts KEY PARENT`, labelled a GC root at once:
+/// ctr holds no lease, so containerd's GC (which runs on its own after
+/// pulls and removals) would take an unreferenced View. One taken before
+/// the label is made again.
+fn leased_view(cd: &CriContainerd, key: &str, parent: &str) -> String {
+    let sn = ["snapshots", "--snapshotter", "strata"];
+    for _ in 0..3 {
+        let out = cd.ctr(&[&sn[..], &["view", "--mounts", key, parent]].concat());
+        let label = [&sn[..], &["label", key, "containerd.io/gc.root=oracle-view"]].concat();
+        if cd.try_ctr(&label).status.success() {
+            return out;
+        }
+    }
+    panic!("containerd's GC took the View {key} three times before it was labelled");
+}
