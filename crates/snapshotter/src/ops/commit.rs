@@ -72,7 +72,9 @@ impl Snapshotter {
             return Err(SnapshotError::AlreadyExists { key: name.to_owned() });
         }
         let (fs, _) = self.upper_of(&active);
-        let flushing = start_flush(&fs);
+        // An empty upper dir (a Commit with no changes) has nothing to
+        // flush, and a syncfs would still wait for the journal.
+        let flushing = (!is_empty_dir(&fs)).then(|| start_flush(&fs));
         let mut merged = match &active.parent {
             Some(p) => self.load_tree(p, &self.record(p)?)?,
             None => Tree::new(Stat::default_dir()),
@@ -90,7 +92,9 @@ impl Snapshotter {
         // New files stay in the upper dir until the DB commit; publish
         // makes them durable where they are.
         let adopted = stager.take_deferred();
-        let _ = flushing.join();
+        if let Some(flushing) = flushing {
+            let _ = flushing.join();
+        }
         stager.publish()?;
         phases.mark("sync");
         let image = self.store.put_image(&image)?;
@@ -203,4 +207,10 @@ impl Snapshotter {
             }
         }
     }
+}
+
+/// Whether `dir` has no entries (a dir that cannot be read counts as not
+/// empty).
+fn is_empty_dir(dir: &std::path::Path) -> bool {
+    std::fs::read_dir(dir).is_ok_and(|mut entries| entries.next().is_none())
 }
