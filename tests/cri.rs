@@ -13,12 +13,12 @@ use std::collections::BTreeMap;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use sha2::{Digest as _, Sha256};
 use strata_bench_cri::{ContainerSpec, Cri, Pod, PodSpec};
 use strata_grpc::api::snapshots::Kind;
-use strata_grpc::api::types::Mount;
-use strata_tests::cri::{content_media_types, eventually, layer_blobs, pause_ref, short_dir, CriContainerd};
-use strata_tests::serve::{mount_all, unmount_under, Serve};
+use strata_tests::cri::{
+    assert_view_matches, chain_id, content_media_types, eventually, layer_blobs, pause_ref, short_dir, CriContainerd,
+};
+use strata_tests::serve::Serve;
 use strata_tests::*;
 
 /// `strata serve` on `store`. STRATA_CRI_FETCH_LAYERS=false turns strata's
@@ -35,56 +35,6 @@ fn start_serve(store: &TestStore, socket: &Path) -> Serve {
 /// The family images that have python3.
 fn has_python(tag: &str) -> bool {
     matches!(tag, "python" | "devel" | "variant-python")
-}
-
-/// The chain ID of an image's top layer, the name containerd gives its
-/// committed snapshot, from the image's config.
-fn chain_id(cd: &CriContainerd, config_digest: &str) -> String {
-    let config: serde_json::Value = serde_json::from_str(&cd.ctr(&["content", "get", config_digest])).unwrap();
-    let mut chain = String::new();
-    for diff in config["rootfs"]["diff_ids"].as_array().expect("diff_ids") {
-        let diff = diff.as_str().unwrap();
-        chain = if chain.is_empty() {
-            diff.to_owned()
-        } else {
-            let sum = Sha256::digest(format!("{chain} {diff}"));
-            format!("sha256:{}", sum.iter().map(|b| format!("{b:02x}")).collect::<String>())
-        };
-    }
-    chain
-}
-
-/// Mounts a View of the snapshot `chain`, made through containerd, and
-/// compares it with the oracle; the View goes again, pass or fail.
-fn assert_view_matches(cd: &CriContainerd, tag: &str, chain: &str, expected: &Path, scratch: &Path) {
-    let key = format!("oracle-view-{tag}");
-    let out = cd.ctr(&["snapshots", "--snapshotter", "strata", "view", "--mounts", &key, chain]);
-    let mounts: Vec<serde_json::Value> = serde_json::from_str(&out).unwrap();
-    let text = |m: &serde_json::Value, k: &str| {
-        m[k].as_str()
-            .or(m[k.to_lowercase()].as_str())
-            .unwrap_or_default()
-            .to_owned()
-    };
-    let mounts: Vec<Mount> = mounts
-        .iter()
-        .map(|m| Mount {
-            r#type: text(m, "Type"),
-            source: text(m, "Source"),
-            options: serde_json::from_value(m.get("Options").or(m.get("options")).cloned().unwrap_or_default())
-                .unwrap_or_default(),
-            ..Default::default()
-        })
-        .collect();
-    // Under containerd's dir, so that its guard unmounts it on a panic.
-    let target = cd.dir.join(format!("view-{tag}"));
-    mount_all(&mounts, &target);
-    let result = std::panic::catch_unwind(|| assert_tree_matches(expected, &target, scratch));
-    unmount_under(&target);
-    cd.ctr(&["snapshots", "--snapshotter", "strata", "rm", &key]);
-    if let Err(panic) = result {
-        std::panic::resume_unwind(panic);
-    }
 }
 
 /// What CRI bind-mounts into every container; runc creates the ones an
