@@ -78,10 +78,11 @@ impl Metrics {
         }
     }
 
-    /// Also exports what the remote-snapshot fetcher's imports add up to.
-    pub fn add_fetcher_totals(&mut self, totals: Arc<strata_image::Progress>) {
+    /// Also exports what the remote-snapshot fetcher's imports add up to,
+    /// and what its registry sources received.
+    pub fn add_fetcher_totals(&mut self, totals: Arc<strata_image::Progress>, received: Arc<strata_image::Received>) {
         self.registry
-            .register_collector(Box::new(scrape::FetchCollector { totals }));
+            .register_collector(Box::new(scrape::FetchCollector { totals, received }));
     }
 
     /// Exports the kernel rungs in use: `strata_kernel_rung{feature, rung}`

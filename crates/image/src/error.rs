@@ -28,6 +28,14 @@ pub enum ImportError {
         path: String,
         reason: String,
     },
+    /// A whole read of a layer found its tar and its verified TOC
+    /// describing different trees (docs/partial-pulls.md, "Trust").
+    #[error("layer {layer}: its tar contradicts its TOC at {path:?}: {detail}; the image is refused (a partial pull would give another tree)")]
+    TocContradictsTar {
+        layer: String,
+        path: String,
+        detail: String,
+    },
     #[error("layer {layer} decompresses past the limit of {limit} bytes (raise --max-layer-bytes if it is genuine)")]
     TooLarge { layer: String, limit: u64 },
     #[error("layer {layer} has more than {limit} entries")]

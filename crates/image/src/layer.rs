@@ -32,9 +32,11 @@ use strata_tree::{split_path, Content, FileData, Leaf, Stat, Tree};
 pub(crate) mod archive;
 mod builder;
 pub(crate) use archive::Header;
+mod toc_check;
 mod xattr;
 use archive::{Archive, ArchiveError};
 use builder::{NewNode, TreeBuilder};
+use toc_check::TocCheck;
 
 use crate::decompress::{self, Compression, Expected};
 use crate::{Descriptor, ImportError, Progress};
@@ -151,9 +153,16 @@ pub(crate) fn import_layer_in(
         diff_id: diff_id.map(str::to_owned),
         limit: limits.max_layer_bytes,
     };
+    // A layer with a TOC is compared with it; see toc_check.
+    let check = TocCheck::for_layer(desc, limits);
+    let raw = match &check {
+        Some(check) => check.tap(raw),
+        None => raw,
+    };
     let (mut reader, verdict) = decompress::spawn(raw, compression, expected, progress.clone());
     let mut builder = LayerBuilder::new(store.stager()?, &desc.digest, limits, progress);
     builder.hide_estargz_metadata = is_estargz(desc);
+    builder.check = check;
     let parsed = builder.read_archive(&mut reader, budget);
     // Read the rest, even after a tar error, so the digests cover every byte
     // (the tar end marker may also come before the stream's end).
@@ -168,6 +177,10 @@ pub(crate) fn import_layer_in(
     // A digest failure explains a tar failure (truncation, corruption), so it wins.
     verified?;
     parsed?;
+    if let Some(check) = builder.check.take() {
+        let rows = check.conclude(desc)?;
+        store.record_sha256(&rows)?;
+    }
     Ok(builder.finish())
 }
 
@@ -207,6 +220,8 @@ pub(crate) struct LayerBuilder<'a> {
     /// Entries so far, against `limits.max_entries`.
     count: u64,
     pub(crate) hide_estargz_metadata: bool,
+    /// Set for a whole read of a layer with a TOC.
+    check: Option<TocCheck>,
 }
 
 impl<'a> LayerBuilder<'a> {
@@ -222,6 +237,7 @@ impl<'a> LayerBuilder<'a> {
             written: 0,
             count: 0,
             hide_estargz_metadata: false,
+            check: None,
         }
     }
 
@@ -285,7 +301,11 @@ impl<'a> LayerBuilder<'a> {
                 continue; // Global PAX headers: ignored, as containerd does.
             }
             self.count_entry(budget)?;
-            self.add_entry(header, Body::Tar(&mut archive))?;
+            if self.check.is_some() {
+                self.add_checked(header, &mut archive)?;
+            } else {
+                self.add_entry(header, Body::Tar(&mut archive))?;
+            }
         }
         Ok(())
     }
@@ -436,6 +456,7 @@ impl<'a> LayerBuilder<'a> {
             if let Err(e) = read {
                 return Err(io_err(self, e));
             }
+            self.hash_body(&buf);
             let data = if buf.len() <= INLINE_MAX {
                 FileData::Inline(buf.clone())
             } else {
@@ -457,6 +478,7 @@ impl<'a> LayerBuilder<'a> {
                 break;
             }
             writer.write(&chunk[..n])?;
+            self.hash_body(&chunk[..n]);
         }
         let staged = self.stager.finish(writer)?;
         if staged.size != size {

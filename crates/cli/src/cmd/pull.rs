@@ -2,8 +2,9 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use anyhow::Context;
+use serde::Serialize;
 use strata_image::source::{LayoutSource, RegistrySource};
-use strata_image::{BlobSource, ImageRef, Platform, Progress, PullOptions};
+use strata_image::{BlobSource, ImageRef, LayerFetch, Platform, Progress, PullOptions, PullOutcome, Received};
 
 use crate::config::Config;
 use crate::draw::{human, Ticker};
@@ -26,12 +27,89 @@ pub struct Args {
     /// (default: the config's pull.partial_pulls).
     #[arg(long, value_name = "MODE")]
     partial: Option<strata_image::PartialPulls>,
+    /// Print one JSON line instead of the summary.
+    #[arg(long)]
+    json: bool,
+}
+
+/// What a pull fetched, beside what its manifest announces.
+#[derive(Serialize)]
+struct Report<'a> {
+    name: &'a str,
+    manifest_digest: &'a str,
+    up_to_date: bool,
+    /// Body bytes received from the source: manifests, config and layers
+    /// (whole, or by range with their TOCs and multipart framing).
+    fetched_bytes: u64,
+    /// Of those, the manifests' and the config's.
+    document_bytes: u64,
+    /// The compressed size of the layers the manifest announces (0 when
+    /// up to date: the layers are not looked at).
+    announced_bytes: u64,
+    layers: LayerCounts,
+    files: u64,
+    new_objects: u64,
+    dedup_hits: u64,
+    seconds: f64,
+}
+
+/// How each of the manifest's layers came in.
+#[derive(Serialize, Default)]
+struct LayerCounts {
+    /// By range: the TOC and the files the store lacked.
+    partial: u64,
+    whole: u64,
+    /// Only the TOC was read (the store had every file), or nothing.
+    present: u64,
+}
+
+impl<'a> Report<'a> {
+    fn new(outcome: &'a PullOutcome, received: &Received, progress: &Progress, seconds: f64) -> Self {
+        let mut layers = LayerCounts::default();
+        for digest in &outcome.record.layers {
+            match received.blob(digest).fetch() {
+                LayerFetch::Partial => layers.partial += 1,
+                LayerFetch::Whole => layers.whole += 1,
+                LayerFetch::Present => layers.present += 1,
+            }
+        }
+        Report {
+            name: &outcome.record.name,
+            manifest_digest: &outcome.record.manifest_digest,
+            up_to_date: outcome.up_to_date,
+            fetched_bytes: received.total(),
+            document_bytes: Progress::get(&received.documents),
+            announced_bytes: Progress::get(&progress.bytes_total),
+            layers,
+            files: Progress::get(&progress.files),
+            new_objects: Progress::get(&progress.new_objects),
+            dedup_hits: Progress::get(&progress.dedup_hits),
+            seconds,
+        }
+    }
+
+    /// `fetched 2.4 MiB (2515468 B) of 67.8 MiB announced; layers: ...`
+    fn fetched_line(&self) -> String {
+        let l = &self.layers;
+        format!(
+            "fetched {} ({} B) of {} announced; layers: {} partial, {} whole, {} present",
+            human(self.fetched_bytes),
+            self.fetched_bytes,
+            human(self.announced_bytes),
+            l.partial,
+            l.whole,
+            l.present
+        )
+    }
 }
 
 pub fn run(config: &Config, args: Args) -> anyhow::Result<()> {
     let reference: ImageRef = args.reference.parse().map_err(crate::usage)?;
+    let received = Arc::new(Received::per_blob());
     let source: Box<dyn BlobSource> = match &reference {
-        ImageRef::Layout { dir, tag } => Box::new(LayoutSource::new(dir, tag.as_deref())),
+        ImageRef::Layout { dir, tag } => {
+            Box::new(LayoutSource::new(dir, tag.as_deref()).with_received(received.clone()))
+        }
         ImageRef::Registry(r) => {
             let mut registry = config.registry_config()?;
             if let Some(creds) = &args.creds {
@@ -39,7 +117,7 @@ pub fn run(config: &Config, args: Args) -> anyhow::Result<()> {
                 let owned = Arc::into_inner(registry).context("the registry config is not shared yet")?;
                 registry = Arc::new(owned.with_basic(user.to_owned(), pass.to_owned()));
             }
-            Box::new(RegistrySource::new(r.clone(), registry)?)
+            Box::new(RegistrySource::new(r.clone(), registry)?.with_received(received.clone()))
         }
     };
     let store = config.open_store()?;
@@ -64,6 +142,11 @@ pub fn run(config: &Config, args: Args) -> anyhow::Result<()> {
         strata_image::pull(&store, source.as_ref(), &options, &progress)
             .with_context(|| format!("pulling {}", source.describe()))?
     };
+    let report = Report::new(&outcome, &received, &progress, started.elapsed().as_secs_f64());
+    if args.json {
+        println!("{}", serde_json::to_string(&report)?);
+        return Ok(());
+    }
     if outcome.up_to_date {
         println!(
             "{} is up to date ({})",
@@ -72,14 +155,15 @@ pub fn run(config: &Config, args: Args) -> anyhow::Result<()> {
         return Ok(());
     }
     println!(
-        "pulled {} ({}) in {:.2}s: {} logical in {} files, image {}, {}",
+        "pulled {} ({}) in {:.2}s: {} logical in {} files, image {}, {}\n{}",
         outcome.record.name,
         outcome.record.manifest_digest,
-        started.elapsed().as_secs_f64(),
+        report.seconds,
         human(outcome.record.logical_bytes),
         outcome.record.files,
         human(outcome.image_bytes),
         Ticker::line(&progress),
+        report.fetched_line(),
     );
     Ok(())
 }

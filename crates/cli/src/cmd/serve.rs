@@ -32,10 +32,11 @@ pub fn run(config: &Config, args: Args) -> anyhow::Result<()> {
         metrics
     });
     if config.serve.fetch_layers {
-        let fetcher = Arc::new(fetcher(config, store)?);
+        let received = Arc::new(strata_image::Received::default());
+        let fetcher = Arc::new(fetcher(config, store, Arc::clone(&received))?);
         let mut layer_fetcher: Arc<dyn LayerFetcher> = fetcher.clone();
         if let Some(metrics) = &mut metrics {
-            metrics.add_fetcher_totals(fetcher.totals());
+            metrics.add_fetcher_totals(fetcher.totals(), received);
             layer_fetcher = metrics.counting_fetcher(layer_fetcher);
         }
         snapshotter = snapshotter.with_fetcher(layer_fetcher);
@@ -67,11 +68,17 @@ pub fn run(config: &Config, args: Args) -> anyhow::Result<()> {
 }
 
 /// The remote-snapshot fetcher: layers of CRI pulls, fetched with the
-/// registry configuration `strata pull` uses.
-fn fetcher(config: &Config, store: strata_store::Store) -> anyhow::Result<strata_fetcher::Fetcher> {
+/// registry configuration `strata pull` uses; the bytes its sources
+/// receive are counted into `received`.
+fn fetcher(
+    config: &Config,
+    store: strata_store::Store,
+    received: Arc<strata_image::Received>,
+) -> anyhow::Result<strata_fetcher::Fetcher> {
     let registry = config.registry_config()?;
     let sources = move |reference: &strata_image::RegistryRef| -> Result<Box<dyn strata_image::BlobSource>, strata_image::ImportError> {
-        let source = strata_image::source::RegistrySource::new(reference.clone(), Arc::clone(&registry))?;
+        let source = strata_image::source::RegistrySource::new(reference.clone(), Arc::clone(&registry))?
+            .with_received(Arc::clone(&received));
         Ok(Box::new(source))
     };
     let options = strata_fetcher::FetcherOptions {

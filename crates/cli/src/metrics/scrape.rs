@@ -11,7 +11,7 @@ use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric};
 use prometheus_client::metrics::counter::ConstCounter;
 use prometheus_client::metrics::gauge::ConstGauge;
 use prometheus_client::metrics::MetricType;
-use strata_image::Progress;
+use strata_image::{Progress, Received};
 use strata_snapshotter::ScratchUsage;
 use strata_store::Store;
 
@@ -176,10 +176,12 @@ fn clamp_i64(value: u64) -> i64 {
     i64::try_from(value).unwrap_or(i64::MAX)
 }
 
-/// The remote-snapshot fetcher's running totals.
+/// The remote-snapshot fetcher's running totals, and the bytes its
+/// registry sources received.
 #[derive(Debug)]
 pub(super) struct FetchCollector {
     pub totals: Arc<Progress>,
+    pub received: Arc<Received>,
 }
 
 impl Collector for FetchCollector {
@@ -193,8 +195,8 @@ impl Collector for FetchCollector {
             ),
             (
                 "fetch_bytes",
-                "Compressed layer bytes the fetcher read from registries.",
-                &t.bytes,
+                "Layer bytes the fetcher received from registries: whole blobs, or ranges with their TOCs.",
+                &self.received.blobs,
             ),
             (
                 "fetch_new_objects",

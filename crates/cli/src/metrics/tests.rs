@@ -90,9 +90,13 @@ fn remote_snapshot_outcomes_are_counted_through_the_fetcher() {
 fn store_scratch_and_fetch_totals_are_read_at_scrape_time() {
     let (_dir, mut metrics) = metrics_on_empty_store();
     let totals = Arc::new(strata_image::Progress::default());
-    metrics.add_fetcher_totals(Arc::clone(&totals));
+    let received = Arc::new(strata_image::Received::default());
+    metrics.add_fetcher_totals(Arc::clone(&totals), Arc::clone(&received));
     totals.layers_done.store(3, Ordering::Relaxed);
-    totals.bytes.store(12345, Ordering::Relaxed);
+    // Bytes as the sources received them, not the import's own count.
+    totals.bytes.store(999, Ordering::Relaxed);
+    received.blobs.store(12345, Ordering::Relaxed);
+    received.documents.store(55, Ordering::Relaxed);
     totals.dedup_hits.store(7, Ordering::Relaxed);
     let text = metrics.encode().unwrap();
     let lines = samples(&text);
@@ -119,7 +123,7 @@ fn store_scratch_and_fetch_totals_are_read_at_scrape_time() {
 #[test]
 fn every_metric_has_help() {
     let (_dir, mut metrics) = metrics_on_empty_store();
-    metrics.add_fetcher_totals(Arc::default());
+    metrics.add_fetcher_totals(Arc::default(), Arc::default());
     metrics
         .call_observer()
         .call_ended("stat", Duration::from_millis(1), Some("NotFound"));

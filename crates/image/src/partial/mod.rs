@@ -10,10 +10,13 @@
 //! own builder. A layer whose TOC cannot be read or whose bytes do not
 //! verify is pulled whole instead (its blob digest and diff_id checked as
 //! in any pull), after a warning; nothing the failed attempt staged stays.
+//! Every whole read of a layer with a TOC, here or in `off` mode, is
+//! compared with its TOC by the import itself (`layer/toc_check.rs`): a
+//! tar that contradicts a verified TOC is refused.
 
-mod fetch;
+pub(crate) mod fetch;
 pub mod plan;
-mod tree;
+pub(crate) mod tree;
 mod verify;
 
 use std::fmt;
@@ -199,7 +202,7 @@ pub(crate) fn import_layer_with(
 
 /// Reads a layer's TOC (and where its tar-split is), if its annotations
 /// announce one.
-fn read_toc(
+pub(crate) fn read_toc(
     source: &dyn BlobSource,
     desc: &Descriptor,
     limits: &Limits,

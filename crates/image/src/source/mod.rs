@@ -57,6 +57,12 @@ pub trait BlobSource: Send + Sync {
     /// ranges (a registry ignored `Range` and sent the whole blob): the
     /// caller falls back to a whole-blob pull.
     fn read_ranges(&self, desc: &Descriptor, ranges: &[Range<u64>]) -> Result<Vec<Vec<u8>>, ImportError>;
+    /// [`read_ranges`](Self::read_ranges) of a layer's own metadata
+    /// (footer, TOC, tar-split), which sources count apart from file data
+    /// (see [`Received`](crate::Received)).
+    fn read_metadata_ranges(&self, desc: &Descriptor, ranges: &[Range<u64>]) -> Result<Vec<Vec<u8>>, ImportError> {
+        self.read_ranges(desc, ranges)
+    }
 }
 
 /// Reads a whole document of exactly `desc.size` bytes hashing to

@@ -40,7 +40,8 @@ pub(crate) fn check_ranges(desc: &Descriptor, ranges: &[Range<u64>]) -> Result<u
     Ok(total)
 }
 
-/// One blob of a source, read by range: what the TOC readers take.
+/// One blob of a source, read by range: what the TOC readers take (its
+/// reads are counted as the layer's metadata).
 /// Reads are clamped to the blob's size, so a read past its end is short,
 /// as [`RangeReader`] asks. A source's error is kept inside the
 /// `io::Error` (find it with `get_ref()` and `downcast_ref::<ImportError>()`),
@@ -59,7 +60,7 @@ impl RangeReader for BlobRanges<'_> {
         let range = offset..end;
         let parts = self
             .source
-            .read_ranges(self.desc, std::slice::from_ref(&range))
+            .read_metadata_ranges(self.desc, std::slice::from_ref(&range))
             .map_err(io::Error::other)?;
         let count = parts.len();
         match <[Vec<u8>; 1]>::try_from(parts) {

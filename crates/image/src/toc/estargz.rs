@@ -76,6 +76,23 @@ pub fn read_toc(
     super::parse_json(TocFormat::Estargz, &json, *expected, footer.toc_offset, limits)
 }
 
+/// The TOC of a blob read whole: `json` is the body of the tar entry
+/// `stargz.index.json` as the stream held it, `tail` the blob's last bytes
+/// (at least [`FOOTER_SIZE`] of them). The same checks as [`read_toc`]: the
+/// JSON must hash to `expected` before it is parsed.
+pub fn toc_from_stream(json: &[u8], tail: &[u8], expected: &Sha256Digest, limits: &TocLimits) -> Result<Toc, TocError> {
+    let footer = parse_footer(tail)?;
+    let actual = Sha256Digest::of(json);
+    if actual != *expected {
+        return Err(TocError::DigestMismatch {
+            what: "eStargz TOC JSON",
+            expected: *expected,
+            actual,
+        });
+    }
+    super::parse_json(TocFormat::Estargz, json, *expected, footer.toc_offset, limits)
+}
+
 /// Parses the footer from the blob's last bytes (51, or fewer for a blob
 /// that short): the eStargz footer, else the legacy stargz one.
 pub fn parse_footer(tail: &[u8]) -> Result<Footer, TocError> {

@@ -16,6 +16,7 @@
 //! (`pkg/chunked/`).
 
 mod chunk;
+pub mod crosscheck;
 mod entry;
 mod error;
 pub mod estargz;

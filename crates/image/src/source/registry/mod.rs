@@ -21,6 +21,7 @@ use std::sync::Arc;
 
 use super::{BlobSource, Fetched, MAX_DOCUMENT};
 use crate::manifest::ACCEPTED;
+use crate::progress::{BlobRead, Received};
 use crate::reference::check_digest;
 use crate::{Descriptor, ImportError, RegistryRef};
 use auth::{AuthFile, Credential};
@@ -96,6 +97,8 @@ struct Inner {
     /// Set once a host refused several ranges in one request: from then
     /// on each range is asked for alone ([`ranges`]).
     single_ranges: AtomicBool,
+    /// Body bytes received, counted as they are read off the connection.
+    received: Arc<Received>,
 }
 
 /// What is fetched, which decides the hosts that may serve it.
@@ -145,8 +148,80 @@ impl RegistrySource {
                 endpoints,
                 scope,
                 single_ranges: AtomicBool::new(false),
+                received: Arc::default(),
             }),
         })
+    }
+
+    /// Counts the body bytes this source receives into `received`. Call
+    /// it where the source is built: it panics once a blob is streaming.
+    pub fn with_received(mut self, received: Arc<Received>) -> Self {
+        let inner = Arc::get_mut(&mut self.inner).expect("with_received is called before any fetch");
+        inner.received = received;
+        self
+    }
+
+    /// A blob as a stream, counted as a document or as a whole blob.
+    fn stream(&self, desc: &Descriptor, read: Option<BlobRead>) -> Result<Box<dyn Read + Send>, ImportError> {
+        check_digest(&desc.digest)?;
+        let inner = self.inner.clone();
+        let digest = desc.digest.clone();
+        let size = desc.size;
+        let (tx, rx) = tokio::sync::mpsc::channel::<io::Result<bytes::Bytes>>(16);
+        http::run(async move {
+            let (mut response, url) = inner.get(Want::Blob(&digest)).await?;
+            if response.content_length().is_some_and(|length| length > size) {
+                return Err(ImportError::BlobTooLong { digest, expected: size });
+            }
+            if read.is_some() {
+                inner.received.whole_read(&digest);
+            }
+            tokio::spawn(async move {
+                loop {
+                    let chunk = match response.chunk().await {
+                        Ok(Some(chunk)) => {
+                            let n = chunk.len() as u64;
+                            match read {
+                                Some(read) => inner.received.blob_bytes(&digest, read, n),
+                                None => inner.received.document(n),
+                            }
+                            Ok(chunk)
+                        }
+                        Ok(None) => return,
+                        Err(e) => Err(io::Error::other(format!(
+                            "fetching {digest} from {url}: {}",
+                            http::with_causes(&e)
+                        ))),
+                    };
+                    let failed = chunk.is_err();
+                    // A closed channel: the reader was dropped.
+                    if tx.send(chunk).await.is_err() || failed {
+                        return;
+                    }
+                }
+            });
+            Ok(())
+        })??;
+        Ok(Box::new(NetReader {
+            rx,
+            current: bytes::Bytes::new(),
+        }))
+    }
+
+    fn ranges_as(&self, desc: &Descriptor, ranges: &[Range<u64>], read: BlobRead) -> Result<Vec<Vec<u8>>, ImportError> {
+        check_digest(&desc.digest)?;
+        super::ranges::check_ranges(desc, ranges)?;
+        if ranges.is_empty() {
+            return Ok(Vec::new());
+        }
+        let inner = self.inner.clone();
+        let blob = ranges::Blob {
+            digest: desc.digest.clone(),
+            size: desc.size,
+            read,
+        };
+        let ranges = ranges.to_vec();
+        http::run(async move { ranges::read(inner, blob, ranges).await })?
     }
 }
 
@@ -266,6 +341,7 @@ impl Inner {
             },
             http::BodyError::Network(e) => ImportError::Registry(format!("reading {url}: {e}")),
         })?;
+        self.received.document(bytes.len() as u64);
         Ok(Fetched {
             bytes,
             media_type,
@@ -297,55 +373,20 @@ impl BlobSource for RegistrySource {
         http::run(async move { inner.document(Some(&digest)).await })?
     }
 
+    fn blob_bytes(&self, desc: &Descriptor) -> Result<Vec<u8>, ImportError> {
+        super::read_document(self.stream(desc, None)?, desc, "blob")
+    }
+
     fn open_blob(&self, desc: &Descriptor) -> Result<Box<dyn Read + Send>, ImportError> {
-        check_digest(&desc.digest)?;
-        let inner = self.inner.clone();
-        let digest = desc.digest.clone();
-        let size = desc.size;
-        let (tx, rx) = tokio::sync::mpsc::channel::<io::Result<bytes::Bytes>>(16);
-        http::run(async move {
-            let (mut response, url) = inner.get(Want::Blob(&digest)).await?;
-            if response.content_length().is_some_and(|length| length > size) {
-                return Err(ImportError::BlobTooLong { digest, expected: size });
-            }
-            tokio::spawn(async move {
-                loop {
-                    let chunk = match response.chunk().await {
-                        Ok(Some(chunk)) => Ok(chunk),
-                        Ok(None) => return,
-                        Err(e) => Err(io::Error::other(format!(
-                            "fetching {digest} from {url}: {}",
-                            http::with_causes(&e)
-                        ))),
-                    };
-                    let failed = chunk.is_err();
-                    // A closed channel: the reader was dropped.
-                    if tx.send(chunk).await.is_err() || failed {
-                        return;
-                    }
-                }
-            });
-            Ok(())
-        })??;
-        Ok(Box::new(NetReader {
-            rx,
-            current: bytes::Bytes::new(),
-        }))
+        self.stream(desc, Some(BlobRead::Whole))
     }
 
     fn read_ranges(&self, desc: &Descriptor, ranges: &[Range<u64>]) -> Result<Vec<Vec<u8>>, ImportError> {
-        check_digest(&desc.digest)?;
-        super::ranges::check_ranges(desc, ranges)?;
-        if ranges.is_empty() {
-            return Ok(Vec::new());
-        }
-        let inner = self.inner.clone();
-        let blob = ranges::Blob {
-            digest: desc.digest.clone(),
-            size: desc.size,
-        };
-        let ranges = ranges.to_vec();
-        http::run(async move { ranges::read(inner, blob, ranges).await })?
+        self.ranges_as(desc, ranges, BlobRead::Data)
+    }
+
+    fn read_metadata_ranges(&self, desc: &Descriptor, ranges: &[Range<u64>]) -> Result<Vec<Vec<u8>>, ImportError> {
+        self.ranges_as(desc, ranges, BlobRead::Metadata)
     }
 }
 

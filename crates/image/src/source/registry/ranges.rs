@@ -31,6 +31,7 @@ use reqwest::{Response, StatusCode};
 use tokio::task::JoinSet;
 
 use super::{http, Inner, Want};
+use crate::progress::BlobRead;
 use crate::source::multipart::{self, MultipartError, MAX_PART_HEADERS, MAX_PREAMBLE};
 use crate::ImportError;
 
@@ -51,6 +52,8 @@ const BODY_OVERHEAD: u64 = 2 * MAX_PREAMBLE as u64;
 pub(super) struct Blob {
     pub digest: String,
     pub size: u64,
+    /// What the bytes are for, as the source's [`Received`](crate::progress::Received) counts them.
+    pub read: BlobRead,
 }
 
 /// How a host answered one request.
@@ -211,7 +214,7 @@ async fn fetch(inner: &Inner, blob: &Blob, ranges: &[Range<u64>]) -> Result<Answ
     let media_type = content_type.split(';').next().unwrap_or_default().trim();
     if media_type.eq_ignore_ascii_case("multipart/byteranges") {
         let boundary = multipart::boundary(&content_type).map_err(bad)?;
-        let body = read_body(response, limit, &url).await?;
+        let body = read_body(inner, blob, response, limit, &url).await?;
         return multipart::split(&body, boundary, ranges, blob.size)
             .map(Answer::Bytes)
             .map_err(bad);
@@ -231,7 +234,7 @@ async fn fetch(inner: &Inner, blob: &Blob, ranges: &[Range<u64>]) -> Result<Answ
         }
         return Err(err(format!("asked for {shown}, the answer is for {value:?}")));
     }
-    let body = read_body(response, got.end - got.start, &url).await?;
+    let body = read_body(inner, blob, response, got.end - got.start, &url).await?;
     if body.len() as u64 != got.end - got.start {
         return Err(err(format!(
             "Content-Range {value:?}, but {} bytes of body",
@@ -243,16 +246,25 @@ async fn fetch(inner: &Inner, blob: &Blob, ranges: &[Range<u64>]) -> Result<Answ
         .map_err(bad)
 }
 
-/// The body of a ranged answer, refused past `limit` bytes.
-async fn read_body(response: Response, limit: u64, url: &str) -> Result<Vec<u8>, ImportError> {
-    http::read_bounded(response, limit).await.map_err(|e| {
+/// The body of a ranged answer, refused past `limit` bytes; counted as
+/// received (a multipart answer's framing too).
+async fn read_body(
+    inner: &Inner,
+    blob: &Blob,
+    response: Response,
+    limit: u64,
+    url: &str,
+) -> Result<Vec<u8>, ImportError> {
+    let body = http::read_bounded(response, limit).await.map_err(|e| {
         ImportError::Registry(match e {
             http::BodyError::TooLarge(n) => {
                 format!("{url}: the answer has {n} bytes or more, over the {limit} asked for")
             }
             http::BodyError::Network(e) => format!("reading {url}: {e}"),
         })
-    })
+    })?;
+    inner.received.blob_bytes(&blob.digest, blob.read, body.len() as u64);
+    Ok(body)
 }
 
 /// A 416 to one range within the descriptor's size: the registry's blob
