@@ -359,6 +359,7 @@ fn strata_listing(tree: &Tree) -> Listing {
                         Content::File(FileData::Object { digest, .. }) => {
                             describe("file", Some(s.mode), s.uid, s.gid, t, &format!("{digest} {x}"))
                         }
+                        Content::File(FileData::Missing { .. }) => unreachable!("imports never leave a file missing"),
                         Content::Symlink(target) => {
                             let rest = format!("-> {} {x}", String::from_utf8_lossy(target));
                             describe("symlink", None, s.uid, s.gid, t, &rest)

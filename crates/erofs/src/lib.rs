@@ -239,7 +239,10 @@ fn convert_leaf(id: LeafId, fs: &mut CfsFs, leaves: &mut Leaves, path: &[u8]) ->
         )));
     };
     let whiteout_like = leaf.content == Content::CharDevice(0);
-    let external = matches!(leaf.content, Content::File(FileData::Object { .. }));
+    let external = matches!(
+        leaf.content,
+        Content::File(FileData::Object { .. } | FileData::Missing { .. })
+    );
     let content = match leaf.content {
         Content::File(FileData::Inline(data)) => {
             if data.len() > INLINE_MAX {
@@ -251,7 +254,11 @@ fn convert_leaf(id: LeafId, fs: &mut CfsFs, leaves: &mut Leaves, path: &[u8]) ->
             }
             LeafContent::Regular(RegularFile::Inline(data.into()))
         }
-        Content::File(FileData::Object { digest, size }) => {
+        // A missing content redirects to its SHA-256 name. composefs also
+        // writes the name into `trusted.overlay.metacopy` as a digest, which
+        // overlayfs checks only with `verity=require` (never used for a
+        // lazily pulled image).
+        Content::File(FileData::Object { digest, size } | FileData::Missing { sha256: digest, size }) => {
             let id = cfs_digest(&digest);
             LeafContent::Regular(RegularFile::External(id, size))
         }

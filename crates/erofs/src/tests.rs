@@ -106,3 +106,26 @@ fn depth_limit_holds_on_a_worker_stack() {
         .join()
         .unwrap();
 }
+
+#[test]
+fn a_missing_content_redirects_to_its_sha256_name() {
+    let sha256 = Digest::of(b"stands in for a SHA-256 from a TOC");
+    let mut tree = Tree::new(Stat::default_dir());
+    let id = tree.push_leaf(Leaf {
+        stat: Stat::default(),
+        content: Content::File(FileData::Missing { sha256, size: 70_000 }),
+    });
+    tree.root.entries.insert(b"lazy".to_vec(), Node::Leaf(id));
+    let image = write_image(&tree).unwrap();
+    // The redirect names the SHA-256 like an object; the reader cannot
+    // tell the two apart (the store's lazy rows can).
+    assert_eq!(referenced_objects(&image).unwrap(), vec![sha256]);
+    let back = read_tree(&image).unwrap();
+    assert_eq!(
+        back.leaves[0].content,
+        Content::File(FileData::Object {
+            digest: sha256,
+            size: 70_000
+        })
+    );
+}

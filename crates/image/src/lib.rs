@@ -13,6 +13,7 @@ pub mod convert;
 mod decompress;
 mod error;
 mod layer;
+pub mod lazy;
 mod manifest;
 mod partial;
 mod progress;

@@ -19,6 +19,14 @@ pub trait ObjectFetcher: Send + Sync + 'static {
     /// verify must not be stored. LAZY bounds how long an open waits, not
     /// how long this runs: a fetch should give up by itself in the end.
     fn fetch(&self, name: &Digest) -> Result<File, FetchError>;
+
+    /// Asked on a LOOKUP of a name LAZY does not list: the size of `name`
+    /// if it is missing and fetchable after all (a lazy pull that ended
+    /// after the table was filled), which LAZY then lists. Called on the
+    /// FUSE thread, so it must be quick (a DB read). Default: none.
+    fn unlisted_size(&self, _name: &Digest) -> Option<u64> {
+        None
+    }
 }
 
 #[derive(Debug, thiserror::Error)]

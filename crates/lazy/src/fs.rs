@@ -239,7 +239,16 @@ impl Filesystem for LazyFs {
             Some(Node::Dir(dir)) => {
                 bump(&self.shared.counters.lookups, 1);
                 let found = parse_file_name(dir, name).and_then(|digest| {
-                    let (ino, size) = self.shared.table().lookup(&digest)?;
+                    let listed = self.shared.table().lookup(&digest);
+                    let (ino, size) = match listed {
+                        Some(found) => found,
+                        None => {
+                            let size = self.fetcher.unlisted_size(&digest)?;
+                            let mut table = self.shared.table();
+                            table.insert(digest, size);
+                            table.lookup(&digest)?
+                        }
+                    };
                     Some((ino, Node::File { name: digest, size }))
                 });
                 match found {

@@ -89,6 +89,58 @@ pub fn mount_overlay(m: &dyn Mounter, plan: &OverlayPlan, target: &Path) -> Resu
     m.mount("overlay", &plan.fs_options(m.ladder().lowers), flags, target)
 }
 
+/// fsconfig takes a string option of at most this many bytes.
+const FSCONFIG_STRING_MAX: usize = 255;
+
+/// [`mount_overlay`] with further data-only lowers after the object store
+/// (a lazily pulled image's ALIASES and LAZY). On the `::` rung, whose one
+/// `lowerdir` string fsconfig caps at 255 bytes, data-only lowers are named
+/// `/proc/self/fd/N` (directories held open until the mount is made) when
+/// their paths would not fit; overlayfs resolves them then, and META keeps
+/// its path (image users are counted by it).
+pub fn mount_overlay_with_data(
+    m: &dyn Mounter,
+    plan: &OverlayPlan,
+    more_data: &[std::path::PathBuf],
+    target: &Path,
+) -> Result<(), MountError> {
+    let flags = MountFlags {
+        read_only: plan.upper.is_none(),
+        nodev: false,
+    };
+    let mode = m.ladder().lowers;
+    let options = plan.fs_options_with_data(mode, more_data);
+    let too_long = options
+        .iter()
+        .any(|o| matches!(o, FsOption::String(k, v) if k == "lowerdir" && v.len() > FSCONFIG_STRING_MAX));
+    if !too_long {
+        return m.mount("overlay", &options, flags, target);
+    }
+    let open = |dir: &Path| {
+        std::fs::File::open(dir).map_err(|errno| MountError::Mount {
+            fstype: "overlay".into(),
+            target: target.to_owned(),
+            step: "open a data-only lower",
+            errno,
+        })
+    };
+    let held: Vec<std::fs::File> = std::iter::once(plan.data.as_path())
+        .chain(more_data.iter().map(|d| d.as_path()))
+        .map(open)
+        .collect::<Result<_, _>>()?;
+    let by_fd: Vec<std::path::PathBuf> = held
+        .iter()
+        .map(|f| format!("/proc/self/fd/{}", std::os::fd::AsRawFd::as_raw_fd(f)).into())
+        .collect();
+    let short = OverlayPlan {
+        data: by_fd[0].clone(),
+        ..plan.clone()
+    };
+    let result = m.mount("overlay", &short.fs_options_with_data(mode, &by_fd[1..]), flags, target);
+    drop(held);
+    result
+}
+
 /// Mounts the filesystem image `file` on `target` through mount(8) with
 /// `options` (which include `loop`): it sets up the device with autoclear,
 /// so a crash cannot leak a device that is not mounted.
@@ -300,6 +352,51 @@ mod tests {
         assert_eq!(count_overlay_users(text, Path::new("/s/mnt/abc")), 1);
         assert_eq!(count_overlay_users(text, Path::new("/s/mnt/sp ace")), 1);
         assert_eq!(count_overlay_users(text, Path::new("/s/mnt/none")), 0);
+    }
+
+    #[test]
+    fn four_lowers_too_long_for_one_string_are_named_by_fd() {
+        let tmp = tempfile::tempdir().unwrap();
+        let long = tmp.path().join("d".repeat(100));
+        let dirs: Vec<std::path::PathBuf> = ["objects", "sha256", "lazy"].iter().map(|d| long.join(d)).collect();
+        dirs.iter().for_each(|d| std::fs::create_dir_all(d).unwrap());
+        let plan = OverlayPlan {
+            meta: long.join("meta"),
+            data: dirs[0].clone(),
+            upper: None,
+        };
+        let mounter = |lowers| Recorder {
+            ladder: Ladder {
+                lowers,
+                ..Ladder::default()
+            },
+            ..Default::default()
+        };
+        let colons = mounter(LowerMode::DoubleColon);
+        mount_overlay_with_data(&colons, &plan, &dirs[1..], Path::new("/t")).unwrap();
+        let call = colons.calls.borrow()[0].clone();
+        assert_eq!(call.matches("/proc/self/fd/").count(), 3, "{call}");
+        assert!(
+            call.contains(&format!("lowerdir\", \"{}::/proc/self/fd/", plan.meta.display())),
+            "{call}"
+        );
+        // Short enough, or lowerdir+/datadir+: paths as they are.
+        let append = mounter(LowerMode::Append);
+        mount_overlay_with_data(&append, &plan, &dirs[1..], Path::new("/t")).unwrap();
+        let call = append.calls.borrow()[0].clone();
+        assert!(!call.contains("/proc/self/fd/") && call.contains("/lazy"), "{call}");
+        let short = OverlayPlan {
+            meta: "/m".into(),
+            data: "/o".into(),
+            upper: None,
+        };
+        let colons = mounter(LowerMode::DoubleColon);
+        mount_overlay_with_data(&colons, &short, &["/a".into(), "/l".into()], Path::new("/t")).unwrap();
+        assert!(
+            colons.calls.borrow()[0].contains("/m::/o::/a::/l"),
+            "{:?}",
+            colons.calls
+        );
     }
 
     #[test]

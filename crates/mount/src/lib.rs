@@ -15,8 +15,8 @@ pub mod plan;
 pub mod probe;
 
 pub use exec::{
-    count_overlay_users, lock_image_mounts, mount_image, mount_overlay, release_image_mounts, unmount_overlay,
-    ImageMountLock, Kernel, Mounter,
+    count_overlay_users, lock_image_mounts, mount_image, mount_overlay, mount_overlay_with_data, release_image_mounts,
+    unmount_overlay, ImageMountLock, Kernel, Mounter,
 };
 pub use ladder::{choose, ErofsSource, KernelConfig, Ladder, LadderError, Offered, Verity};
 pub use plan::{LowerMode, OverlayPlan};

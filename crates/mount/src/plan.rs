@@ -27,13 +27,28 @@ pub struct OverlayPlan {
 impl OverlayPlan {
     /// The `fsconfig` calls for this overlay.
     pub fn fs_options(&self, mode: LowerMode) -> Vec<FsOption> {
+        self.fs_options_with_data(mode, &[])
+    }
+
+    /// The `fsconfig` calls with further data-only lowers after the object
+    /// store, looked in in order: a lazily pulled image's ALIASES and LAZY
+    /// (`META::OBJECTS::ALIASES::LAZY`, docs/lazy-pulls.md).
+    pub fn fs_options_with_data(&self, mode: LowerMode, more_data: &[PathBuf]) -> Vec<FsOption> {
         let s = |k: &str, v: &std::path::Path| FsOption::String(k.to_owned(), v.display().to_string());
         let mut out = match mode {
-            LowerMode::Append => vec![s("lowerdir+", &self.meta), s("datadir+", &self.data)],
-            LowerMode::DoubleColon => vec![FsOption::String(
-                "lowerdir".into(),
-                format!("{}::{}", self.meta.display(), self.data.display()),
-            )],
+            LowerMode::Append => {
+                let mut out = vec![s("lowerdir+", &self.meta), s("datadir+", &self.data)];
+                out.extend(more_data.iter().map(|d| s("datadir+", d)));
+                out
+            }
+            LowerMode::DoubleColon => {
+                let mut lowers = format!("{}::{}", self.meta.display(), self.data.display());
+                for dir in more_data {
+                    lowers.push_str("::");
+                    lowers.push_str(&dir.display().to_string());
+                }
+                vec![FsOption::String("lowerdir".into(), lowers)]
+            }
         };
         if let Some((upper, work)) = &self.upper {
             out.push(s("upperdir", upper));
@@ -80,5 +95,35 @@ mod tests {
         let append = plan.fs_options(LowerMode::Append);
         assert_eq!(append[0], FsOption::String("lowerdir+".into(), "/s/mnt/abc".into()));
         assert_eq!(append[1], FsOption::String("datadir+".into(), "/s/objects".into()));
+    }
+
+    #[test]
+    fn a_lazy_image_gets_four_lowers_in_both_modes() {
+        let plan = OverlayPlan {
+            meta: "/s/mnt/abc".into(),
+            data: "/s/objects".into(),
+            upper: None,
+        };
+        let more = ["/s/sha256".into(), "/s/lazy".into()];
+        let colons = plan.fs_options_with_data(LowerMode::DoubleColon, &more);
+        assert_eq!(
+            colons[0],
+            FsOption::String("lowerdir".into(), "/s/mnt/abc::/s/objects::/s/sha256::/s/lazy".into())
+        );
+        let append = plan.fs_options_with_data(LowerMode::Append, &more);
+        let s = |k: &str, v: &str| FsOption::String(k.into(), v.into());
+        assert_eq!(
+            append[..4],
+            [
+                s("lowerdir+", "/s/mnt/abc"),
+                s("datadir+", "/s/objects"),
+                s("datadir+", "/s/sha256"),
+                s("datadir+", "/s/lazy")
+            ]
+        );
+        assert_eq!(
+            plan.fs_options_with_data(LowerMode::Append, &[]),
+            plan.fs_options(LowerMode::Append)
+        );
     }
 }

@@ -53,6 +53,7 @@ fn encode_plain(tree: &Tree) -> Vec<u8> {
                 out.extend_from_slice(&digest.0);
                 out.extend_from_slice(&size.to_le_bytes());
             }
+            Content::File(FileData::Missing { .. }) => panic!("a snapshot's tree never names a missing content"),
             Content::Symlink(target) => {
                 out.push(2);
                 put_bytes(&mut out, target);

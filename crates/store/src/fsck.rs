@@ -24,6 +24,12 @@ pub enum FsckProblem {
     ImageRefsMismatch { image: Digest },
     /// A file under `objects/` or `images/` with a name that is no digest.
     StrayFile { path: String },
+    /// An alias (`sha256/XX/REST`) that is not the object the SHA-256
+    /// index names for its SHA-256.
+    BadAlias { sha256: Digest, reason: String },
+    /// A lazily pulled image names a content by SHA-256 that is neither
+    /// stored (alias) nor fetchable (no lazy row says how).
+    LazyUnfetchable { sha256: Digest, image: Digest },
 }
 
 impl FsckProblem {
@@ -33,8 +39,9 @@ impl FsckProblem {
             FsckProblem::MissingObject { image, .. }
             | FsckProblem::MissingImage { image }
             | FsckProblem::CorruptImage { image, .. }
-            | FsckProblem::ImageRefsMismatch { image } => Some(*image),
-            FsckProblem::CorruptObject { .. } | FsckProblem::StrayFile { .. } => None,
+            | FsckProblem::ImageRefsMismatch { image }
+            | FsckProblem::LazyUnfetchable { image, .. } => Some(*image),
+            FsckProblem::CorruptObject { .. } | FsckProblem::StrayFile { .. } | FsckProblem::BadAlias { .. } => None,
         }
     }
 }
@@ -54,6 +61,15 @@ impl std::fmt::Display for FsckProblem {
                 write!(f, "image {image} references other objects than the DB recorded")
             }
             FsckProblem::StrayFile { path } => write!(f, "stray file {path}"),
+            FsckProblem::BadAlias { sha256, reason } => {
+                write!(f, "alias sha256/{} is wrong: {reason}", sha256.object_path())
+            }
+            FsckProblem::LazyUnfetchable { sha256, image } => {
+                write!(
+                    f,
+                    "content sha256:{sha256} of lazily pulled image {image} is neither stored nor fetchable"
+                )
+            }
         }
     }
 }
@@ -177,10 +193,47 @@ pub(crate) fn run(store: &Store, repair: bool) -> Result<FsckReport, StoreError>
         }
         check_image(store, image, &present, &mut report.problems)?;
     }
+    check_aliases(store, repair, &mut report)?;
     if repair {
         mark_broken(store, &mut report)?;
     }
     Ok(report)
+}
+
+/// Each alias must be a hard link to (the same inode as) the object the
+/// SHA-256 index names for its SHA-256; that object's own content is
+/// re-hashed above, and the index row is a fact strata computed when it
+/// stored the object. Its SHA-256 is not re-hashed here.
+fn check_aliases(store: &Store, repair: bool, report: &mut FsckReport) -> Result<(), StoreError> {
+    let mut bad = Vec::new();
+    crate::aliases::for_each_alias(store, |fan, name, path, sha| {
+        let Some(sha) = sha else {
+            report.problems.push(FsckProblem::StrayFile {
+                path: format!("{}/{fan}/{name}", crate::aliases::ALIASES_DIR),
+            });
+            bad.push(path.to_owned());
+            return Ok(());
+        };
+        let reason = match store.objects_by_sha256(&[sha.0])?.pop().flatten() {
+            None => Some("the SHA-256 index names no stored object for it".to_owned()),
+            Some(object) if !crate::aliases::links_object(store, path, &object.digest) => {
+                Some(format!("it is not a hard link to object {}", object.digest))
+            }
+            Some(_) => None,
+        };
+        if let Some(reason) = reason {
+            report.problems.push(FsckProblem::BadAlias { sha256: sha, reason });
+            bad.push(path.to_owned());
+        }
+        Ok(())
+    })?;
+    if repair {
+        for path in bad {
+            crate::aliases::remove(&path)?;
+            report.repaired += 1;
+        }
+    }
+    Ok(())
 }
 
 /// Marks every named image that a problem touches as broken, so that
@@ -225,6 +278,18 @@ fn check_image(
             return Ok(());
         }
     };
+    // A lazily pulled image also redirects to SHA-256 names: each must be
+    // stored (its alias) or fetchable (its lazy row).
+    let needs: HashSet<Digest> = store.lazy_needs(&image)?.unwrap_or_default().into_iter().collect();
+    let mut referenced = referenced;
+    referenced.retain(|d| !needs.contains(d));
+    let mut needs: Vec<Digest> = needs.into_iter().collect();
+    needs.sort_unstable();
+    for sha256 in needs {
+        if store.open_alias(&sha256)?.is_none() && store.lazy_recipe(&sha256)?.is_none() {
+            problems.push(FsckProblem::LazyUnfetchable { sha256, image });
+        }
+    }
     let mut recorded: Vec<Digest> = store.image_objects(&image)?.into_iter().map(|o| o.digest).collect();
     recorded.sort_unstable();
     recorded.dedup();

@@ -21,6 +21,9 @@ pub struct GcReport {
 pub(crate) struct LiveSet {
     pub images: HashSet<Digest>,
     pub objects: HashSet<Digest>,
+    /// SHA-256 names live lazily pulled images redirect to (their aliases
+    /// and lazy rows are kept; the objects they name are in `objects`).
+    pub lazy_needs: HashSet<Digest>,
 }
 
 pub(crate) fn live_set(store: &Store) -> Result<LiveSet, StoreError> {
@@ -29,7 +32,14 @@ pub(crate) fn live_set(store: &Store) -> Result<LiveSet, StoreError> {
     for id in &images {
         objects.extend(store.inner.db.image_objects(id)?.into_iter().map(|o| o.digest));
     }
-    Ok(LiveSet { images, objects })
+    let lazy_needs = crate::lazy_rows::live_needs(store, &images)?;
+    let keys: Vec<[u8; 32]> = lazy_needs.iter().map(|d| d.0).collect();
+    objects.extend(store.objects_by_sha256(&keys)?.into_iter().flatten().map(|o| o.digest));
+    Ok(LiveSet {
+        images,
+        objects,
+        lazy_needs,
+    })
 }
 
 /// What a gc would remove of objects and images now, without removing
@@ -87,6 +97,15 @@ pub(crate) fn run(store: &Store) -> Result<GcReport, StoreError> {
     })?;
     // The SHA-256 index must not name what is gone (lookups check, too).
     crate::sha_index::forget_dead(store, &live.objects)?;
+    // Aliases go with their objects, and when no live image needs them.
+    crate::aliases::for_each_alias(store, |_, _, path, sha| {
+        let needed = sha.is_some_and(|sha| live.lazy_needs.contains(&sha));
+        if !needed || !crate::aliases::is_linked(path) {
+            crate::aliases::remove(path)?;
+        }
+        Ok(())
+    })?;
+    crate::lazy_rows::forget_dead(store, &live.images, &live.lazy_needs)?;
 
     let tmp = store.inner.tmp.path().to_owned();
     for entry in read_dir(&tmp)? {

@@ -19,6 +19,7 @@
 #![forbid(unsafe_code)]
 
 mod adopt;
+mod aliases;
 mod db;
 mod dirfd;
 mod error;
@@ -26,6 +27,7 @@ mod fsck;
 mod gc;
 mod hashing;
 mod images;
+mod lazy_rows;
 mod lock;
 mod objects;
 mod prehash;

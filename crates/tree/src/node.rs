@@ -54,13 +54,17 @@ pub enum FileData {
     Inline(Vec<u8>),
     /// Content in the object store.
     Object { digest: Digest, size: u64 },
+    /// Content the store lacked when a lazy pull wrote the image, named by
+    /// its plain SHA-256 (from a TOC): the metadata redirects to that name,
+    /// which the store's aliases or LAZY serve (docs/lazy-pulls.md).
+    Missing { sha256: Digest, size: u64 },
 }
 
 impl FileData {
     pub fn size(&self) -> u64 {
         match self {
             FileData::Inline(data) => data.len() as u64,
-            FileData::Object { size, .. } => *size,
+            FileData::Object { size, .. } | FileData::Missing { size, .. } => *size,
         }
     }
 }

@@ -5,6 +5,7 @@ pub mod df;
 pub mod fsck;
 pub mod gc;
 pub mod images;
+pub mod lazy;
 pub mod mount;
 pub mod pull;
 pub mod rmi;

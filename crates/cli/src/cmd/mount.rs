@@ -1,7 +1,7 @@
 use std::path::PathBuf;
 
 use anyhow::Context;
-use strata_mount::{lock_image_mounts, mount_image, mount_overlay, Mounter, OverlayPlan};
+use strata_mount::{lock_image_mounts, mount_image, mount_overlay, mount_overlay_with_data, Mounter, OverlayPlan};
 
 use crate::cmd::{find_image, mount_error};
 use crate::config::Config;
@@ -47,6 +47,8 @@ pub fn run(config: &Config, args: Args) -> anyhow::Result<()> {
             target.display()
         );
     }
+    // A lazily pulled image also needs ALIASES and LAZY (`strata serve`).
+    let lazy_lowers = super::lazy::lowers_for(&store, &id)?;
     let kernel = crate::kernel::mounter(config, &store)?;
     store.add_root(&root, &id, &store.image_objects(&id)?)?;
     let result = (|| -> anyhow::Result<()> {
@@ -70,7 +72,11 @@ pub fn run(config: &Config, args: Args) -> anyhow::Result<()> {
             data: store.objects_path(),
             upper,
         };
-        if let Err(e) = mount_overlay(&kernel, &plan, &target) {
+        let mounted = match &lazy_lowers {
+            Some(more) => mount_overlay_with_data(&kernel, &plan, more, &target),
+            None => mount_overlay(&kernel, &plan, &target),
+        };
+        if let Err(e) = mounted {
             if fresh {
                 let _ = kernel.unmount(&meta);
             }

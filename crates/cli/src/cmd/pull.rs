@@ -30,6 +30,11 @@ pub struct Args {
     /// Print one JSON line instead of the summary.
     #[arg(long)]
     json: bool,
+    /// Mount before the files arrive: write the image from its layers'
+    /// TOCs, fetch each file when first opened (needs `strata serve`;
+    /// docs/lazy-pulls.md). Without TOCs or serve, pulls whole.
+    #[arg(long)]
+    lazy: bool,
 }
 
 /// What a pull fetched, beside what its manifest announces.
@@ -135,6 +140,9 @@ pub fn run(config: &Config, args: Args) -> anyhow::Result<()> {
         platform: Platform::host(),
         partial: args.partial.unwrap_or(config.pull.partial_pulls),
     };
+    if args.lazy && super::lazy::pull(&store, source.as_ref(), &reference, &options, &received, args.json)? {
+        return Ok(());
+    }
     let progress = Arc::new(Progress::default());
     let started = Instant::now();
     let outcome = {

@@ -24,6 +24,8 @@ pub fn run(config: &Config, args: Args) -> anyhow::Result<()> {
     let store = config.open_store()?;
     let kernel = crate::kernel::mounter(config, &store)?;
     tracing::info!(ladder = %kernel.ladder, "kernel rungs");
+    // Unmounted when serve returns (after the gRPC server drained).
+    let _lazy = super::lazy::serve(config, &store)?;
     let mut snapshotter =
         Snapshotter::open_with_mounter(store.clone(), policy, Arc::new(kernel)).context("opening the snapshotter")?;
     let mut metrics = config.metrics.address.map(|_| {

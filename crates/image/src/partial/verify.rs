@@ -98,6 +98,9 @@ pub(crate) fn check_diff_id(
                             left -= n as u64;
                         }
                     }
+                    FileData::Missing { .. } => {
+                        return Err(unverifiable(format!("{:?} was not fetched", entry.path)));
+                    }
                 }
             }
             other => return Err(unverifiable(format!("tar-split record of type {other}"))),

@@ -1,0 +1,325 @@
+//! Lazy pulls in the CLI (docs/lazy-pulls.md): `strata pull --lazy`, the
+//! LAZY filesystem `strata serve` mounts at `STORE/lazy`, and the extra
+//! lowers `strata mount` gives a lazily pulled image.
+//!
+//! LAZY is served only by `strata serve`. A lazy pull needs it (else the
+//! image is pulled whole, after a message), and `strata mount` of a lazily
+//! pulled image without it is refused: "start `strata serve`".
+
+use std::fs::File;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use serde::Serialize;
+use strata_image::lazy::{FetchPolicy, LazyFetchError, LazyFetcher, LazyPullError, LazyPullOptions};
+use strata_image::source::{LayoutSource, RegistrySource};
+use strata_image::{BlobSource, ImageRef, Progress, PullOptions, Received};
+use strata_lazy::{FetchError, LazyConfig, LazyMount, ObjectFetcher, SUBTYPE};
+use strata_store::Store;
+use strata_tree::Digest;
+
+use crate::config::Config;
+use crate::draw::human;
+
+/// How long an open of a missing file waits for its fetch, retries
+/// included, before it gets EIO (seconds; default 30).
+const TIMEOUT_ENV: &str = "STRATA_LAZY_FETCH_TIMEOUT";
+
+/// Where `strata serve` mounts LAZY.
+pub fn lazy_dir(store: &Store) -> PathBuf {
+    store.root().join("lazy")
+}
+
+fn fetch_timeout() -> Duration {
+    std::env::var(TIMEOUT_ENV)
+        .ok()
+        .and_then(|v| v.parse::<f64>().ok())
+        .filter(|s| s.is_finite() && *s > 0.0)
+        .map_or(Duration::from_secs(30), Duration::from_secs_f64)
+}
+
+/// Whether a live LAZY (served by `strata serve`) is mounted at `dir`.
+pub fn is_served(dir: &Path) -> bool {
+    let fstype = format!("fuse.{SUBTYPE}");
+    let listed = std::fs::read_to_string("/proc/self/mountinfo").is_ok_and(|text| {
+        text.lines().any(|line| {
+            let fields: Vec<&str> = line.split(' ').collect();
+            let point = fields.get(4).copied();
+            let after = fields.iter().position(|f| *f == "-").and_then(|i| fields.get(i + 1));
+            point == Some(&*dir.to_string_lossy()) && after == Some(&fstype.as_str())
+        })
+    });
+    // A server that died leaves its mount: ENOTCONN.
+    listed && std::fs::metadata(dir).is_ok()
+}
+
+/// The lowers after OBJECTS for image `id`: `[ALIASES, LAZY]` if it was
+/// pulled lazily, none if it is complete. Refused without a served LAZY.
+pub fn lowers_for(store: &Store, id: &Digest) -> anyhow::Result<Option<Vec<PathBuf>>> {
+    if store.lazy_needs(id)?.is_none_or(|needs| needs.is_empty()) {
+        return Ok(None);
+    }
+    let lazy = lazy_dir(store);
+    if !is_served(&lazy) {
+        anyhow::bail!(
+            "lazy image: its missing files are served by `strata serve`, which is not running on this store (no LAZY at {}); start `strata serve`",
+            lazy.display()
+        );
+    }
+    Ok(Some(vec![store.aliases_path()?, lazy]))
+}
+
+/// What `strata pull --lazy --json` prints.
+#[derive(Serialize)]
+struct Report<'a> {
+    name: &'a str,
+    manifest_digest: &'a str,
+    up_to_date: bool,
+    lazy: bool,
+    /// Body bytes received: manifests, config, TOCs, small files.
+    fetched_bytes: u64,
+    /// The compressed size of the layers the manifest announces.
+    announced_bytes: u64,
+    files: u64,
+    /// Objects the image names that the store already had.
+    objects: u64,
+    /// Contents left to fetch when first opened, and their bytes.
+    missing: u64,
+    missing_bytes: u64,
+    /// Files of at most 512 bytes fetched now (they live in the metadata).
+    inline_fetched: u64,
+    seconds: f64,
+}
+
+/// `strata pull --lazy`. False when the image must be pulled whole instead
+/// (no LAZY served here, or a layer without a TOC); the reason is printed.
+pub fn pull(
+    store: &Store,
+    source: &dyn BlobSource,
+    reference: &ImageRef,
+    options: &PullOptions,
+    received: &Received,
+    json: bool,
+) -> anyhow::Result<bool> {
+    if !is_served(&lazy_dir(store)) {
+        eprintln!(
+            "strata: lazy pull needs `strata serve` running on this store, on a kernel with FUSE passthrough (no LAZY at {}); pulling whole",
+            lazy_dir(store).display()
+        );
+        return Ok(false);
+    }
+    let source_ref = match reference {
+        ImageRef::Layout { dir, tag } => {
+            let dir = dir
+                .canonicalize()
+                .with_context(|| format!("layout {}", dir.display()))?;
+            match tag {
+                Some(tag) => format!("oci:{}:{tag}", dir.display()),
+                None => format!("oci:{}", dir.display()),
+            }
+        }
+        ImageRef::Registry(r) => {
+            let mut text = format!("{}/{}", r.registry, r.repository);
+            if let Some(digest) = &r.digest {
+                text = format!("{text}@{digest}");
+            } else if let Some(tag) = &r.tag {
+                text = format!("{text}:{tag}");
+            }
+            text
+        }
+    };
+    let lazy_options = LazyPullOptions {
+        name: options.name.clone(),
+        source_ref,
+        limits: options.limits.clone(),
+        platform: options.platform.clone(),
+    };
+    let progress = Arc::new(Progress::default());
+    let started = Instant::now();
+    let outcome = match strata_image::lazy::pull_lazy(store, source, &lazy_options, &progress) {
+        Ok(outcome) => outcome,
+        Err(LazyPullError::NoToc { layer }) => {
+            eprintln!("strata: layer {layer} has no TOC, so the image cannot be pulled lazily; pulling whole");
+            return Ok(false);
+        }
+        Err(e) => return Err(anyhow::Error::new(e).context(format!("pulling {} lazily", source.describe()))),
+    };
+    let report = Report {
+        name: &outcome.record.name,
+        manifest_digest: &outcome.record.manifest_digest,
+        up_to_date: outcome.up_to_date,
+        lazy: true,
+        fetched_bytes: received.total(),
+        announced_bytes: outcome.layer_bytes,
+        files: outcome.record.files,
+        objects: outcome.objects,
+        missing: outcome.missing,
+        missing_bytes: outcome.missing_bytes,
+        inline_fetched: outcome.inline_fetched,
+        seconds: started.elapsed().as_secs_f64(),
+    };
+    if json {
+        println!("{}", serde_json::to_string(&report)?);
+    } else if outcome.up_to_date {
+        println!("{} is up to date ({})", report.name, report.manifest_digest);
+    } else {
+        println!(
+            "pulled {} ({}) lazily in {:.2}s: {} files, image {}; {} contents ({}) are fetched when first opened\nfetched {} ({} B) of {} announced",
+            report.name,
+            report.manifest_digest,
+            report.seconds,
+            report.files,
+            human(outcome.image_bytes),
+            report.missing,
+            human(report.missing_bytes),
+            human(report.fetched_bytes),
+            report.fetched_bytes,
+            human(report.announced_bytes),
+        );
+    }
+    Ok(true)
+}
+
+/// The store's fetcher behind LAZY's seam.
+struct StoreFetcher(LazyFetcher);
+
+fn seam_error(name: &Digest, e: LazyFetchError) -> FetchError {
+    match e {
+        LazyFetchError::Unknown { .. } => FetchError::Unknown { name: *name },
+        LazyFetchError::Mismatch { .. } => {
+            tracing::warn!("lazy: {e}");
+            FetchError::Mismatch { name: *name }
+        }
+        other => FetchError::Source {
+            name: *name,
+            source: Box::new(other),
+        },
+    }
+}
+
+impl ObjectFetcher for StoreFetcher {
+    fn open_stored(&self, name: &Digest) -> Result<Option<File>, FetchError> {
+        self.0.open_stored(name).map_err(|e| seam_error(name, e))
+    }
+
+    fn fetch(&self, name: &Digest) -> Result<File, FetchError> {
+        self.0.fetch(name).map_err(|e| seam_error(name, e))
+    }
+
+    fn unlisted_size(&self, name: &Digest) -> Option<u64> {
+        self.0.missing_size(name).unwrap_or_else(|e| {
+            tracing::warn!("lazy: looking {name} up: {e}");
+            None
+        })
+    }
+}
+
+/// LAZY as `strata serve` runs it, with the watcher that unmounts it if
+/// serve dies without unmounting it (SIGKILL), so no dead FUSE mount stays
+/// on the store. Fields drop in order: LAZY first, then the watcher.
+pub struct ServedLazy {
+    _mount: LazyMount,
+    _watcher: Option<Watcher>,
+}
+
+/// `sh` waiting for EOF on a pipe only serve holds; when serve is gone it
+/// unmounts LAZY, unless a live LAZY (a new serve's) answers there.
+struct Watcher {
+    child: std::process::Child,
+}
+
+impl Watcher {
+    fn start(dir: &Path) -> std::io::Result<Watcher> {
+        let child = std::process::Command::new("sh")
+            .args([
+                "-c",
+                r#"cat >/dev/null; stat "$1" >/dev/null 2>&1 || umount -l "$1""#,
+                "strata-lazy-watcher",
+            ])
+            .arg(dir)
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()?;
+        Ok(Watcher { child })
+    }
+}
+
+impl Drop for Watcher {
+    fn drop(&mut self) {
+        // EOF: LAZY is unmounted already, so the watcher finds a plain dir.
+        drop(self.child.stdin.take());
+        let _ = self.child.wait();
+    }
+}
+
+/// Mounts LAZY at `STORE/lazy` for `strata serve` and lists what the
+/// store's lazily pulled images still miss. None where LAZY cannot be
+/// mounted (no FUSE passthrough, no /dev/fuse, ...): serve goes on
+/// without it, and lazy pulls then pull whole.
+pub fn serve(config: &Config, store: &Store) -> anyhow::Result<Option<ServedLazy>> {
+    let dir = lazy_dir(store);
+    // A LAZY left by a server that died (its connection gone).
+    if strata_sys::is_mountpoint(&dir) && std::fs::metadata(&dir).is_err() {
+        if let Err(e) = strata_sys::unmount(&dir, true) {
+            tracing::warn!("unmounting the stale LAZY at {}: {e}", dir.display());
+        }
+    }
+    std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+    let registry = config.registry_config()?;
+    let open_source = move |reference: &str| -> Result<Arc<dyn BlobSource>, strata_image::ImportError> {
+        let parsed: ImageRef = reference.parse()?;
+        Ok(match parsed {
+            ImageRef::Layout { dir, tag } => Arc::new(LayoutSource::new(&dir, tag.as_deref())),
+            ImageRef::Registry(r) => Arc::new(RegistrySource::new(r, Arc::clone(&registry))?),
+        })
+    };
+    let timeout = fetch_timeout();
+    let policy = FetchPolicy {
+        give_up_after: timeout,
+        ..FetchPolicy::default()
+    };
+    let fetcher = Arc::new(StoreFetcher(LazyFetcher::new(
+        store.clone(),
+        Box::new(open_source),
+        policy,
+    )));
+    let lazy_config = LazyConfig {
+        fetch_timeout: timeout,
+        ..LazyConfig::default()
+    };
+    let mount = match LazyMount::mount(&dir, fetcher.clone(), &lazy_config) {
+        Ok(mount) => mount,
+        Err(e) if e.is_unsupported() => {
+            tracing::info!("no lazy pulls on this kernel ({e}); `strata pull --lazy` pulls whole");
+            return Ok(None);
+        }
+        Err(e) => {
+            tracing::warn!("no lazy pulls: mounting LAZY at {}: {e}", dir.display());
+            return Ok(None);
+        }
+    };
+    let watcher = Watcher::start(&dir)
+        .map_err(|e| tracing::warn!("starting the LAZY watcher: {e}; a killed serve leaves a dead mount"))
+        .ok();
+    let handle = mount.handle();
+    let mut listed = 0;
+    for (_, needs) in store.lazy_images()? {
+        for name in needs {
+            if let Some(size) = fetcher.unlisted_size(&name) {
+                listed += u64::from(handle.insert(name, size));
+            }
+        }
+    }
+    // Not on stderr at the default level: the socket's line comes first.
+    tracing::info!(
+        "serving missing files of lazily pulled images at {} ({listed} listed)",
+        dir.display()
+    );
+    Ok(Some(ServedLazy {
+        _mount: mount,
+        _watcher: watcher,
+    }))
+}

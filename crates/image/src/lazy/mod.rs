@@ -1,0 +1,303 @@
+//! Lazy pulls (docs/lazy-pulls.md): an image written from its layers' TOCs
+//! alone, before its files arrive.
+//!
+//! Each layer's TOC is read and checked against its annotated digest as in
+//! a partial pull ([`crate::partial`]); the plan looks every content up in
+//! the store's SHA-256 index. Contents the store holds keep their
+//! fs-verity names; small ones (inline in the metadata) are fetched now,
+//! through the partial pull's own fetch; every other missing content
+//! becomes [`FileData::Missing`], named by its SHA-256, and gets a recipe
+//! row (how to fetch it later: [`recipe`]). The layer tree is built by the
+//! partial pull's builder, so it is the tree a full pull gives. The image
+//! is recorded incomplete (the store's `lazy_images` row) and mounted with
+//! ALIASES and LAZY behind OBJECTS; [`fetch`] brings a missing content in
+//! when LAZY asks.
+
+pub mod fetch;
+pub mod recipe;
+
+use std::collections::{HashMap, HashSet};
+use std::sync::{Arc, Mutex};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use strata_store::{ImageRecord, ObjectRef, Store};
+use strata_tree::{merge_layer, Content, Digest, FileData, Stat, Tree};
+
+use crate::layer::EntryBudget;
+use crate::partial::fetch::{Got, Shell};
+use crate::partial::plan::{self, Batch, Plan, Wanted, CALL_BYTES, MERGE_GAP};
+use crate::partial::{read_toc, tree, PartialError};
+use crate::source::{resolve, BlobSource};
+use crate::toc::{ByteRange, Sha256Digest};
+use crate::{Descriptor, ImportError, LayerImport, Limits, Platform, Progress};
+
+pub use fetch::{FetchPolicy, LazyFetchError, LazyFetcher, SourceOpener};
+pub use recipe::Recipe;
+
+#[derive(Clone, Debug)]
+pub struct LazyPullOptions {
+    /// The name the image is recorded under.
+    pub name: String,
+    /// The reference later fetches read blobs from (`HOST/REPO:TAG` or
+    /// `oci:DIR:TAG`), kept in every recipe.
+    pub source_ref: String,
+    pub limits: Limits,
+    pub platform: Platform,
+}
+
+#[derive(Clone, Debug)]
+pub struct LazyPullOutcome {
+    pub record: ImageRecord,
+    pub image_bytes: u64,
+    /// Objects the image names by fs-verity digest (the store had them).
+    pub objects: u64,
+    /// Contents left to fetch on demand, and their bytes.
+    pub missing: u64,
+    pub missing_bytes: u64,
+    /// Small contents fetched now (they live in the metadata).
+    pub inline_fetched: u64,
+    /// The compressed size of the layers the manifest announces.
+    pub layer_bytes: u64,
+    pub up_to_date: bool,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum LazyPullError {
+    /// A layer has no TOC: the image cannot be pulled lazily (pull it whole).
+    #[error("layer {layer} has no table of contents (eStargz or zstd:chunked), so the image cannot be pulled lazily")]
+    NoToc { layer: String },
+    #[error("layer {layer}: {source}")]
+    Layer {
+        layer: String,
+        #[source]
+        source: Box<PartialError>,
+    },
+    #[error(transparent)]
+    Import(#[from] ImportError),
+}
+
+impl From<strata_store::StoreError> for LazyPullError {
+    fn from(e: strata_store::StoreError) -> Self {
+        LazyPullError::Import(e.into())
+    }
+}
+
+/// One layer read from its TOC.
+struct LazyLayer {
+    import: LayerImport,
+    /// Missing contents (over the inline limit), with how to fetch them.
+    recipes: HashMap<Sha256Digest, Recipe>,
+    inline_fetched: u64,
+}
+
+pub fn pull_lazy(
+    store: &Store,
+    source: &dyn BlobSource,
+    options: &LazyPullOptions,
+    progress: &Arc<Progress>,
+) -> Result<LazyPullOutcome, LazyPullError> {
+    let _lock = store.lock_shared()?;
+    let resolved = resolve(source, &options.platform)?;
+    if let Some(existing) = store.image(&options.name)? {
+        let id = existing.erofs_id()?;
+        let intact = existing.broken.is_none() && store.image_path(&id).exists();
+        if existing.manifest_digest == resolved.manifest_digest && intact {
+            let needs = store.lazy_needs(&id)?.unwrap_or_default();
+            return Ok(LazyPullOutcome {
+                image_bytes: std::fs::metadata(store.image_path(&id)).map_or(0, |m| m.len()),
+                objects: store.image_objects(&id)?.len() as u64,
+                missing: needs.len() as u64,
+                missing_bytes: 0,
+                inline_fetched: 0,
+                layer_bytes: resolved.manifest.layers.iter().map(|l| l.size).sum(),
+                record: existing,
+                up_to_date: true,
+            });
+        }
+    }
+    let layers = &resolved.manifest.layers;
+    Progress::add(&progress.layers_total, layers.len() as u64);
+    let budget = EntryBudget::new(options.limits.max_entries_per_image);
+    let mut tree = Tree::new(Stat::default_dir());
+    let mut recipes: HashMap<Sha256Digest, Recipe> = HashMap::new();
+    let mut stagers = Vec::new();
+    let mut inline_fetched = 0;
+    for desc in layers {
+        let layer = lazy_layer(store, source, desc, options, progress, &budget)?;
+        merge_layer(&mut tree, layer.import.tree).map_err(ImportError::from)?;
+        stagers.push(layer.import.stager);
+        recipes.extend(layer.recipes);
+        inline_fetched += layer.inline_fetched;
+        Progress::add(&progress.layers_done, 1);
+    }
+    tree.compact();
+    let objects = ObjectRef::all_in(&tree);
+    let needs = missing_in(&tree);
+    let missing_bytes = needs.values().sum();
+    let stats = tree.stats();
+    let image = strata_erofs::into_image(tree).map_err(ImportError::from)?;
+    let referenced: HashSet<Digest> = objects.iter().map(|o| o.digest).collect();
+    for stager in stagers {
+        stager.publish_only(|d| referenced.contains(d))?;
+    }
+    let erofs = store.put_image(&image)?;
+    // The rows first: rows of an image that never got named are dropped
+    // by gc; an image named without its rows would mount without LAZY.
+    let mut names: Vec<Digest> = needs.keys().copied().collect();
+    names.sort_unstable();
+    if !names.is_empty() {
+        let txn = store.begin()?;
+        for name in &names {
+            let recipe = recipes
+                .get(&Sha256Digest(name.0))
+                .expect("every missing content has a recipe");
+            txn.put_lazy_content(name, &recipe.encode())?;
+        }
+        txn.put_lazy_image(&erofs, &names)?;
+        txn.commit()?;
+    }
+    let record = ImageRecord {
+        name: options.name.clone(),
+        manifest_digest: resolved.manifest_digest.clone(),
+        config_digest: resolved.config_digest.clone(),
+        erofs: erofs.to_hex(),
+        layers: layers.iter().map(|l| l.digest.clone()).collect(),
+        created_unix: SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs()),
+        logical_bytes: stats.logical_bytes,
+        files: stats.files,
+        inodes: stats.dirs + stats.leaves,
+        broken: None,
+    };
+    store.commit_image(&record, &objects)?;
+    Ok(LazyPullOutcome {
+        record,
+        image_bytes: image.len() as u64,
+        objects: objects.len() as u64,
+        missing: names.len() as u64,
+        missing_bytes,
+        inline_fetched,
+        layer_bytes: layers.iter().map(|l| l.size).sum(),
+        up_to_date: false,
+    })
+}
+
+/// The missing contents the merged tree still names, with their sizes.
+fn missing_in(tree: &Tree) -> HashMap<Digest, u64> {
+    tree.leaves
+        .iter()
+        .filter_map(|leaf| match &leaf.content {
+            Content::File(FileData::Missing { sha256, size }) => Some((*sha256, *size)),
+            _ => None,
+        })
+        .collect()
+}
+
+fn lazy_layer(
+    store: &Store,
+    source: &dyn BlobSource,
+    desc: &Descriptor,
+    options: &LazyPullOptions,
+    progress: &Arc<Progress>,
+    budget: &EntryBudget,
+) -> Result<LazyLayer, LazyPullError> {
+    let failed = |e: PartialError| LazyPullError::Layer {
+        layer: desc.digest.clone(),
+        source: Box::new(e),
+    };
+    let limits = &options.limits;
+    let Some((toc, _)) = read_toc(source, desc, limits).map_err(|e| failed(e.into()))? else {
+        return Err(LazyPullError::NoToc {
+            layer: desc.digest.clone(),
+        });
+    };
+    let inline_max = strata_erofs::INLINE_MAX as u64;
+    let mut lookup_error = None;
+    let planned = plan::plan(&toc, inline_max, limits.max_layer_bytes, |digests| {
+        let keys: Vec<[u8; 32]> = digests.iter().map(|d| d.0).collect();
+        store.objects_by_sha256(&keys).unwrap_or_else(|e| {
+            lookup_error = Some(e);
+            vec![None; keys.len()]
+        })
+    })
+    .map_err(|e| failed(e.into()))?;
+    if let Some(e) = lookup_error {
+        return Err(e.into());
+    }
+    let (small, large): (Vec<Wanted>, Vec<Wanted>) = planned
+        .batches
+        .iter()
+        .flat_map(|b| b.contents.iter().cloned())
+        .partition(|w| w.size <= inline_max);
+
+    let stager = Mutex::new(store.stager()?);
+    let shell = Shell {
+        source,
+        desc,
+        format: toc.format,
+        progress,
+    };
+    let small_plan = Plan {
+        have: HashMap::new(),
+        batches: small_batches(small),
+        stats: Default::default(),
+    };
+    let mut contents = shell.fetch(&small_plan, &stager, 2).map_err(failed)?.contents;
+    let inline_fetched = contents.len() as u64;
+    for (digest, object) in &planned.have {
+        contents.insert(*digest, tree::had(*object));
+    }
+    let mut recipes = HashMap::new();
+    for wanted in large {
+        contents.insert(
+            wanted.digest,
+            Got {
+                data: FileData::Missing {
+                    sha256: Digest(wanted.digest.0),
+                    size: wanted.size,
+                },
+                staged: None,
+            },
+        );
+        let recipe = Recipe::new(&options.source_ref, desc, toc.format, wanted.size, &wanted.chunks);
+        recipes.insert(wanted.digest, recipe);
+    }
+    let stager = stager.into_inner().expect("fetch workers are done");
+    let import = tree::build(&toc, &desc.digest, &contents, stager, limits, progress, budget).map_err(failed)?;
+    Ok(LazyLayer {
+        import,
+        recipes,
+        inline_fetched,
+    })
+}
+
+/// The small contents in batches of calls of at most [`CALL_BYTES`].
+fn small_batches(small: Vec<Wanted>) -> Vec<Batch> {
+    let mut out = Vec::new();
+    let mut contents = Vec::new();
+    let mut bytes = 0u64;
+    for wanted in small {
+        let own: u64 = ranges_of(&wanted).map(|r| r.len()).sum();
+        if bytes + own > CALL_BYTES && !contents.is_empty() {
+            out.push(batch(std::mem::take(&mut contents)));
+            bytes = 0;
+        }
+        bytes += own;
+        contents.push(wanted);
+    }
+    if !contents.is_empty() {
+        out.push(batch(contents));
+    }
+    out
+}
+
+fn ranges_of(wanted: &Wanted) -> impl Iterator<Item = ByteRange> + '_ {
+    wanted.chunks.iter().filter(|c| !c.zeros).map(|c| c.compressed)
+}
+
+fn batch(contents: Vec<Wanted>) -> Batch {
+    let ranges = plan::merge(contents.iter().flat_map(ranges_of), MERGE_GAP);
+    Batch {
+        contents,
+        calls: vec![ranges],
+    }
+}
