@@ -193,6 +193,7 @@ fn a_lazy_pull_mounts_from_the_tocs_and_fetches_files_on_open() {
         // Every file, read through the overlay, is the oracle's.
         let expected = expected_tree("python", store.dir.path());
         let started = Instant::now();
+        read_all_in_parallel(&mounted);
         assert_tree_matches(&expected, &mounted, store.dir.path());
         let all = blob_bytes(&proxy);
         eprintln!(
@@ -294,6 +295,35 @@ impl Drop for Relay {
 }
 
 /// The largest missing files of the oracle, as (path, sha256), one per content.
+/// Reads every regular file under `dir` on 8 threads, so that their
+/// fetches overlap (without prefetch each first open costs a request);
+/// errors are left to the comparison that follows.
+fn read_all_in_parallel(dir: &Path) {
+    let mut files = Vec::new();
+    let mut pending = vec![dir.to_path_buf()];
+    while let Some(next) = pending.pop() {
+        let Ok(entries) = std::fs::read_dir(&next) else {
+            continue;
+        };
+        for entry in entries.flatten() {
+            match entry.file_type() {
+                Ok(t) if t.is_dir() => pending.push(entry.path()),
+                Ok(t) if t.is_file() => files.push(entry.path()),
+                _ => {}
+            }
+        }
+    }
+    let files = std::sync::Mutex::new(files);
+    std::thread::scope(|scope| {
+        for _ in 0..8 {
+            scope.spawn(|| loop {
+                let Some(file) = files.lock().unwrap().pop() else { break };
+                let _ = std::fs::read(&file);
+            });
+        }
+    });
+}
+
 fn large_files(expected: &Path, count: usize) -> Vec<(String, String)> {
     let json: Value = serde_json::from_slice(&std::fs::read(expected).unwrap()).unwrap();
     let mut files: Vec<(u64, String, String)> = json
