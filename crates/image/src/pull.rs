@@ -88,18 +88,7 @@ pub fn pull(
     let erofs = store.put_image(&image)?;
     fail("pull.before_db")?;
 
-    let record = ImageRecord {
-        name: options.name.clone(),
-        manifest_digest: resolved.manifest_digest.clone(),
-        config_digest: resolved.config_digest.clone(),
-        erofs: erofs.to_hex(),
-        layers: layers.iter().map(|l| l.digest.clone()).collect(),
-        created_unix: SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs()),
-        logical_bytes: stats.logical_bytes,
-        files: stats.files,
-        inodes: stats.dirs + stats.leaves,
-        broken: None,
-    };
+    let record = image_record(&options.name, &resolved, &erofs, &stats);
     store.commit_image(&record, &objects)?;
     Ok(PullOutcome {
         record,
@@ -107,6 +96,28 @@ pub fn pull(
         objects: objects.len() as u64,
         up_to_date: false,
     })
+}
+
+/// The record naming `name` as the image `resolved`, whose merged tree
+/// (with `stats`) is the EROFS image `erofs`.
+pub(crate) fn image_record(
+    name: &str,
+    resolved: &crate::ResolvedImage,
+    erofs: &Digest,
+    stats: &strata_tree::TreeStats,
+) -> ImageRecord {
+    ImageRecord {
+        name: name.to_owned(),
+        manifest_digest: resolved.manifest_digest.clone(),
+        config_digest: resolved.config_digest.clone(),
+        erofs: erofs.to_hex(),
+        layers: resolved.manifest.layers.iter().map(|l| l.digest.clone()).collect(),
+        created_unix: SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs()),
+        logical_bytes: stats.logical_bytes,
+        files: stats.files,
+        inodes: stats.dirs + stats.leaves,
+        broken: None,
+    }
 }
 
 /// Imports every layer, `parallel_layers` at a time, in manifest order.

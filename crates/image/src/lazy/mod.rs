@@ -18,7 +18,6 @@ pub mod recipe;
 
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
-use std::time::{SystemTime, UNIX_EPOCH};
 
 use strata_store::{ImageRecord, ObjectRef, Store};
 use strata_tree::{merge_layer, Content, Digest, FileData, Stat, Tree};
@@ -156,18 +155,7 @@ pub fn pull_lazy(
         txn.put_lazy_image(&erofs, &names)?;
         txn.commit()?;
     }
-    let record = ImageRecord {
-        name: options.name.clone(),
-        manifest_digest: resolved.manifest_digest.clone(),
-        config_digest: resolved.config_digest.clone(),
-        erofs: erofs.to_hex(),
-        layers: layers.iter().map(|l| l.digest.clone()).collect(),
-        created_unix: SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs()),
-        logical_bytes: stats.logical_bytes,
-        files: stats.files,
-        inodes: stats.dirs + stats.leaves,
-        broken: None,
-    };
+    let record = crate::pull::image_record(&options.name, &resolved, &erofs, &stats);
     store.commit_image(&record, &objects)?;
     Ok(LazyPullOutcome {
         record,
