@@ -64,6 +64,8 @@ impl Env {
             mounts
                 .lines()
                 .filter(|l| l.contains(&base))
+                // serve's own LAZY, mounted again by every serve.
+                .filter(|l| !l.contains(" - fuse.strata-lazy "))
                 .map(|l| format!("mount: {l}")),
         );
         let loops = Command::new("losetup").arg("-a").output().unwrap();

@@ -102,6 +102,8 @@ impl FsEnv {
             mounts
                 .lines()
                 .filter(|l| l.contains(&mnt) && l.split(' ').nth(4) != Some(mnt.as_str()))
+                // serve's own LAZY, mounted again by every serve.
+                .filter(|l| !l.contains(" - fuse.strata-lazy "))
                 .map(|l| format!("mount: {l}")),
         );
         out.extend(self.scratch_loops().into_iter().map(|l| format!("loop: {l}")));

@@ -261,13 +261,22 @@ impl Drop for Watcher {
 /// without it, and lazy pulls then pull whole.
 pub fn serve(config: &Config, store: &Store) -> anyhow::Result<Option<ServedLazy>> {
     let dir = lazy_dir(store);
-    // A LAZY left by a server that died (its connection gone).
-    if strata_sys::is_mountpoint(&dir) && std::fs::metadata(&dir).is_err() {
-        if let Err(e) = strata_sys::unmount(&dir, true) {
-            tracing::warn!("unmounting the stale LAZY at {}: {e}", dir.display());
+    // A LAZY left by a server that died (its connection gone); the dead
+    // server's watcher may be detaching it at the same time.
+    for _ in 0..20 {
+        if !(strata_sys::is_mountpoint(&dir) && std::fs::metadata(&dir).is_err()) {
+            break;
         }
+        if let Err(e) = strata_sys::unmount(&dir, true) {
+            tracing::debug!("unmounting the stale LAZY at {}: {e}", dir.display());
+        }
+        std::thread::sleep(Duration::from_millis(50));
     }
-    std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+    // serve runs without LAZY rather than not at all.
+    if let Err(e) = std::fs::create_dir_all(&dir) {
+        tracing::warn!("no lazy pulls: creating {}: {e}", dir.display());
+        return Ok(None);
+    }
     let registry = config.registry_config()?;
     let open_source = move |reference: &str| -> Result<Arc<dyn BlobSource>, strata_image::ImportError> {
         let parsed: ImageRef = reference.parse()?;
