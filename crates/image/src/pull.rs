@@ -49,19 +49,15 @@ pub fn pull(
 ) -> Result<PullOutcome, ImportError> {
     let _lock = store.lock_shared()?;
     let resolved = resolve(source, &options.platform)?;
-    if let Some(existing) = store.image(&options.name)? {
-        let id = existing.erofs_id()?;
-        let intact = existing.broken.is_none() && store.image_path(&id).exists();
-        if existing.manifest_digest == resolved.manifest_digest && intact {
-            let objects = store.image_objects(&id)?.len() as u64;
-            let image_bytes = std::fs::metadata(store.image_path(&id)).map_or(0, |m| m.len());
-            return Ok(PullOutcome {
-                record: existing,
-                image_bytes,
-                objects,
-                up_to_date: true,
-            });
-        }
+    if let Some((existing, id)) = up_to_date(store, &options.name, &resolved)? {
+        let objects = store.image_objects(&id)?.len() as u64;
+        let image_bytes = std::fs::metadata(store.image_path(&id)).map_or(0, |m| m.len());
+        return Ok(PullOutcome {
+            record: existing,
+            image_bytes,
+            objects,
+            up_to_date: true,
+        });
     }
     let layers = &resolved.manifest.layers;
     Progress::add(&progress.layers_total, layers.len() as u64);
@@ -96,6 +92,21 @@ pub fn pull(
         objects: objects.len() as u64,
         up_to_date: false,
     })
+}
+
+/// The image stored as `name`, and its EROFS id, if it is `resolved`'s
+/// manifest and intact (not marked broken, its EROFS file present).
+pub(crate) fn up_to_date(
+    store: &Store,
+    name: &str,
+    resolved: &crate::ResolvedImage,
+) -> Result<Option<(ImageRecord, Digest)>, strata_store::StoreError> {
+    let Some(existing) = store.image(name)? else {
+        return Ok(None);
+    };
+    let id = existing.erofs_id()?;
+    let intact = existing.broken.is_none() && store.image_path(&id).exists();
+    Ok((existing.manifest_digest == resolved.manifest_digest && intact).then_some((existing, id)))
 }
 
 /// The record naming `name` as the image `resolved`, whose merged tree

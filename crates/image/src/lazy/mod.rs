@@ -97,22 +97,18 @@ pub fn pull_lazy(
 ) -> Result<LazyPullOutcome, LazyPullError> {
     let _lock = store.lock_shared()?;
     let resolved = resolve(source, &options.platform)?;
-    if let Some(existing) = store.image(&options.name)? {
-        let id = existing.erofs_id()?;
-        let intact = existing.broken.is_none() && store.image_path(&id).exists();
-        if existing.manifest_digest == resolved.manifest_digest && intact {
-            let needs = store.lazy_needs(&id)?.unwrap_or_default();
-            return Ok(LazyPullOutcome {
-                image_bytes: std::fs::metadata(store.image_path(&id)).map_or(0, |m| m.len()),
-                objects: store.image_objects(&id)?.len() as u64,
-                missing: needs.len() as u64,
-                missing_bytes: 0,
-                inline_fetched: 0,
-                layer_bytes: resolved.manifest.layers.iter().map(|l| l.size).sum(),
-                record: existing,
-                up_to_date: true,
-            });
-        }
+    if let Some((existing, id)) = crate::pull::up_to_date(store, &options.name, &resolved)? {
+        let needs = store.lazy_needs(&id)?.unwrap_or_default();
+        return Ok(LazyPullOutcome {
+            image_bytes: std::fs::metadata(store.image_path(&id)).map_or(0, |m| m.len()),
+            objects: store.image_objects(&id)?.len() as u64,
+            missing: needs.len() as u64,
+            missing_bytes: 0,
+            inline_fetched: 0,
+            layer_bytes: resolved.manifest.layers.iter().map(|l| l.size).sum(),
+            record: existing,
+            up_to_date: true,
+        });
     }
     let layers = &resolved.manifest.layers;
     Progress::add(&progress.layers_total, layers.len() as u64);
