@@ -58,6 +58,27 @@ fn rejects_whiteouts_and_long_symlinks() {
     assert!(matches!(write_image(&tree), Err(ErofsError::SymlinkTooLong { .. })));
 }
 
+/// A tree that [`into_image`] writes on a thread of its own gives the
+/// bytes and the errors it gives on the caller's stack.
+#[test]
+fn a_big_tree_written_on_its_own_thread_is_the_same_image() {
+    let mut tree = sample();
+    let mut many = Dir::new(Stat::default_dir());
+    for i in 0..OWN_THREAD_LEAVES {
+        let id = tree.push_leaf(Leaf {
+            stat: Stat::default(),
+            content: Content::File(FileData::Inline(Vec::new())),
+        });
+        many.entries.insert(format!("f{i}").into_bytes(), Node::Leaf(id));
+    }
+    tree.root.entries.insert(b"many".to_vec(), Node::Dir(Box::new(many)));
+    let here = with_stack_for(0, || write_image_here(tree.clone())).unwrap();
+    assert_eq!(into_image(tree.clone()).unwrap(), here);
+    assert_eq!(write_image(&tree).unwrap(), here);
+    tree.root.entries.insert(b"gone".to_vec(), Node::Whiteout);
+    assert!(matches!(into_image(tree), Err(ErofsError::UnmergedWhiteout { .. })));
+}
+
 #[test]
 fn corrupt_image_is_an_error() {
     let mut image = write_image(&sample()).unwrap();
