@@ -19,9 +19,11 @@ source received; tests/pull_report.rs checks them against a counting
 proxy). "Lacking" is computed apart from strata: bench/tocread.py reads
 the converted layers' TOCs in Python (each checked against its annotated
 digest) and hashes every object of the store after `python` and `variant`
-were pulled; a file whose SHA-256 is not among them is lacking (files of
-at most 512 bytes live in EROFS images, not as objects, so they always
-are), and its chunks' compressed ranges are summed, each byte once.
+were pulled; files of at most 512 bytes live in EROFS images, not as
+objects, and the store keeps them by SHA-256 in its small-content table,
+so for them the present images' own TOCs count instead (their small
+regular files). A file whose SHA-256 is among neither is lacking, and its
+chunks' compressed ranges are summed, each byte once.
 Each timed pull runs on a fresh ext4 filesystem (rig.FreshFs).
 """
 import json
@@ -30,7 +32,7 @@ import statistics
 import subprocess
 import time
 
-from rig import FreshFs, settle_disk, sh
+from rig import FIX, REPO, FreshFs, settle_disk, sh
 import tocread
 
 FORMATS = {"zstd:chunked": "zstd-chunked", "estargz": "estargz"}
@@ -107,8 +109,9 @@ def on_fresh_fs(work, run):
         return run(os.path.join(fs, "strata"))
 
 
-def measure_format(strata, config, registry, work, out, fmt, repeats, plain_s):
-    """The timed pulls of one format; the bytes and "lacking" from the first."""
+def measure_format(strata, config, registry, work, out, fmt, repeats, plain_s, empty=True):
+    """The timed pulls of one format; the bytes and "lacking" from the first
+    (`empty`: also the pull into an empty store, goal 3)."""
     refs = {tag: converted_ref(registry, tag, fmt) for tag in PRESENT + [TARGET]}
     m = {"partial_s": [], "off_s": [], "empty_s": [], "fetched_bytes": [], "off_fetched_bytes": []}
 
@@ -117,7 +120,7 @@ def measure_format(strata, config, registry, work, out, fmt, repeats, plain_s):
             for tag in PRESENT:
                 pull(strata, root, config, refs[tag])
             if partial and "lacking" not in m:
-                stored = tocread.stored_sha256(root)
+                stored = tocread.stored_sha256(root) | tocread.small_files(os.path.join(out, FORMATS[fmt]), PRESENT)
                 m["lacking"] = tocread.lacking(os.path.join(out, FORMATS[fmt]), TARGET, stored)
             sh("sync")
             flags = [] if partial else ["--partial", "off"]
@@ -133,13 +136,16 @@ def measure_format(strata, config, registry, work, out, fmt, repeats, plain_s):
         report, seconds = on_fresh_fs(work, with_present(False))
         m["off_s"].append(seconds)
         m["off_fetched_bytes"].append(report["fetched_bytes"])
-        _, seconds = on_fresh_fs(work, lambda root: pull(strata, root, config, refs[TARGET]))
-        m["empty_s"].append(seconds)
+        if empty:
+            _, seconds = on_fresh_fs(work, lambda root: pull(strata, root, config, refs[TARGET]))
+            m["empty_s"].append(seconds)
     lacking = m["lacking"]
     fetched = max(m["fetched_bytes"])
     limit = BYTES_FACTOR * lacking["lacking_bytes"] + lacking["toc_bytes"]
     m["samples_s"] = {k: m.pop(k) for k in ("partial_s", "off_s", "empty_s")}
-    partial_s, off_s, empty_s = (statistics.median(m["samples_s"][k]) for k in ("partial_s", "off_s", "empty_s"))
+    m["fetched_over_limit"] = round(fetched / limit, 3)
+    partial_s, off_s = (statistics.median(m["samples_s"][k]) for k in ("partial_s", "off_s"))
+    empty_s = statistics.median(m["samples_s"]["empty_s"]) if empty else None
     m.update(partial_s=partial_s, off_s=off_s, empty_s=empty_s, plain_s=plain_s)
     rows = [
         {"goal": f"bytes fetched for {TARGET} with {' and '.join(PRESENT)} present", "format": fmt,
@@ -149,10 +155,12 @@ def measure_format(strata, config, registry, work, out, fmt, repeats, plain_s):
         {"goal": "time of that pull / the same pull with partial pulls off", "format": fmt,
          "measured": round(partial_s / off_s, 3), "unit": "x", "limit": TIME_RATIO,
          "goal_text": f"<= {TIME_RATIO} ({partial_s:.2f} s / {off_s:.2f} s)", "met": partial_s <= TIME_RATIO * off_s},
-        {"goal": f"partial-capable pull of {TARGET} into an empty store / plain pull of the unconverted image",
-         "format": fmt, "measured": round(empty_s / plain_s, 3), "unit": "x", "limit": EMPTY_RATIO,
-         "goal_text": f"<= {EMPTY_RATIO} ({empty_s:.2f} s / {plain_s:.2f} s)", "met": empty_s <= EMPTY_RATIO * plain_s},
     ]
+    if empty:
+        rows.append(
+            {"goal": f"partial-capable pull of {TARGET} into an empty store / plain pull of the unconverted image",
+             "format": fmt, "measured": round(empty_s / plain_s, 3), "unit": "x", "limit": EMPTY_RATIO,
+             "goal_text": f"<= {EMPTY_RATIO} ({empty_s:.2f} s / {plain_s:.2f} s)", "met": empty_s <= EMPTY_RATIO * plain_s})
     return m, rows
 
 
@@ -192,7 +200,8 @@ def measure(strata, family, registry, work, tags, repeats):
 def markdown(section):
     lines = ["", f"Partial pulls (issue 15), median of {section['repeats']}; converted by `strata convert`, "
              "bytes as `strata pull --json` reports them, \"lacking\" from the TOCs and the store's objects "
-             "(bench/tocread.py).", "",
+             "(bench/tocread.py; a file of at most 512 B counts as held if a present image's TOC lists it: "
+             "the store keeps small contents by SHA-256).", "",
              "| goal | format | measured | goal | met |", "|---|---|---|---|---|"]
     for g in section["goals"]:
         value = f"{g['measured']:,} {g['unit']}" if g["measured"] is not None else "not measured"
@@ -211,3 +220,40 @@ def validate(section):
         if g["limit"] is not None and not isinstance(g["met"], bool):
             return f"partial pulls: {g['goal']} ({g['format']}) has no verdict"
     return None
+
+
+def main():
+    """Goals 1 and 2 on their own (bench/compare runs all four):
+    `bench/partial.py [--repeats N] [--work DIR] [--strata BIN]`. The
+    family's layout comes from tests/fixtures/build-images.sh (cached);
+    the converted layouts are kept in DIR/converted and reused."""
+    import argparse
+    import sys
+    parser = argparse.ArgumentParser(description=main.__doc__)
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--work", default="/var/tmp/strata-bench-partial")
+    parser.add_argument("--strata", default=os.path.join(REPO, "target", "release", "strata"))
+    parser.add_argument("--registry", default="127.0.0.1:" + os.environ.get("STRATA_TEST_REGISTRY_PORT", "5000"))
+    parser.add_argument("--formats", default=",".join(FORMATS))
+    args = parser.parse_args()
+    family = os.path.join(sh("bash", os.path.join(FIX, "build-images.sh"), capture=True).strip(), "oci")
+    os.makedirs(args.work, exist_ok=True)
+    out = os.path.join(args.work, "converted")
+    if not os.path.isdir(out):
+        convert(args.strata, family, out, PRESENT + [TARGET])
+        push(out, args.registry)
+    config = os.path.join(args.work, "partial.toml")
+    with open(config, "w") as fh:
+        fh.write('[pull]\npartial_pulls = "toc"\n')
+    rows = []
+    for fmt in args.formats.split(","):
+        measured, goal_rows = measure_format(args.strata, config, args.registry, args.work, out, fmt,
+                                             args.repeats, None, empty=False)
+        print(json.dumps({fmt: measured}), file=sys.stderr)
+        rows += goal_rows
+    for line in markdown({"repeats": args.repeats, "goals": rows}):
+        print(line)
+
+
+if __name__ == "__main__":
+    main()

@@ -137,9 +137,27 @@ def union_bytes(ranges):
     return total
 
 
+INLINE_MAX = 512  # strata_erofs::INLINE_MAX: smaller files live inside EROFS images
+
+
+def small_files(layout, tags):
+    """The SHA-256 of every non-empty regular file of at most INLINE_MAX
+    bytes in the layers of `tags`, from their TOCs (each checked against
+    its annotated digest): what a store holding those images keeps inline
+    in their EROFS images, and so by SHA-256 in its small-content table."""
+    found = set()
+    for tag in tags:
+        for desc in manifest(layout, tag)["layers"]:
+            for e in Layer(layout, desc).entries:
+                if e.get("type") == "reg" and 0 < e.get("size", 0) <= INLINE_MAX:
+                    found.add(e["digest"])
+    return found
+
+
 def stored_sha256(root):
     """The SHA-256 of every object in the store at `root` (files of at most
-    512 bytes live in the EROFS images, not as objects)."""
+    INLINE_MAX bytes live in the EROFS images, not as objects: see
+    small_files)."""
     found = set()
     objects = os.path.join(root, "objects")
     for parent, _, names in os.walk(objects):

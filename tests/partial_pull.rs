@@ -85,7 +85,7 @@ fn fixture() -> &'static Fixture {
 }
 
 /// Tests that use the fixture; the last one to finish removes it.
-const FIXTURE_USERS: usize = 7;
+const FIXTURE_USERS: usize = 8;
 
 struct FixtureUser;
 
@@ -164,15 +164,14 @@ struct Expected {
 
 fn expected_fetch(layout: &Path, format: &str, have: &str, want: &str) -> Expected {
     let format_ = toc_format(format);
-    let inline_max = strata_erofs::INLINE_MAX as u64;
+    // Larger files are objects the SHA-256 index names; files of at most
+    // strata_erofs::INLINE_MAX bytes are in the small-content table.
     let mut stored = HashSet::new();
     let (manifest, _) = image(layout, &layout_tag(have, format));
     for layer in layers(&manifest) {
         let (toc, _) = read_toc(format_, layout, layer);
         for (_, content) in toc.files() {
-            if content.size > inline_max {
-                stored.insert(content.digest);
-            }
+            stored.insert(content.digest);
         }
     }
     let (manifest, _) = image(layout, &layout_tag(want, format));
@@ -397,6 +396,119 @@ fn index_answers_only_for_objects_that_exist() {
     );
     check_tree(&store, &variant, "variant-python");
     store.fsck_clean();
+}
+
+/// The HTTP ranges a request asked for, as half-open byte ranges.
+fn asked_ranges(request: &range_proxy::Request) -> Vec<ByteRange> {
+    let Some(header) = request.range.as_deref() else {
+        return Vec::new();
+    };
+    header
+        .trim_start_matches("bytes=")
+        .split(',')
+        .map(|part| {
+            let (start, end) = part.trim().split_once('-').unwrap();
+            ByteRange {
+                start: start.parse().unwrap(),
+                end: end.parse::<u64>().unwrap() + 1,
+            }
+        })
+        .collect()
+}
+
+/// Files of at most 512 bytes live inline in EROFS images, not as
+/// objects; the store keeps their bytes by SHA-256, so a variant's partial
+/// pull takes those another image holds from the store, not the registry.
+/// A row whose bytes are not its SHA-256's is never used: the file is
+/// fetched, the tree is the oracle's, and the pull rewrites the row (fsck
+/// naming such a row: `small_contents::tests` in strata-store).
+#[test]
+fn small_files_another_image_holds_are_not_fetched_again() {
+    let _user = FixtureUser;
+    let fixture = fixture();
+    let inline_max = strata_erofs::INLINE_MAX as u64;
+    for format in FORMATS {
+        let format_ = toc_format(format);
+        let proxy = RangeProxy::start(Mode::Pass);
+        let store = store_with(PARTIAL);
+        let python = pushed(proxy.addr(), "python", format);
+        let variant = pushed(proxy.addr(), "variant-python", format);
+        store.ok(&["pull", &python]);
+
+        let mut held = HashSet::new();
+        let (manifest, _) = image(&fixture.layout, &layout_tag("python", format));
+        for layer in layers(&manifest) {
+            let (toc, _) = read_toc(format_, &fixture.layout, layer);
+            held.extend(toc.files().filter(|(_, c)| c.size > 0).map(|(_, c)| c.digest));
+        }
+        // variant-python's small contents python holds too: (layer, ranges, digest).
+        let mut shared = Vec::new();
+        let (manifest, _) = image(&fixture.layout, &layout_tag("variant-python", format));
+        for layer in layers(&manifest) {
+            let digest = layer["digest"].as_str().unwrap().to_owned();
+            let (toc, _) = read_toc(format_, &fixture.layout, layer);
+            let mut seen = HashSet::new();
+            for (_, content) in toc.files() {
+                if (1..=inline_max).contains(&content.size)
+                    && held.contains(&content.digest)
+                    && seen.insert(content.digest)
+                {
+                    let ranges: Vec<ByteRange> = content.chunks.iter().map(|c| c.compressed).collect();
+                    shared.push((digest.clone(), ranges, content.digest));
+                }
+            }
+        }
+        assert!(shared.len() > 100, "{format}: {} shared small contents", shared.len());
+
+        // A hostile row for one of them: other bytes under its SHA-256.
+        let victim = shared[shared.len() / 2].2;
+        strata_store::Store::open(&store.root())
+            .unwrap()
+            .put_small_content_unchecked(&victim.0, b"not the bytes of this content")
+            .unwrap();
+
+        proxy.clear();
+        store.ok(&["pull", &variant]);
+        let gets = proxy.blob_gets();
+        let covered = |layer: &str, ranges: &[ByteRange]| {
+            ranges.iter().all(|r| {
+                gets.iter()
+                    .filter(|g| g.path.contains(layer))
+                    .flat_map(asked_ranges)
+                    .any(|a| a.start <= r.start && r.end <= a.end)
+            })
+        };
+        let fetched: Vec<_> = shared.iter().filter(|(l, r, _)| covered(l, r)).collect();
+        eprintln!(
+            "{format}: {} small contents python holds; {} of them lie in asked ranges",
+            shared.len(),
+            fetched.len()
+        );
+        assert!(
+            fetched.iter().any(|(_, _, d)| *d == victim),
+            "{format}: the content with a hostile row is fetched"
+        );
+        // Only a few lie in the gaps merged between fetched ranges.
+        assert!(
+            fetched.len() * 10 <= shared.len(),
+            "{format}: {} fetched",
+            fetched.len()
+        );
+
+        check_tree(&store, &variant, "variant-python");
+        // The pull read the content: its row now holds its bytes.
+        let row = strata_store::Store::open(&store.root())
+            .unwrap()
+            .small_contents(&[victim.0])
+            .unwrap();
+        assert!(
+            row[0]
+                .as_ref()
+                .is_some_and(|b| Sha256::digest(b).as_slice() == victim.0),
+            "{format}"
+        );
+        store.fsck_clean();
+    }
 }
 
 // ---- hostile layouts: zstd:chunked layers whose TOC is rewritten ----

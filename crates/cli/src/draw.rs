@@ -85,7 +85,8 @@ impl Ticker {
                     waited = Duration::ZERO;
                     eprintln!("{}", log_line(bytes, total, &summary(&progress)));
                 }
-                std::thread::sleep(Duration::from_millis(100));
+                // Parked, not slept: dropping the ticker wakes it at once.
+                std::thread::park_timeout(Duration::from_millis(100));
                 waited += Duration::from_millis(100);
             }
             if terminal {
@@ -107,6 +108,7 @@ impl Drop for Ticker {
     fn drop(&mut self) {
         self.stop.store(true, Ordering::Relaxed);
         if let Some(t) = self.thread.take() {
+            t.thread().unpark();
             let _ = t.join();
         }
     }

@@ -177,11 +177,14 @@ pub(crate) fn import_layer_in(
     // A digest failure explains a tar failure (truncation, corruption), so it wins.
     verified?;
     parsed?;
-    if let Some(check) = builder.check.take() {
-        let rows = check.conclude(desc)?;
-        store.record_sha256(&rows)?;
-    }
-    Ok(builder.finish())
+    let rows = match builder.check.take() {
+        Some(check) => check.conclude(desc)?,
+        None => Vec::new(),
+    };
+    let import = builder.finish();
+    // Small files live inline in EROFS images: the store keeps them by SHA-256.
+    store.record_contents(&rows, &crate::partial::small_contents(&import.tree))?;
+    Ok(import)
 }
 
 /// A layer with eStargz's TOC annotation: its `stargz.index.json` and

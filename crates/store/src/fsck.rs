@@ -30,6 +30,9 @@ pub enum FsckProblem {
     /// A lazily pulled image names a content by SHA-256 that is neither
     /// stored (alias) nor fetchable (no lazy row says how).
     LazyUnfetchable { sha256: Digest, image: Digest },
+    /// A row of the small-content table whose bytes do not hash to its
+    /// key (partial pulls ignore it; `repair` deletes it).
+    BadSmallContent { sha256: Digest },
 }
 
 impl FsckProblem {
@@ -41,7 +44,10 @@ impl FsckProblem {
             | FsckProblem::CorruptImage { image, .. }
             | FsckProblem::ImageRefsMismatch { image }
             | FsckProblem::LazyUnfetchable { image, .. } => Some(*image),
-            FsckProblem::CorruptObject { .. } | FsckProblem::StrayFile { .. } | FsckProblem::BadAlias { .. } => None,
+            FsckProblem::CorruptObject { .. }
+            | FsckProblem::StrayFile { .. }
+            | FsckProblem::BadAlias { .. }
+            | FsckProblem::BadSmallContent { .. } => None,
         }
     }
 }
@@ -68,6 +74,12 @@ impl std::fmt::Display for FsckProblem {
                 write!(
                     f,
                     "content sha256:{sha256} of lazily pulled image {image} is neither stored nor fetchable"
+                )
+            }
+            FsckProblem::BadSmallContent { sha256 } => {
+                write!(
+                    f,
+                    "small-content row sha256:{sha256} holds bytes that hash to something else"
                 )
             }
         }
@@ -194,6 +206,10 @@ pub(crate) fn run(store: &Store, repair: bool) -> Result<FsckReport, StoreError>
         check_image(store, image, &present, &mut report.problems)?;
     }
     check_aliases(store, repair, &mut report)?;
+    for sha256 in crate::small_contents::check(store, repair)? {
+        report.problems.push(FsckProblem::BadSmallContent { sha256 });
+        report.repaired += u64::from(repair);
+    }
     if repair {
         mark_broken(store, &mut report)?;
     }

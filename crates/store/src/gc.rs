@@ -97,6 +97,7 @@ pub(crate) fn run(store: &Store) -> Result<GcReport, StoreError> {
     })?;
     // The SHA-256 index must not name what is gone (lookups check, too).
     crate::sha_index::forget_dead(store, &live.objects)?;
+    crate::small_contents::forget_dead(store, &live.images)?;
     // Aliases go with their objects, and when no live image needs them.
     crate::aliases::for_each_alias(store, |_, _, path, sha| {
         let needed = sha.is_some_and(|sha| live.lazy_needs.contains(&sha));

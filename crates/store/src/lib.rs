@@ -34,6 +34,7 @@ mod prehash;
 mod records;
 mod recover;
 mod sha_index;
+mod small_contents;
 mod tmp_names;
 mod trash;
 

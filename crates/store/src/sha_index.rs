@@ -60,15 +60,7 @@ impl Store {
             return Ok(());
         }
         let txn = self.inner.db.raw().begin_write()?;
-        {
-            let mut table = txn.open_table(SHA256_INDEX)?;
-            for (sha, object) in rows {
-                let mut value = [0u8; 40];
-                value[..32].copy_from_slice(&object.digest.0);
-                value[32..].copy_from_slice(&object.size.to_le_bytes());
-                table.insert(sha.as_slice(), value.as_slice())?;
-            }
-        }
+        put_in(&txn, rows)?;
         txn.commit()?;
         Ok(())
     }
@@ -82,6 +74,18 @@ impl Store {
             Err(e) => Err(e.into()),
         }
     }
+}
+
+/// Inserts index rows inside the caller's transaction.
+pub(crate) fn put_in(txn: &redb::WriteTransaction, rows: &[([u8; 32], ObjectRef)]) -> Result<(), StoreError> {
+    let mut table = txn.open_table(SHA256_INDEX)?;
+    for (sha, object) in rows {
+        let mut value = [0u8; 40];
+        value[..32].copy_from_slice(&object.digest.0);
+        value[32..].copy_from_slice(&object.size.to_le_bytes());
+        table.insert(sha.as_slice(), value.as_slice())?;
+    }
+    Ok(())
 }
 
 /// Drops, in one transaction, every row whose object is not in `live`

@@ -251,22 +251,31 @@ fn partial(
         }
     };
     let toc_bytes = desc.size.saturating_sub(toc.data_end);
+    let toc_read = started.elapsed();
     let mut lookup_error = None;
-    let plan = plan::plan(
+    let mut inline_error = None;
+    let (plan, have_inline) = plan::plan_with_inline(
         &toc,
         strata_erofs::INLINE_MAX as u64,
         limits.max_layer_bytes,
         |digests| {
-            let keys: Vec<[u8; 32]> = digests.iter().map(|d| d.0).collect();
-            store.objects_by_sha256(&keys).unwrap_or_else(|e| {
+            lookup_objects(store, digests).unwrap_or_else(|e| {
                 lookup_error = Some(e);
+                vec![None; digests.len()]
+            })
+        },
+        |digests| {
+            let keys: Vec<[u8; 32]> = digests.iter().map(|d| d.0).collect();
+            store.small_contents(&keys).unwrap_or_else(|e| {
+                inline_error = Some(e);
                 vec![None; keys.len()]
             })
         },
     )?;
-    if let Some(e) = lookup_error {
+    if let Some(e) = lookup_error.or(inline_error) {
         return Err(e.into());
     }
+    let planned = started.elapsed();
     let stager = Mutex::new(store.stager()?);
     let shell = fetch::Shell {
         source,
@@ -275,9 +284,19 @@ fn partial(
         progress,
     };
     let mut fetched = shell.fetch(&plan, &stager, WORKERS)?;
+    let done_fetching = started.elapsed();
     let rows = fetch::index_rows(&fetched);
     for (digest, object) in &plan.have {
         fetched.contents.insert(*digest, tree::had(*object));
+    }
+    for (digest, bytes) in have_inline {
+        fetched.contents.insert(
+            digest,
+            fetch::Got {
+                data: strata_tree::FileData::Inline(bytes),
+                staged: None,
+            },
+        );
     }
     let stager = stager.into_inner().expect("workers are done");
     if let Some((tar_split, diff_id)) = tar_split {
@@ -287,7 +306,8 @@ fn partial(
         verify::check_diff_id(&ndjson, &toc, &fetched.contents, &|d| stager.open_content(d), diff_id)?;
     }
     let import = tree::build(&toc, &desc.digest, &fetched.contents, stager, limits, progress, budget)?;
-    store.record_sha256(&rows)?;
+    let built = started.elapsed();
+    store.record_contents(&rows, &small_contents(&import.tree))?;
     let stats = &plan.stats;
     tracing::info!(
         layer = %desc.digest,
@@ -296,6 +316,7 @@ fn partial(
         contents = stats.contents,
         have = stats.have,
         have_bytes = stats.have_bytes,
+        have_inline = stats.have_inline,
         fetched = stats.fetch,
         fetched_bytes = stats.fetch_bytes,
         range_bytes = stats.range_bytes,
@@ -304,7 +325,48 @@ fn partial(
         toc_bytes,
         blob_bytes = desc.size,
         seconds = started.elapsed().as_secs_f64(),
+        toc_s = toc_read.as_secs_f64(),
+        plan_s = (planned - toc_read).as_secs_f64(),
+        fetch_s = (done_fetching - planned).as_secs_f64(),
+        build_s = (built - done_fetching).as_secs_f64(),
         "partial pull of a layer"
     );
     Ok(Some(import))
+}
+
+/// Lookups one thread makes; more are split between two (each an index
+/// read and a stat of the object: a large layer's plan waits on them).
+const LOOKUPS_PER_THREAD: usize = 1024;
+
+/// The store's objects for `digests` (see [`Store::objects_by_sha256`]).
+fn lookup_objects(
+    store: &Store,
+    digests: &[Sha256Digest],
+) -> Result<Vec<Option<strata_store::ObjectRef>>, strata_store::StoreError> {
+    let keys: Vec<[u8; 32]> = digests.iter().map(|d| d.0).collect();
+    if keys.len() <= LOOKUPS_PER_THREAD {
+        return store.objects_by_sha256(&keys);
+    }
+    let (first, second) = keys.split_at(keys.len() / 2);
+    let (first, second) = std::thread::scope(|scope| {
+        let second = scope.spawn(|| store.objects_by_sha256(second));
+        (store.objects_by_sha256(first), second.join())
+    });
+    let mut out = first?;
+    out.extend(second.expect("a lookup does not panic")?);
+    Ok(out)
+}
+
+/// The contents of a layer's files of at most the inline limit (those the
+/// EROFS image holds inline), for the store's small-content table.
+pub(crate) fn small_contents(tree: &strata_tree::Tree) -> Vec<&[u8]> {
+    let mut out = Vec::new();
+    tree.for_each_leaf(|id| {
+        if let strata_tree::Content::File(strata_tree::FileData::Inline(bytes)) = &tree.leaf(id).content {
+            if !bytes.is_empty() && bytes.len() <= strata_erofs::INLINE_MAX {
+                out.push(bytes.as_slice());
+            }
+        }
+    });
+    out
 }

@@ -4,9 +4,11 @@
 //!
 //! - Contents are keyed by their SHA-256: a content named by several
 //!   entries of the layer is fetched once.
-//! - A content the store has (by the SHA-256 index) is not fetched, unless
-//!   it is small enough to live inline in the EROFS image: inline files are
-//!   not objects, so their bytes are always fetched.
+//! - A content the store has is not fetched: one larger than the inline
+//!   limit found by the SHA-256 index as an object of the same size; one
+//!   small enough to live inline in the EROFS image (inline files are not
+//!   objects) found in the store's small-content table, its bytes checked
+//!   against the SHA-256 and size here before they are used.
 //! - The compressed ranges of the missing contents are sorted, and merged
 //!   where they overlap or the gap between them is at most [`MERGE_GAP`].
 //! - Contents are grouped into batches; one batch is fetched by one worker
@@ -16,6 +18,7 @@
 
 use std::collections::HashMap;
 
+use sha2::{Digest as _, Sha256};
 use strata_store::ObjectRef;
 
 use crate::toc::{ByteRange, Chunk, Sha256Digest, Toc};
@@ -66,9 +69,12 @@ pub struct PlanStats {
     pub files: u64,
     /// Distinct non-empty contents among them.
     pub contents: u64,
-    /// Contents (and their bytes) the store has.
+    /// Contents (and their bytes) the store has, as objects or inline.
     pub have: u64,
     pub have_bytes: u64,
+    /// Of those, contents of at most the inline limit, from the store's
+    /// small-content table.
+    pub have_inline: u64,
     /// Contents (and their bytes) to fetch.
     pub fetch: u64,
     pub fetch_bytes: u64,
@@ -99,15 +105,32 @@ pub enum PlanError {
 
 /// Plans the fetch of `toc`'s files. `lookup` answers, for each SHA-256 it
 /// is given, the object holding that content, if the store has one;
-/// contents of at most `inline_max` bytes are never looked up. Files
-/// holding more than `max_layer_bytes` in all are refused before anything
-/// is fetched.
+/// contents of at most `inline_max` bytes are never looked up (and always
+/// fetched: see [`plan_with_inline`]). Files holding more than
+/// `max_layer_bytes` in all are refused before anything is fetched.
 pub fn plan(
     toc: &Toc,
     inline_max: u64,
     max_layer_bytes: u64,
     lookup: impl FnOnce(&[Sha256Digest]) -> Vec<Option<ObjectRef>>,
 ) -> Result<Plan, PlanError> {
+    plan_with_inline(toc, inline_max, max_layer_bytes, lookup, |d| vec![None; d.len()]).map(|(plan, _)| plan)
+}
+
+/// Contents of at most the inline limit the store holds, by SHA-256, with
+/// their bytes (checked against both).
+pub type HaveInline = HashMap<Sha256Digest, Vec<u8>>;
+
+/// [`plan`], where contents of at most `inline_max` bytes are asked of
+/// `lookup_inline` (the store's small-content table): an answer whose bytes
+/// do not have the content's size and SHA-256 is not used.
+pub fn plan_with_inline(
+    toc: &Toc,
+    inline_max: u64,
+    max_layer_bytes: u64,
+    lookup: impl FnOnce(&[Sha256Digest]) -> Vec<Option<ObjectRef>>,
+    lookup_inline: impl FnOnce(&[Sha256Digest]) -> Vec<Option<Vec<u8>>>,
+) -> Result<(Plan, HaveInline), PlanError> {
     let total: u64 = toc.files().map(|(_, c)| c.size).fold(0, u64::saturating_add);
     if total > max_layer_bytes {
         return Err(PlanError::LayerTooLarge {
@@ -154,9 +177,24 @@ pub fn plan(
             have.insert(digest, object);
         }
     }
+    let asked: Vec<Sha256Digest> = order
+        .iter()
+        .filter(|w| w.size <= inline_max)
+        .map(|w| w.digest)
+        .collect();
+    let answers = lookup_inline(&asked);
+    let mut have_inline = HashMap::new();
+    for (digest, answer) in asked.into_iter().zip(answers) {
+        let size = order[index[&digest]].size;
+        let right = |bytes: &Vec<u8>| bytes.len() as u64 == size && Sha256::digest(bytes).as_slice() == digest.0;
+        if let Some(bytes) = answer.filter(right) {
+            have_inline.insert(digest, bytes);
+        }
+    }
+    stats.have_inline = have_inline.len() as u64;
     let mut missing: Vec<Wanted> = Vec::new();
     for wanted in order {
-        if have.contains_key(&wanted.digest) {
+        if have.contains_key(&wanted.digest) || have_inline.contains_key(&wanted.digest) {
             stats.have += 1;
             stats.have_bytes += wanted.size;
         } else {
@@ -194,7 +232,7 @@ pub fn plan(
         stats.calls += batch.calls.len() as u64;
         stats.request_bytes += batch.calls.iter().flatten().map(ByteRange::len).sum::<u64>();
     }
-    Ok(Plan { have, batches, stats })
+    Ok((Plan { have, batches, stats }, have_inline))
 }
 
 /// The compressed ranges a content needs (zero chunks need none).

@@ -173,3 +173,54 @@ fn bombs_are_refused_before_anything_is_fetched() {
     let e = plan(&toc2, 512, 999, |d| vec![None; d.len()]).unwrap_err();
     assert!(matches!(e, PlanError::LayerTooLarge { .. }), "{e}");
 }
+
+/// Small contents are asked of the small-content lookup, and an answer is
+/// used only if its bytes have the TOC's size and SHA-256.
+#[test]
+fn small_contents_come_from_the_store_only_if_their_bytes_check() {
+    let real = |bytes: &[u8]| Sha256Digest::of(bytes);
+    let toc = toc(vec![
+        file("held", real(b"held"), 4, vec![chunk(0, 4, range(100, 110))]),
+        file("wrong-bytes", real(b"right"), 5, vec![chunk(0, 5, range(200, 210))]),
+        file("wrong-size", real(b"size"), 4, vec![chunk(0, 4, range(300, 310))]),
+        file("absent", real(b"absent"), 6, vec![chunk(0, 6, range(400, 410))]),
+        file("large", sha(9), 1000, vec![chunk(0, 1000, range(500, 600))]),
+    ]);
+    let mut asked_small = Vec::new();
+    let mut asked_large = Vec::new();
+    let (plan, inline) = plan_with_inline(
+        &toc,
+        512,
+        u64::MAX,
+        |digests| {
+            asked_large = digests.to_vec();
+            vec![None; digests.len()]
+        },
+        |digests| {
+            asked_small = digests.to_vec();
+            digests
+                .iter()
+                .map(|d| match d {
+                    d if *d == real(b"held") => Some(b"held".to_vec()),
+                    // A hostile answer: other bytes of the same size.
+                    d if *d == real(b"right") => Some(b"wrong".to_vec()),
+                    d if *d == real(b"size") => Some(b"size!".to_vec()),
+                    _ => None,
+                })
+                .collect()
+        },
+    )
+    .unwrap();
+    assert_eq!(asked_large, vec![sha(9)]);
+    assert_eq!(asked_small.len(), 4);
+    assert_eq!(inline.len(), 1);
+    assert_eq!(inline[&real(b"held")], b"held".to_vec());
+    assert_eq!((plan.stats.have, plan.stats.have_inline, plan.stats.fetch), (1, 1, 4));
+    let fetched: Vec<&str> = plan
+        .batches
+        .iter()
+        .flat_map(|b| &b.contents)
+        .map(|w| w.path.as_str())
+        .collect();
+    assert_eq!(fetched, vec!["wrong-bytes", "wrong-size", "absent", "large"]);
+}
