@@ -11,113 +11,20 @@
 //! stored), and one that accepts connections but never answers (EIO after
 //! the configured timeout, not a hang), on the `::` rung.
 
-mod range_proxy;
+mod lazy_support;
 
 use std::io::Read;
 use std::net::{Shutdown, TcpListener, TcpStream};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Command;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use range_proxy::{Mode, RangeProxy};
+use lazy_support::range_proxy::{Mode, RangeProxy};
+use lazy_support::*;
 use serde_json::Value;
-use strata_tests::serve::Serve;
 use strata_tests::*;
-
-const FORMATS: [&str; 2] = ["estargz", "zstd:chunked"];
-/// How long an open of a missing file waits in these tests (seconds).
-const FETCH_TIMEOUT: u64 = 4;
-
-fn tag_of(format: &str) -> &'static str {
-    match format {
-        "estargz" => "estargz",
-        _ => "zstd-chunked",
-    }
-}
-
-/// `HOST/lazy/python:FORMAT`, as pushed (HOST: the registry or a proxy).
-fn pushed(host: &str, format: &str) -> String {
-    format!("{host}/lazy/python:{}", tag_of(format))
-}
-
-/// Converts the family's `python` into each format and pushes it, once.
-fn fixture() {
-    static DONE: OnceLock<()> = OnceLock::new();
-    DONE.get_or_init(|| {
-        require_root();
-        for format in FORMATS {
-            let out = Command::new(strata_bin())
-                .args(["--config", "/dev/null", "convert", "--json", "--format", format])
-                .arg(registry_ref("python"))
-                .arg(pushed(&registry(), format))
-                .output()
-                .unwrap();
-            stdout_of(&format!("strata convert {format}"), out);
-        }
-    });
-}
-
-/// Unmounts (detached) whatever is mounted below the test's dir, then
-/// kills serve: on success and on failure alike.
-struct Cleanup {
-    dir: PathBuf,
-    serve: Option<Serve>,
-}
-
-impl Drop for Cleanup {
-    fn drop(&mut self) {
-        for mount in strata_sys::mounts_under(&self.dir) {
-            let _ = strata_sys::unmount(&mount, true);
-        }
-        if let Some(serve) = self.serve.take() {
-            drop(serve);
-        }
-    }
-}
-
-fn start_serve(store: &TestStore) -> Cleanup {
-    let socket = store.dir.path().join("strata.sock");
-    let timeout = FETCH_TIMEOUT.to_string();
-    let serve = Serve::start(
-        &store.root(),
-        &socket,
-        Some(&store.dir.path().join("config.toml")),
-        &[("STRATA_LAZY_FETCH_TIMEOUT", &timeout)],
-    );
-    let lazy = store.root().join("lazy");
-    let served = std::fs::read_to_string("/proc/self/mountinfo")
-        .unwrap()
-        .lines()
-        .any(|l| l.contains(&format!(" {} ", lazy.display())) && l.contains("fuse.strata-lazy"));
-    assert!(
-        served,
-        "serve mounted no LAZY at {}: {}",
-        lazy.display(),
-        serve.log_text()
-    );
-    Cleanup {
-        dir: store.dir.path().to_owned(),
-        serve: Some(serve),
-    }
-}
-
-fn pull_lazy(store: &TestStore, reference: &str) -> Value {
-    let out = store.ok(&["pull", "--lazy", "--json", reference]);
-    let report: Value = serde_json::from_str(out.trim()).unwrap();
-    assert_eq!(report["lazy"], true, "{report}");
-    report
-}
-
-/// Bytes the proxy sent for blob GETs (layers: TOCs and file ranges).
-fn blob_bytes(proxy: &RangeProxy) -> u64 {
-    proxy.blob_gets().iter().map(|r| r.sent).sum()
-}
-
-fn percent(part: u64, whole: u64) -> f64 {
-    100.0 * part as f64 / whole.max(1) as f64
-}
 
 #[test]
 fn a_lazy_pull_mounts_from_the_tocs_and_fetches_files_on_open() {
@@ -125,6 +32,8 @@ fn a_lazy_pull_mounts_from_the_tocs_and_fetches_files_on_open() {
     for format in FORMATS {
         let proxy = RangeProxy::start(Mode::Pass);
         let store = TestStore::new();
+        // Bytes are counted per open here: no prefetch (tests/lazy_prefetch.rs).
+        set_lazy_config(&store, "prefetch = false", "");
         let _cleanup = start_serve(&store);
         let reference = pushed(proxy.addr(), format);
 
@@ -295,35 +204,6 @@ impl Drop for Relay {
 }
 
 /// The largest missing files of the oracle, as (path, sha256), one per content.
-/// Reads every regular file under `dir` on 8 threads, so that their
-/// fetches overlap (without prefetch each first open costs a request);
-/// errors are left to the comparison that follows.
-fn read_all_in_parallel(dir: &Path) {
-    let mut files = Vec::new();
-    let mut pending = vec![dir.to_path_buf()];
-    while let Some(next) = pending.pop() {
-        let Ok(entries) = std::fs::read_dir(&next) else {
-            continue;
-        };
-        for entry in entries.flatten() {
-            match entry.file_type() {
-                Ok(t) if t.is_dir() => pending.push(entry.path()),
-                Ok(t) if t.is_file() => files.push(entry.path()),
-                _ => {}
-            }
-        }
-    }
-    let files = std::sync::Mutex::new(files);
-    std::thread::scope(|scope| {
-        for _ in 0..8 {
-            scope.spawn(|| loop {
-                let Some(file) = files.lock().unwrap().pop() else { break };
-                let _ = std::fs::read(&file);
-            });
-        }
-    });
-}
-
 fn large_files(expected: &Path, count: usize) -> Vec<(String, String)> {
     let json: Value = serde_json::from_slice(&std::fs::read(expected).unwrap()).unwrap();
     let mut files: Vec<(u64, String, String)> = json
@@ -365,7 +245,7 @@ fn wrong_bytes_and_a_silent_registry_give_eio_and_store_nothing() {
     let relay = Relay::start(Target::To(good.addr().to_owned()));
     let store = TestStore::new();
     // The `::` rung here (the other test gets lowerdir+/datadir+).
-    store.set_config("[kernel]\nlowers = \"double-colon\"\n");
+    set_lazy_config(&store, "prefetch = false", "[kernel]\nlowers = \"double-colon\"\n");
     let _cleanup = start_serve(&store);
     let reference = pushed(&relay.addr, format);
     pull_lazy(&store, &reference);

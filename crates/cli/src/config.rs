@@ -17,6 +17,60 @@ pub struct Config {
     pub metrics: MetricsConfig,
     pub pull: PullSection,
     pub kernel: KernelSection,
+    pub lazy: LazySection,
+}
+
+/// `[lazy]`: lazy pulls, whose missing files `strata serve` fetches
+/// (docs/lazy-pulls.md).
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LazySection {
+    /// Fetch the rest of each lazily pulled image in the background
+    /// (prioritized files first, then TOC order); off: only on open.
+    pub prefetch: bool,
+    /// Contents prefetched at once.
+    #[serde(deserialize_with = "prefetch_concurrency")]
+    pub prefetch_concurrency: usize,
+    /// Compressed bytes per second prefetch may read; 0: unlimited.
+    pub prefetch_bandwidth: u64,
+    /// Seconds an open of a missing file waits for its fetch, retries
+    /// included, before it gets EIO (the environment variable
+    /// `STRATA_LAZY_FETCH_TIMEOUT` overrides it).
+    #[serde(deserialize_with = "fetch_timeout")]
+    pub fetch_timeout: f64,
+}
+
+impl Default for LazySection {
+    fn default() -> Self {
+        LazySection {
+            prefetch: true,
+            prefetch_concurrency: 2,
+            prefetch_bandwidth: 0,
+            fetch_timeout: 30.0,
+        }
+    }
+}
+
+const MAX_PREFETCH_CONCURRENCY: usize = 64;
+
+fn prefetch_concurrency<'de, D: serde::Deserializer<'de>>(d: D) -> Result<usize, D::Error> {
+    let n = usize::deserialize(d)?;
+    if !(1..=MAX_PREFETCH_CONCURRENCY).contains(&n) {
+        return Err(serde::de::Error::custom(format!(
+            "{n} is not between 1 and {MAX_PREFETCH_CONCURRENCY}"
+        )));
+    }
+    Ok(n)
+}
+
+fn fetch_timeout<'de, D: serde::Deserializer<'de>>(d: D) -> Result<f64, D::Error> {
+    let seconds = f64::deserialize(d)?;
+    if !(seconds.is_finite() && seconds > 0.0 && seconds <= 86_400.0) {
+        return Err(serde::de::Error::custom(format!(
+            "{seconds} is not a number of seconds above 0 (at most a day)"
+        )));
+    }
+    Ok(seconds)
 }
 
 /// `[kernel]`: how each kernel feature is used; "auto" takes the best rung
@@ -206,6 +260,7 @@ impl Default for Config {
             metrics: MetricsConfig::default(),
             pull: PullSection::default(),
             kernel: KernelSection::default(),
+            lazy: LazySection::default(),
         }
     }
 }
@@ -467,6 +522,50 @@ mod tests {
         );
         let e = c.registry_config().unwrap_err();
         assert!(format!("{e:#}").contains("/a.json"), "{e:#}");
+    }
+
+    #[test]
+    fn lazy_section() {
+        let defaults = parse("").unwrap().lazy;
+        assert!(defaults.prefetch);
+        assert_eq!(defaults.prefetch_concurrency, 2);
+        assert_eq!(defaults.prefetch_bandwidth, 0);
+        assert_eq!(defaults.fetch_timeout, 30.0);
+        let c = parse(
+            "[lazy]\nprefetch = false\nprefetch_concurrency = 4\nprefetch_bandwidth = 1048576\nfetch_timeout = 4\n",
+        )
+        .unwrap()
+        .lazy;
+        assert!(!c.prefetch);
+        assert_eq!(c.prefetch_concurrency, 4);
+        assert_eq!(c.prefetch_bandwidth, 1 << 20);
+        assert_eq!(c.fetch_timeout, 4.0);
+        assert_eq!(parse("[lazy]\nfetch_timeout = 0.5\n").unwrap().lazy.fetch_timeout, 0.5);
+        let cases = [
+            (
+                "prefetch_concurrency = 0",
+                "line 2: lazy.prefetch_concurrency: 0 is not between 1 and 64",
+            ),
+            (
+                "fetch_timeout = 0",
+                "line 2: lazy.fetch_timeout: 0 is not a number of seconds above 0",
+            ),
+            (
+                "fetch_timeout = -3",
+                "line 2: lazy.fetch_timeout: -3 is not a number of seconds above 0",
+            ),
+            (
+                "prefetch_bandwidth = -1",
+                "line 2: lazy.prefetch_bandwidth: invalid value",
+            ),
+            ("prefetch = \"yes\"", "line 2: lazy.prefetch: invalid type: string"),
+            ("bandwidth = 5", "line 2: lazy.bandwidth: unknown field"),
+        ];
+        for (line, expected) in cases {
+            let errors = parse(&format!("[lazy]\n{line}\n")).unwrap_err();
+            assert_eq!(errors.len(), 1, "{line}: {errors:#?}");
+            assert!(errors[0].starts_with(expected), "{line}: {errors:#?}");
+        }
     }
 
     #[test]

@@ -55,6 +55,9 @@ enum Command {
     Fsck(cmd::fsck::Args),
     /// Show version and the kernel features in use.
     Version(cmd::version::Args),
+    /// Serve LAZY (the missing files of lazily pulled images); started by `strata serve`.
+    #[command(hide = true)]
+    LazyDaemon,
 }
 
 /// Exit code of a usage error (bad flags, a malformed reference, a bad config).
@@ -88,7 +91,7 @@ fn main() -> ExitCode {
     };
     draw::init_logging(&config.log_level);
     let result = match cli.command {
-        Command::Serve(args) => cmd::serve::run(&config, args),
+        Command::Serve(args) => cmd::serve::run(&config, cli.config.as_deref(), args),
         Command::Pull(args) => cmd::pull::run(&config, args),
         Command::Convert(args) => cmd::convert::run(&config, args),
         Command::Images(args) => cmd::images::run(&config, args),
@@ -99,6 +102,7 @@ fn main() -> ExitCode {
         Command::Gc(args) => cmd::gc::run(&config, args),
         Command::Fsck(args) => cmd::fsck::run(&config, args),
         Command::Version(args) => cmd::version::run(&config, args),
+        Command::LazyDaemon => cmd::lazy_daemon::run(&config),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -80,8 +80,9 @@ impl<B> Table<B> {
         true
     }
 
-    /// Stops listing `name`: new lookups answer ENOENT, while inodes the
-    /// kernel still holds keep working. False if it was not listed.
+    /// Stops listing `name`: once the kernel holds its inode no more,
+    /// lookups answer ENOENT; until then it keeps working. False if it
+    /// was not listed.
     pub fn remove(&mut self, name: &Digest) -> bool {
         let Some(&ino) = self.by_name.get(name) else {
             return false;
@@ -118,11 +119,14 @@ impl<B> Table<B> {
     }
 
     /// A LOOKUP of a listed name: its inode and size, counted as a kernel
-    /// reference.
+    /// reference. A name no longer listed is found too while the kernel
+    /// holds its inode: that LOOKUP revalidates a dentry the kernel cached
+    /// (its entry TTL passed), and an ENOENT would make an overlay that
+    /// found a file's data here answer ESTALE for that file.
     pub fn lookup(&mut self, name: &Digest) -> Option<(u64, u64)> {
         let ino = *self.by_name.get(name)?;
         let file = self.files.get_mut(&ino).expect("by_name and files agree");
-        if !file.listed {
+        if !file.listed && file.lookups == 0 {
             return None;
         }
         file.lookups += 1;
@@ -243,15 +247,22 @@ mod tests {
         );
 
         assert!(table.remove(&name));
-        assert!(table.lookup(&name).is_none(), "unlisted names are not looked up");
+        assert!(!table.is_listed(&name));
         assert_eq!(
             table.node(ino),
             Some(Node::File { name, size: 100 }),
             "the inode lives on"
         );
+        assert_eq!(
+            table.lookup(&name),
+            Some((ino, 100)),
+            "held by the kernel: a revalidating lookup finds it"
+        );
+        assert_eq!(table.dir_entries(1), vec![], "but it is not listed");
+        assert_eq!(table.forget(ino, 1), None);
         assert_eq!(table.forget(ino, 1), Some("b1"));
         assert_eq!(table.node(ino), None, "forgotten and unlisted: gone");
-        assert!(!table.is_listed(&name));
+        assert!(table.lookup(&name).is_none(), "unlisted and not held: not found");
     }
 
     #[test]

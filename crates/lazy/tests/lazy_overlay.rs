@@ -78,6 +78,12 @@ fn a_lazy_file_is_fetched_on_open_and_a_present_one_never_reaches_fuse() {
     let dir = fx.lazy_dir.join(&lazy.sha256.to_hex()[..2]);
     assert_eq!(std::fs::read_dir(dir).unwrap().count(), 0, "no longer listed");
     assert_eq!(read_bounded(&fx.merged.join("lazy")).unwrap(), lazy.bytes);
+    // Past the entry TTL the overlay revalidates the data dentry it found
+    // in LAZY: the file must not turn stale (ESTALE).
+    std::thread::sleep(config().entry_ttl + Duration::from_millis(500));
+    let stat = std::fs::metadata(fx.merged.join("lazy")).expect("no ESTALE after the TTL");
+    assert_eq!(stat.len(), lazy.bytes.len() as u64);
+    assert_eq!(read_bounded(&fx.merged.join("lazy")).unwrap(), lazy.bytes);
     assert_eq!(handle.counts().fetches_started, 1);
     fx.unmount();
 }
@@ -153,6 +159,44 @@ fn eight_concurrent_opens_run_one_fetch() {
     assert_eq!(counts.fetches_started, 1);
     assert_eq!(fx.fetcher.calls.load(std::sync::atomic::Ordering::SeqCst), 1);
     assert_eq!(counts.opens_passthrough, OPENS);
+    fx.unmount();
+}
+
+#[test]
+fn a_prefetch_and_an_open_of_one_name_fetch_once() {
+    let lazy = TestFile::new(6, 900_000);
+    let fx = Fixture::new(&[], &[("lazy", &lazy)], &config());
+    let handle = fx.handle();
+    // The fetch (started by the prefetch) waits until the open has
+    // reached LAZY and joined its flight.
+    let watch = handle.clone();
+    fx.before_fetch(move || {
+        wait_for(Duration::from_secs(10), || watch.counts().opens >= 1);
+    });
+    let prefetch = {
+        let (handle, name, size) = (handle.clone(), lazy.sha256, lazy.bytes.len() as u64);
+        std::thread::spawn(move || handle.fetch(name, size))
+    };
+    assert!(
+        wait_for(Duration::from_secs(10), || fx
+            .fetcher
+            .calls
+            .load(std::sync::atomic::Ordering::SeqCst)
+            == 1),
+        "the prefetch started no fetch"
+    );
+    let path = fx.merged.join("lazy");
+    let read = bounded(Duration::from_secs(30), move || std::fs::read(path));
+    assert_eq!(read.unwrap(), lazy.bytes);
+    assert_eq!(prefetch.join().unwrap(), Ok(()));
+    let counts = handle.counts();
+    eprintln!("a prefetch and an open: {counts:?}");
+    assert_eq!(counts.fetches_started, 1);
+    assert_eq!(fx.fetcher.calls.load(std::sync::atomic::Ordering::SeqCst), 1);
+    assert_eq!(counts.opens_passthrough, 1);
+    // A second prefetch finds it stored: no fetch.
+    assert_eq!(handle.fetch(lazy.sha256, lazy.bytes.len() as u64), Ok(()));
+    assert_eq!(fx.fetcher.calls.load(std::sync::atomic::Ordering::SeqCst), 1);
     fx.unmount();
 }
 

@@ -361,6 +361,37 @@ pub(crate) fn add_root_in(
     Ok(())
 }
 
+/// Points every image name recorded with EROFS image `old` at `new`,
+/// which references `objects`, inside the caller's transaction (a lazily
+/// pulled image completed). Returns the names it repointed.
+pub(crate) fn repoint_images_in(
+    txn: &WriteTransaction,
+    old: &Digest,
+    new: &Digest,
+    objects: &[ObjectRef],
+) -> Result<Vec<String>, StoreError> {
+    let mut images = txn.open_table(IMAGES)?;
+    let mut moved = Vec::new();
+    for row in images.iter()? {
+        let (key, value) = row?;
+        let mut record = decode(key.value(), value.value())?;
+        if record.erofs_id().ok() == Some(*old) {
+            record.erofs = new.to_hex();
+            moved.push(record);
+        }
+    }
+    for record in &moved {
+        let json = serde_json::to_vec(record).expect("records serialize");
+        images.insert(record.name.as_str(), json.as_slice())?;
+    }
+    if !moved.is_empty() {
+        txn.open_table(IMAGE_OBJECTS)?
+            .insert(new.0.as_slice(), pack(objects).as_slice())?;
+        note_release_in(txn)?;
+    }
+    Ok(moved.into_iter().map(|r| r.name).collect())
+}
+
 /// Drops the gc root `owner` inside the caller's transaction.
 pub(crate) fn remove_root_in(txn: &WriteTransaction, owner: &str) -> Result<bool, StoreError> {
     let removed = txn.open_table(ROOTS)?.remove(owner)?.is_some();

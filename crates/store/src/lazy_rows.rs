@@ -2,7 +2,7 @@
 //!
 //! - `lazy_images`: EROFS image id (hex) -> the SHA-256s of the contents
 //!   its metadata names by SHA-256 (32 bytes each), the files the store
-//!   lacked when it was pulled. An image with a row is *incomplete*: it is
+//!   lacked when it was pulled, in the order prefetch fetches them. An image with a row is *incomplete*: it is
 //!   mounted with ALIASES and LAZY behind OBJECTS.
 //! - `lazy_contents`: SHA-256 (hex) -> how to fetch that content (bytes
 //!   the image crate encodes: source, layer, ranges, compression).
@@ -16,7 +16,7 @@ use std::collections::HashSet;
 
 use strata_tree::Digest;
 
-use crate::{RecordTable, Store, StoreError, StoreTxn};
+use crate::{ObjectRef, RecordTable, Store, StoreError, StoreTxn};
 
 const LAZY_IMAGES: RecordTable = RecordTable::new("lazy_images");
 const LAZY_CONTENTS: RecordTable = RecordTable::new("lazy_contents");
@@ -65,6 +65,28 @@ impl Store {
     /// The recipe recorded for content `sha`.
     pub fn lazy_recipe(&self, sha: &Digest) -> Result<Option<Vec<u8>>, StoreError> {
         self.record(LAZY_CONTENTS, &sha.to_hex())
+    }
+
+    /// Completes lazily pulled image `old`: in one transaction, every name
+    /// recorded with it is pointed at image `new` (its metadata rewritten
+    /// with fs-verity names), which references `objects`, all of them
+    /// stored. Returns the names repointed (none if another pull replaced
+    /// them meanwhile).
+    ///
+    /// `old`'s row stays: mounts made before still use `old`, whose
+    /// SHA-256 names need their aliases, and gc keeps those only while a
+    /// live image's row names them. gc drops the row with `old`, once
+    /// nothing holds it.
+    pub fn complete_lazy_image(
+        &self,
+        old: &Digest,
+        new: &Digest,
+        objects: &[ObjectRef],
+    ) -> Result<Vec<String>, StoreError> {
+        let txn = self.inner.db.raw().begin_write()?;
+        let names = crate::db::repoint_images_in(&txn, old, new, objects)?;
+        txn.commit()?;
+        Ok(names)
     }
 
     /// Every lazily pulled image and the names it needs.
@@ -151,6 +173,53 @@ mod tests {
         assert_eq!(store.lazy_recipe(&c).unwrap(), None);
         assert_eq!(store.lazy_recipe(&a).unwrap(), Some(a.to_hex().into_bytes()));
         assert_eq!(store.lazy_images().unwrap().len(), 1);
+    }
+
+    #[test]
+    fn completing_repoints_the_names_of_the_old_image_only() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let (old, new, other) = (Digest::of(b"old"), Digest::of(b"new"), Digest::of(b"other"));
+        let record = |name: &str, erofs: &Digest| crate::ImageRecord {
+            name: name.into(),
+            manifest_digest: "sha256:m".into(),
+            config_digest: "sha256:c".into(),
+            erofs: erofs.to_hex(),
+            layers: vec![],
+            created_unix: 0,
+            logical_bytes: 0,
+            files: 0,
+            inodes: 0,
+            broken: None,
+        };
+        let object = ObjectRef {
+            digest: Digest::of(b"object"),
+            size: 9,
+        };
+        store.commit_image(&record("a", &old), &[]).unwrap();
+        store.commit_image(&record("b", &old), &[]).unwrap();
+        store.commit_image(&record("c", &other), &[]).unwrap();
+        let txn = store.begin().unwrap();
+        txn.put_lazy_image(&old, &[Digest::of(b"sha")]).unwrap();
+        txn.commit().unwrap();
+        let released = store.released().unwrap();
+
+        let mut names = store.complete_lazy_image(&old, &new, &[object]).unwrap();
+        names.sort();
+        assert_eq!(names, ["a", "b"]);
+        for name in ["a", "b"] {
+            assert_eq!(store.image(name).unwrap().unwrap().erofs_id().unwrap(), new);
+        }
+        assert_eq!(store.image("c").unwrap().unwrap().erofs_id().unwrap(), other);
+        assert_eq!(store.image_objects(&new).unwrap(), vec![object]);
+        assert_ne!(store.released().unwrap(), released, "the old image may be garbage now");
+        assert!(
+            store.lazy_needs(&old).unwrap().is_some(),
+            "gc drops the old row, not completing"
+        );
+        assert!(store.lazy_needs(&new).unwrap().is_none(), "the new image is complete");
+        // Nothing names `old` any more: a second completion repoints nothing.
+        assert!(store.complete_lazy_image(&old, &new, &[object]).unwrap().is_empty());
     }
 
     #[test]

@@ -47,7 +47,7 @@ pub use error::StoreError;
 pub use fsck::{FsckProblem, FsckReport};
 pub use gc::GcReport;
 pub use hashing::{hash_file, hash_files, hash_opened};
-pub use lock::{ExclusiveGuard, ImportSlot, SharedGuard};
+pub use lock::{ExclusiveGuard, ImportSlot, NoServe, ServePresence, SharedGuard};
 pub use objects::{AdoptSource, HashedBytes, ObjectStager, StagedObject};
 pub use prehash::{Prehash, Prehashed};
 pub use records::{Counter, RecordTable, StoreTxn};
@@ -261,6 +261,16 @@ impl Store {
     /// Taken by gc and repair, so they never race with an import.
     pub fn lock_exclusive(&self) -> Result<ExclusiveGuard, StoreError> {
         lock::exclusive(&self.inner.root_dir, &self.inner.root)
+    }
+
+    /// Held by `strata serve` while it runs (shared: several may).
+    pub fn serve_presence(&self) -> Result<ServePresence, StoreError> {
+        lock::serve_presence(&self.inner.root_dir, &self.inner.root)
+    }
+
+    /// Blocks until no `strata serve` runs on this store.
+    pub fn wait_no_serve(&self) -> Result<NoServe, StoreError> {
+        lock::wait_no_serve(&self.inner.root_dir, &self.inner.root)
     }
 
     pub fn has_object(&self, digest: &strata_tree::Digest) -> Result<bool, StoreError> {

@@ -72,3 +72,26 @@ pub(crate) fn exclusive(dir: &DirFd, root: &Path) -> Result<ExclusiveGuard, Stor
     rustix::fs::flock(&fd, FlockOperation::LockExclusive).map_err(|e| StoreError::io("lock", root.join("lock"), e))?;
     Ok(ExclusiveGuard(fd))
 }
+
+/// Held shared by each `strata serve` of the store while it runs
+/// (`lock.serve`), so the process serving LAZY can tell when none runs.
+pub struct ServePresence(#[allow(dead_code)] OwnedFd);
+
+/// Held exclusively once no `strata serve` runs; a serve starting
+/// meanwhile waits for it to drop.
+pub struct NoServe(#[allow(dead_code)] OwnedFd);
+
+const SERVE_LOCK: &str = "lock.serve";
+
+pub(crate) fn serve_presence(dir: &DirFd, root: &Path) -> Result<ServePresence, StoreError> {
+    let fd = open_named(dir, root, SERVE_LOCK)?;
+    rustix::fs::flock(&fd, FlockOperation::LockShared).map_err(|e| StoreError::io("lock", root.join(SERVE_LOCK), e))?;
+    Ok(ServePresence(fd))
+}
+
+pub(crate) fn wait_no_serve(dir: &DirFd, root: &Path) -> Result<NoServe, StoreError> {
+    let fd = open_named(dir, root, SERVE_LOCK)?;
+    rustix::fs::flock(&fd, FlockOperation::LockExclusive)
+        .map_err(|e| StoreError::io("lock", root.join(SERVE_LOCK), e))?;
+    Ok(NoServe(fd))
+}

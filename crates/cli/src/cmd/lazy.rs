@@ -5,6 +5,10 @@
 //! LAZY is served only by `strata serve`. A lazy pull needs it (else the
 //! image is pulled whole, after a message), and `strata mount` of a lazily
 //! pulled image without it is refused: "start `strata serve`".
+//!
+//! The LAZY server also prefetches what lazily pulled images miss and
+//! completes each one once it misses nothing (`[lazy]` in config.toml);
+//! a plain `strata pull` of an incomplete image completes it too.
 
 use std::fs::File;
 use std::path::{Path, PathBuf};
@@ -13,18 +17,20 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use serde::Serialize;
-use strata_image::lazy::{FetchPolicy, LazyFetchError, LazyFetcher, LazyPullError, LazyPullOptions};
+use strata_image::lazy::{
+    FetchPolicy, LazyFetchError, LazyFetcher, LazyPullError, LazyPullOptions, PrefetchConfig, Prefetcher,
+};
 use strata_image::source::{LayoutSource, RegistrySource};
 use strata_image::{BlobSource, ImageRef, Progress, PullOptions, Received};
-use strata_lazy::{FetchError, LazyConfig, LazyMount, ObjectFetcher, SUBTYPE};
-use strata_store::Store;
+use strata_lazy::{FetchError, LazyConfig, LazyHandle, LazyMount, ObjectFetcher, SUBTYPE};
+use strata_store::{ImageRecord, Store};
 use strata_tree::Digest;
 
 use crate::config::Config;
 use crate::draw::human;
 
-/// How long an open of a missing file waits for its fetch, retries
-/// included, before it gets EIO (seconds; default 30).
+/// Overrides `[lazy] fetch_timeout` (seconds): how long an open of a
+/// missing file waits for its fetch, retries included, before it gets EIO.
 const TIMEOUT_ENV: &str = "STRATA_LAZY_FETCH_TIMEOUT";
 
 /// Where `strata serve` mounts LAZY.
@@ -32,12 +38,109 @@ pub fn lazy_dir(store: &Store) -> PathBuf {
     store.root().join("lazy")
 }
 
-fn fetch_timeout() -> Duration {
+fn fetch_timeout(config: &Config) -> Duration {
     std::env::var(TIMEOUT_ENV)
         .ok()
         .and_then(|v| v.parse::<f64>().ok())
         .filter(|s| s.is_finite() && *s > 0.0)
-        .map_or(Duration::from_secs(30), Duration::from_secs_f64)
+        .map_or(
+            Duration::from_secs_f64(config.lazy.fetch_timeout),
+            Duration::from_secs_f64,
+        )
+}
+
+/// The fetcher of missing contents, reading blobs from the source each
+/// recipe names, with the registry settings of `config`.
+fn store_fetcher(config: &Config, store: &Store) -> anyhow::Result<LazyFetcher> {
+    let registry = config.registry_config()?;
+    let open_source = move |reference: &str| -> Result<Arc<dyn BlobSource>, strata_image::ImportError> {
+        let parsed: ImageRef = reference.parse()?;
+        Ok(match parsed {
+            ImageRef::Layout { dir, tag } => Arc::new(LayoutSource::new(&dir, tag.as_deref())),
+            ImageRef::Registry(r) => Arc::new(RegistrySource::new(r, Arc::clone(&registry))?),
+        })
+    };
+    let policy = FetchPolicy {
+        give_up_after: fetch_timeout(config),
+        ..FetchPolicy::default()
+    };
+    Ok(LazyFetcher::new(store.clone(), Box::new(open_source), policy))
+}
+
+/// A plain `strata pull` of image `record`, which is up to date: if it was
+/// pulled lazily and is incomplete, fetches what it misses (here, not
+/// through LAZY) and completes it. False if it is complete already.
+pub fn complete_pull(config: &Config, store: &Store, record: &ImageRecord, json: bool) -> anyhow::Result<bool> {
+    let id = record.erofs_id()?;
+    let Some(needs) = store.lazy_needs(&id)? else {
+        return Ok(false);
+    };
+    let started = Instant::now();
+    let missing = strata_image::lazy::still_missing(store, &needs)?;
+    let fetcher = store_fetcher(config, store)?;
+    // On `[lazy] prefetch_concurrency` threads, in the row's order.
+    let queue = std::sync::Mutex::new(missing.iter());
+    let bytes = std::sync::atomic::AtomicU64::new(0);
+    let fetch_one = |name: &Digest| -> Result<u64, LazyFetchError> {
+        // An open through LAZY may have fetched it meanwhile.
+        let file = match fetcher.open_stored(name)? {
+            Some(file) => file,
+            None => fetcher.fetch(name)?,
+        };
+        Ok(file.metadata().map_or(0, |m| m.len()))
+    };
+    let fetch_all = || -> Result<(), LazyFetchError> {
+        loop {
+            let Some(name) = queue.lock().expect("no panics holding it").next() else {
+                return Ok(());
+            };
+            match fetch_one(name) {
+                Ok(len) => bytes.fetch_add(len, std::sync::atomic::Ordering::Relaxed),
+                Err(e) => {
+                    // The other workers stop after their fetch under way.
+                    queue.lock().expect("no panics holding it").by_ref().for_each(drop);
+                    return Err(e);
+                }
+            };
+        }
+    };
+    std::thread::scope(|scope| {
+        let workers: Vec<_> = (0..config.lazy.prefetch_concurrency.max(1))
+            .map(|_| scope.spawn(fetch_all))
+            .collect();
+        workers
+            .into_iter()
+            .try_for_each(|w| w.join().expect("fetch workers do not panic"))
+    })
+    .with_context(|| format!("completing {}", record.name))?;
+    let bytes = bytes.into_inner();
+    let completed = strata_image::lazy::complete(store, &id)
+        .with_context(|| format!("completing {}", record.name))?
+        .with_context(|| format!("completing {}: contents are still missing", record.name))?;
+    let seconds = started.elapsed().as_secs_f64();
+    if json {
+        let report = serde_json::json!({
+            "name": record.name,
+            "manifest_digest": record.manifest_digest,
+            "up_to_date": false,
+            "completed": true,
+            "fetched_contents": missing.len(),
+            "fetched_content_bytes": bytes,
+            "erofs": completed.new.to_hex(),
+            "seconds": seconds,
+        });
+        println!("{report}");
+    } else {
+        println!(
+            "completed {} ({}), pulled lazily before, in {seconds:.2}s: fetched {} contents ({}); image {}",
+            record.name,
+            record.manifest_digest,
+            missing.len(),
+            human(bytes),
+            completed.new,
+        );
+    }
+    Ok(true)
 }
 
 /// Whether a live LAZY (served by `strata serve`) is mounted at `dir`.
@@ -218,10 +321,20 @@ impl ObjectFetcher for StoreFetcher {
 
 /// LAZY as `strata serve` runs it, with the watcher that unmounts it if
 /// serve dies without unmounting it (SIGKILL), so no dead FUSE mount stays
-/// on the store. Fields drop in order: LAZY first, then the watcher.
+/// on the store. Fields drop in order: the prefetch first, then LAZY,
+/// then the watcher.
 pub struct ServedLazy {
+    /// First: its workers use LAZY's handle, and stop before LAZY goes.
+    _prefetch: Option<Prefetcher>,
     _mount: LazyMount,
     _watcher: Option<Watcher>,
+}
+
+impl ServedLazy {
+    /// Whether the kernel ended LAZY's session (`cmd/lazy_daemon.rs`).
+    pub fn session_ended(&self) -> bool {
+        self._mount.session_ended()
+    }
 }
 
 /// `sh` waiting for EOF on a pipe only serve holds; when serve is gone it
@@ -277,24 +390,8 @@ pub fn serve(config: &Config, store: &Store) -> anyhow::Result<Option<ServedLazy
         tracing::warn!("no lazy pulls: creating {}: {e}", dir.display());
         return Ok(None);
     }
-    let registry = config.registry_config()?;
-    let open_source = move |reference: &str| -> Result<Arc<dyn BlobSource>, strata_image::ImportError> {
-        let parsed: ImageRef = reference.parse()?;
-        Ok(match parsed {
-            ImageRef::Layout { dir, tag } => Arc::new(LayoutSource::new(&dir, tag.as_deref())),
-            ImageRef::Registry(r) => Arc::new(RegistrySource::new(r, Arc::clone(&registry))?),
-        })
-    };
-    let timeout = fetch_timeout();
-    let policy = FetchPolicy {
-        give_up_after: timeout,
-        ..FetchPolicy::default()
-    };
-    let fetcher = Arc::new(StoreFetcher(LazyFetcher::new(
-        store.clone(),
-        Box::new(open_source),
-        policy,
-    )));
+    let timeout = fetch_timeout(config);
+    let fetcher = Arc::new(StoreFetcher(store_fetcher(config, store)?));
     let lazy_config = LazyConfig {
         fetch_timeout: timeout,
         ..LazyConfig::default()
@@ -327,8 +424,31 @@ pub fn serve(config: &Config, store: &Store) -> anyhow::Result<Option<ServedLazy
         "serving missing files of lazily pulled images at {} ({listed} listed)",
         dir.display()
     );
+    let prefetch = start_prefetch(config, store, &handle);
     Ok(Some(ServedLazy {
+        _prefetch: prefetch,
         _mount: mount,
         _watcher: watcher,
     }))
+}
+
+/// The background prefetch of LAZY (docs/lazy-pulls.md, "Prefetch"):
+/// every name goes through LAZY's flights, so an open of the same name
+/// joins it; a stored name leaves LAZY's table. With `[lazy] prefetch =
+/// false` it only completes images that opens filled.
+fn start_prefetch(config: &Config, store: &Store, handle: &LazyHandle) -> Option<Prefetcher> {
+    let prefetch = PrefetchConfig {
+        enabled: config.lazy.prefetch,
+        concurrency: config.lazy.prefetch_concurrency,
+        bandwidth: config.lazy.prefetch_bandwidth,
+        ..PrefetchConfig::default()
+    };
+    let (fetching, listing) = (handle.clone(), handle.clone());
+    let fetch = move |name: &Digest, size: u64| fetching.fetch(*name, size).map_err(|e| e.to_string());
+    let fetched = move |name: &Digest| {
+        listing.remove(name);
+    };
+    Prefetcher::start(store.clone(), prefetch, Arc::new(fetch), Arc::new(fetched))
+        .map_err(|e| tracing::warn!("no lazy prefetch: starting its thread: {e}"))
+        .ok()
 }

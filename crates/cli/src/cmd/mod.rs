@@ -6,6 +6,7 @@ pub mod fsck;
 pub mod gc;
 pub mod images;
 pub mod lazy;
+pub mod lazy_daemon;
 pub mod mount;
 pub mod pull;
 pub mod rmi;

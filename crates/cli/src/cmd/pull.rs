@@ -150,6 +150,11 @@ pub fn run(config: &Config, args: Args) -> anyhow::Result<()> {
         strata_image::pull(&store, source.as_ref(), &options, &progress)
             .with_context(|| format!("pulling {}", source.describe()))?
     };
+    // A lazily pulled image that is still incomplete is "up to date" by
+    // its manifest: a plain pull fetches what it misses and completes it.
+    if outcome.up_to_date && super::lazy::complete_pull(config, &store, &outcome.record, args.json)? {
+        return Ok(());
+    }
     let report = Report::new(&outcome, &received, &progress, started.elapsed().as_secs_f64());
     if args.json {
         println!("{}", serde_json::to_string(&report)?);

@@ -15,7 +15,7 @@ pub struct Args {
     address: Option<PathBuf>,
 }
 
-pub fn run(config: &Config, args: Args) -> anyhow::Result<()> {
+pub fn run(config: &Config, config_path: Option<&Path>, args: Args) -> anyhow::Result<()> {
     let socket = SocketOptions {
         path: args.address.unwrap_or_else(|| config.serve.socket.clone()),
         group: config.serve.socket_group.as_deref().map(group_id).transpose()?,
@@ -24,8 +24,9 @@ pub fn run(config: &Config, args: Args) -> anyhow::Result<()> {
     let store = config.open_store()?;
     let kernel = crate::kernel::mounter(config, &store)?;
     tracing::info!(ladder = %kernel.ladder, "kernel rungs");
-    // Unmounted when serve returns (after the gRPC server drained).
-    let _lazy = super::lazy::serve(config, &store)?;
+    // LAZY lives in a process of its own, which outlives serve for as
+    // long as overlays use it (cmd/lazy_daemon.rs).
+    let _lazy = super::lazy_daemon::ensure(config, config_path, &store)?;
     let mut snapshotter =
         Snapshotter::open_with_mounter(store.clone(), policy, Arc::new(kernel)).context("opening the snapshotter")?;
     let mut metrics = config.metrics.address.map(|_| {
@@ -48,6 +49,7 @@ pub fn run(config: &Config, args: Args) -> anyhow::Result<()> {
         .build()
         .context("starting the async runtime")?;
     runtime.block_on(async {
+        let stop = stop_signal()?;
         let mut observer = None;
         if let (Some(address), Some(metrics)) = (config.metrics.address, metrics) {
             let listener = metrics::http::bind(address).await?;
@@ -62,7 +64,7 @@ pub fn run(config: &Config, args: Args) -> anyhow::Result<()> {
             &socket,
             observer,
             || notify(sd_notify::NotifyState::Ready),
-            stop_signal(),
+            stop,
         )
         .await?;
         anyhow::Ok(())
@@ -101,19 +103,21 @@ fn notify(state: sd_notify::NotifyState<'_>) {
     }
 }
 
-/// Resolves when SIGTERM or SIGINT arrives; the server then drains.
-async fn stop_signal() {
+/// Resolves when SIGTERM or SIGINT arrives; the server then drains. The
+/// handlers are installed at the call, before serve reports ready: a
+/// SIGTERM right after READY=1 must drain, not kill.
+fn stop_signal() -> anyhow::Result<impl std::future::Future<Output = ()>> {
     use tokio::signal::unix::{signal, SignalKind};
-    let (Ok(mut term), Ok(mut int)) = (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) else {
-        tracing::error!("cannot install signal handlers; stop with SIGKILL");
-        return std::future::pending().await;
-    };
-    let name = tokio::select! {
-        _ = term.recv() => "SIGTERM",
-        _ = int.recv() => "SIGINT",
-    };
-    notify(sd_notify::NotifyState::Stopping);
-    tracing::info!("{name}: draining requests in flight");
+    let mut term = signal(SignalKind::terminate()).context("installing a SIGTERM handler")?;
+    let mut int = signal(SignalKind::interrupt()).context("installing a SIGINT handler")?;
+    Ok(async move {
+        let name = tokio::select! {
+            _ = term.recv() => "SIGTERM",
+            _ = int.recv() => "SIGINT",
+        };
+        notify(sd_notify::NotifyState::Stopping);
+        tracing::info!("{name}: draining requests in flight");
+    })
 }
 
 /// A group given by number or by name (looked up in /etc/group).

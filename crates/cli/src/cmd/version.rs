@@ -34,6 +34,7 @@ pub fn run(config: &Config, _args: Args) -> anyhow::Result<()> {
         }
         Err(e) => println!("kernel offers: unknown ({e:#})"),
     }
+    println!("lazy pulls: {}", lazy_text(config));
     // How a size label is enforced in each place a scratch may go.
     match config.scratch_policy() {
         Ok(policy) => {
@@ -70,4 +71,26 @@ fn offered_text(offered: &strata_mount::Offered, verity_probed: bool) -> String 
         verity,
     ]
     .join(" ")
+}
+
+/// Whether `strata pull --lazy` pulls lazily here, and how prefetch runs.
+fn lazy_text(config: &Config) -> String {
+    let dir = config.root.join("lazy");
+    let lazy = &config.lazy;
+    let prefetch = match (lazy.prefetch, lazy.prefetch_bandwidth) {
+        (false, _) => "prefetch off".to_owned(),
+        (true, 0) => format!("prefetch {} at once", lazy.prefetch_concurrency),
+        (true, rate) => format!("prefetch {} at once, at most {rate} B/s", lazy.prefetch_concurrency),
+    };
+    if super::lazy::is_served(&dir) {
+        return format!(
+            "on (LAZY served at {} by strata lazy-daemon; {prefetch})",
+            dir.display()
+        );
+    }
+    let fuse = std::fs::read_to_string("/proc/filesystems").is_ok_and(|t| t.lines().any(|l| l.ends_with("\tfuse")));
+    if !fuse || !std::path::Path::new("/dev/fuse").exists() {
+        return "unavailable (no FUSE: no /dev/fuse or no fuse filesystem); lazy pulls pull whole".to_owned();
+    }
+    "off until `strata serve` runs (it starts strata lazy-daemon, which needs FUSE passthrough, Linux 6.9+); lazy pulls pull whole meanwhile".to_owned()
 }

@@ -13,7 +13,9 @@
 //! ALIASES and LAZY behind OBJECTS; [`fetch`] brings a missing content in
 //! when LAZY asks.
 
+pub mod complete;
 pub mod fetch;
+pub mod prefetch;
 pub mod recipe;
 
 use std::collections::{HashMap, HashSet};
@@ -27,10 +29,13 @@ use crate::partial::fetch::{Got, Shell};
 use crate::partial::plan::{self, Batch, Plan, Wanted, CALL_BYTES, MERGE_GAP};
 use crate::partial::{read_toc, tree, PartialError};
 use crate::source::{resolve, BlobSource};
-use crate::toc::{ByteRange, Sha256Digest};
+use crate::toc::estargz::PREFETCH_LANDMARK;
+use crate::toc::{ByteRange, EntryKind, Sha256Digest, Toc, TocFormat};
 use crate::{Descriptor, ImportError, LayerImport, Limits, Platform, Progress};
 
+pub use complete::{complete, still_missing, Completed};
 pub use fetch::{FetchPolicy, LazyFetchError, LazyFetcher, SourceOpener};
+pub use prefetch::{PrefetchConfig, Prefetcher};
 pub use recipe::Recipe;
 
 #[derive(Clone, Debug)]
@@ -86,6 +91,8 @@ struct LazyLayer {
     import: LayerImport,
     /// Missing contents (over the inline limit), with how to fetch them.
     recipes: HashMap<Sha256Digest, Recipe>,
+    /// The missing contents in prefetch order: (prioritized, the rest).
+    order: (Vec<Sha256Digest>, Vec<Sha256Digest>),
     inline_fetched: u64,
 }
 
@@ -117,11 +124,14 @@ pub fn pull_lazy(
     let mut recipes: HashMap<Sha256Digest, Recipe> = HashMap::new();
     let mut stagers = Vec::new();
     let mut inline_fetched = 0;
+    let (mut first, mut then) = (Vec::new(), Vec::new());
     for desc in layers {
         let layer = lazy_layer(store, source, desc, options, progress, &budget)?;
         merge_layer(&mut tree, layer.import.tree).map_err(ImportError::from)?;
         stagers.push(layer.import.stager);
         recipes.extend(layer.recipes);
+        first.extend(layer.order.0);
+        then.extend(layer.order.1);
         inline_fetched += layer.inline_fetched;
         Progress::add(&progress.layers_done, 1);
     }
@@ -138,8 +148,15 @@ pub fn pull_lazy(
     let erofs = store.put_image(&image)?;
     // The rows first: rows of an image that never got named are dropped
     // by gc; an image named without its rows would mount without LAZY.
-    let mut names: Vec<Digest> = needs.keys().copied().collect();
-    names.sort_unstable();
+    // In prefetch order: what the merged tree still names, once.
+    let mut seen = HashSet::new();
+    let names: Vec<Digest> = first
+        .into_iter()
+        .chain(then)
+        .map(|d| Digest(d.0))
+        .filter(|d| needs.contains_key(d) && seen.insert(*d))
+        .collect();
+    debug_assert_eq!(names.len(), needs.len(), "every missing content is in a layer's order");
     if !names.is_empty() {
         let txn = store.begin()?;
         for name in &names {
@@ -230,6 +247,7 @@ fn lazy_layer(
     for (digest, object) in &planned.have {
         contents.insert(*digest, tree::had(*object));
     }
+    let order = prefetch_order(&toc, &large);
     let mut recipes = HashMap::new();
     for wanted in large {
         contents.insert(
@@ -250,8 +268,36 @@ fn lazy_layer(
     Ok(LazyLayer {
         import,
         recipes,
+        order,
         inline_fetched,
     })
+}
+
+/// The contents of `large` in the layer's prefetch order: eStargz's
+/// prioritized files (the entries before `.prefetch.landmark`) first,
+/// then the rest in TOC order. zstd:chunked has no landmark: TOC order.
+fn prefetch_order(toc: &Toc, large: &[Wanted]) -> (Vec<Sha256Digest>, Vec<Sha256Digest>) {
+    let wanted: HashSet<Sha256Digest> = large.iter().map(|w| w.digest).collect();
+    let landmark = toc
+        .entries
+        .iter()
+        .position(|e| toc.format == TocFormat::Estargz && e.path == PREFETCH_LANDMARK)
+        .unwrap_or(0);
+    let (mut first, mut then) = (Vec::new(), Vec::new());
+    let mut seen = HashSet::new();
+    for (i, entry) in toc.entries.iter().enumerate() {
+        let EntryKind::File(content) = &entry.kind else {
+            continue;
+        };
+        if wanted.contains(&content.digest) && seen.insert(content.digest) {
+            if i < landmark {
+                first.push(content.digest);
+            } else {
+                then.push(content.digest);
+            }
+        }
+    }
+    (first, then)
 }
 
 /// The small contents in batches of calls of at most [`CALL_BYTES`].
@@ -283,5 +329,72 @@ fn batch(contents: Vec<Wanted>) -> Batch {
     Batch {
         contents,
         calls: vec![ranges],
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::toc::{FileContent, TocEntry};
+
+    fn entry(path: &str, content: Option<Sha256Digest>) -> TocEntry {
+        TocEntry {
+            path: path.to_owned(),
+            kind: match content {
+                Some(digest) => EntryKind::File(FileContent {
+                    size: 1000,
+                    digest,
+                    chunks: Vec::new(),
+                }),
+                None => EntryKind::Dir,
+            },
+            mode: 0o644,
+            uid: 0,
+            gid: 0,
+            user_name: None,
+            group_name: None,
+            mtime_sec: 0,
+            mtime_nsec: 0,
+            xattrs: Default::default(),
+        }
+    }
+
+    fn wanted(digest: Sha256Digest) -> Wanted {
+        Wanted {
+            digest,
+            size: 1000,
+            path: String::new(),
+            chunks: Vec::new(),
+        }
+    }
+
+    #[test]
+    fn prefetch_order_puts_files_before_the_landmark_first() {
+        let d = |n: u8| Sha256Digest([n; 32]);
+        let entries = vec![
+            entry("usr", None),
+            entry("usr/b", Some(d(2))),
+            entry("usr/a", Some(d(1))),
+            entry("usr/held", Some(d(9))),
+            entry(PREFETCH_LANDMARK, Some(d(7))),
+            entry("usr/c", Some(d(3))),
+            entry("usr/b-again", Some(d(2))),
+        ];
+        let large: Vec<Wanted> = [1, 2, 3].map(|n| wanted(d(n))).into();
+        let mut toc = Toc {
+            format: TocFormat::Estargz,
+            entries,
+            digest: d(0),
+            data_end: 0,
+        };
+        // Only the wanted contents, once each; d(9) is stored, d(7) is
+        // the landmark's own byte.
+        assert_eq!(prefetch_order(&toc, &large), (vec![d(2), d(1)], vec![d(3)]));
+        toc.format = TocFormat::ZstdChunked;
+        assert_eq!(
+            prefetch_order(&toc, &large),
+            (vec![], vec![d(2), d(1), d(3)]),
+            "zstd:chunked has no landmark: TOC order"
+        );
     }
 }
