@@ -304,6 +304,7 @@ fn a_full_disk_fails_the_open_with_eio_and_keeps_the_store_consistent() {
     let _ = Command::new("dd")
         .args(["if=/dev/zero", "bs=1M", "status=none"])
         .arg(format!("of={}", filler.display()))
+        .stderr(Stdio::null())
         .status();
     let started = Instant::now();
     let err = std::fs::read(mounted.join(&path)).expect_err("no room for the file");

@@ -28,7 +28,7 @@ pub struct LazySection {
     /// Fetch the rest of each lazily pulled image in the background
     /// (prioritized files first, then TOC order); off: only on open.
     pub prefetch: bool,
-    /// Contents prefetched at once.
+    /// Batches of contents prefetched at once.
     #[serde(deserialize_with = "prefetch_concurrency")]
     pub prefetch_concurrency: usize,
     /// Compressed bytes per second prefetch may read; 0: unlimited.

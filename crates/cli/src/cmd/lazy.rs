@@ -17,6 +17,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use serde::Serialize;
+use strata_image::lazy::prefetch::{fetch_names, Stop};
 use strata_image::lazy::{
     FetchPolicy, LazyFetchError, LazyFetcher, LazyPullError, LazyPullOptions, PrefetchConfig, Prefetcher,
 };
@@ -78,42 +79,23 @@ pub fn complete_pull(config: &Config, store: &Store, record: &ImageRecord, json:
     let started = Instant::now();
     let missing = strata_image::lazy::still_missing(store, &needs)?;
     let fetcher = store_fetcher(config, store)?;
-    // On `[lazy] prefetch_concurrency` threads, in the row's order.
-    let queue = std::sync::Mutex::new(missing.iter());
-    let bytes = std::sync::atomic::AtomicU64::new(0);
-    let fetch_one = |name: &Digest| -> Result<u64, LazyFetchError> {
-        // An open through LAZY may have fetched it meanwhile.
-        let file = match fetcher.open_stored(name)? {
-            Some(file) => file,
-            None => fetcher.fetch(name)?,
-        };
-        Ok(file.metadata().map_or(0, |m| m.len()))
+    // In batches on `[lazy] prefetch_concurrency` threads, in the row's
+    // order, at full speed (the user waits for it).
+    let batches = PrefetchConfig {
+        enabled: true,
+        concurrency: config.lazy.prefetch_concurrency,
+        bandwidth: 0,
+        ..PrefetchConfig::default()
     };
-    let fetch_all = || -> Result<(), LazyFetchError> {
-        loop {
-            let Some(name) = queue.lock().expect("no panics holding it").next() else {
-                return Ok(());
-            };
-            match fetch_one(name) {
-                Ok(len) => bytes.fetch_add(len, std::sync::atomic::Ordering::Relaxed),
-                Err(e) => {
-                    // The other workers stop after their fetch under way.
-                    queue.lock().expect("no panics holding it").by_ref().for_each(drop);
-                    return Err(e);
-                }
-            };
-        }
-    };
-    std::thread::scope(|scope| {
-        let workers: Vec<_> = (0..config.lazy.prefetch_concurrency.max(1))
-            .map(|_| scope.spawn(fetch_all))
-            .collect();
-        workers
-            .into_iter()
-            .try_for_each(|w| w.join().expect("fetch workers do not panic"))
-    })
-    .with_context(|| format!("completing {}", record.name))?;
-    let bytes = bytes.into_inner();
+    let got = fetch_names(store, &fetcher, &missing, &batches, &|_: &Digest| {}, &Stop::default())
+        .with_context(|| format!("completing {}", record.name))?;
+    if let Some(first) = got.failures.into_iter().next() {
+        return Err(anyhow::Error::new(first).context(format!(
+            "completing {}: {} contents could not be fetched",
+            record.name, got.pass.failed
+        )));
+    }
+    let bytes = got.content_bytes;
     let completed = strata_image::lazy::complete(store, &id)
         .with_context(|| format!("completing {}", record.name))?
         .with_context(|| format!("completing {}: contents are still missing", record.name))?;
@@ -285,8 +267,9 @@ pub fn pull(
     Ok(true)
 }
 
-/// The store's fetcher behind LAZY's seam.
-struct StoreFetcher(LazyFetcher);
+/// The store's fetcher behind LAZY's seam; prefetch shares it, so an open
+/// of a name a prefetch batch is fetching waits for that batch.
+struct StoreFetcher(Arc<LazyFetcher>);
 
 fn seam_error(name: &Digest, e: LazyFetchError) -> FetchError {
     match e {
@@ -319,9 +302,9 @@ impl ObjectFetcher for StoreFetcher {
     }
 }
 
-/// LAZY as `strata serve` runs it, with the watcher that unmounts it if
-/// serve dies without unmounting it (SIGKILL), so no dead FUSE mount stays
-/// on the store. Fields drop in order: the prefetch first, then LAZY,
+/// LAZY as `strata lazy-daemon` runs it, with the watcher that unmounts
+/// it if the daemon dies without unmounting it (SIGKILL), so no dead FUSE
+/// mount stays on the store. Fields drop in order: the prefetch first, then LAZY,
 /// then the watcher.
 pub struct ServedLazy {
     /// First: its workers use LAZY's handle, and stop before LAZY goes.
@@ -337,8 +320,8 @@ impl ServedLazy {
     }
 }
 
-/// `sh` waiting for EOF on a pipe only serve holds; when serve is gone it
-/// unmounts LAZY, unless a live LAZY (a new serve's) answers there.
+/// `sh` waiting for EOF on a pipe only the LAZY server holds; when that
+/// is gone it unmounts LAZY, unless a live LAZY (a newer one) answers there.
 struct Watcher {
     child: std::process::Child,
 }
@@ -368,8 +351,8 @@ impl Drop for Watcher {
     }
 }
 
-/// Mounts LAZY at `STORE/lazy` for `strata serve` and lists what the
-/// store's lazily pulled images still miss. None where LAZY cannot be
+/// Mounts LAZY at `STORE/lazy` for `strata lazy-daemon` and lists what
+/// the store's lazily pulled images still miss. None where LAZY cannot be
 /// mounted (no FUSE passthrough, no /dev/fuse, ...): serve goes on
 /// without it, and lazy pulls then pull whole.
 pub fn serve(config: &Config, store: &Store) -> anyhow::Result<Option<ServedLazy>> {
@@ -391,7 +374,8 @@ pub fn serve(config: &Config, store: &Store) -> anyhow::Result<Option<ServedLazy
         return Ok(None);
     }
     let timeout = fetch_timeout(config);
-    let fetcher = Arc::new(StoreFetcher(store_fetcher(config, store)?));
+    let shared = Arc::new(store_fetcher(config, store)?);
+    let fetcher = Arc::new(StoreFetcher(shared.clone()));
     let lazy_config = LazyConfig {
         fetch_timeout: timeout,
         ..LazyConfig::default()
@@ -424,7 +408,7 @@ pub fn serve(config: &Config, store: &Store) -> anyhow::Result<Option<ServedLazy
         "serving missing files of lazily pulled images at {} ({listed} listed)",
         dir.display()
     );
-    let prefetch = start_prefetch(config, store, &handle);
+    let prefetch = start_prefetch(config, store, shared, &handle);
     Ok(Some(ServedLazy {
         _prefetch: prefetch,
         _mount: mount,
@@ -432,23 +416,28 @@ pub fn serve(config: &Config, store: &Store) -> anyhow::Result<Option<ServedLazy
     }))
 }
 
-/// The background prefetch of LAZY (docs/lazy-pulls.md, "Prefetch"):
-/// every name goes through LAZY's flights, so an open of the same name
-/// joins it; a stored name leaves LAZY's table. With `[lazy] prefetch =
-/// false` it only completes images that opens filled.
-fn start_prefetch(config: &Config, store: &Store, handle: &LazyHandle) -> Option<Prefetcher> {
+/// The background prefetch of LAZY (docs/lazy-pulls.md, "Prefetch"): in
+/// batches, through the fetcher LAZY's opens use, so an open of a name a
+/// batch is fetching waits for that batch rather than fetching it again;
+/// a stored name leaves LAZY's table. With `[lazy] prefetch = false` it
+/// only completes images that opens filled.
+fn start_prefetch(
+    config: &Config,
+    store: &Store,
+    fetcher: Arc<LazyFetcher>,
+    handle: &LazyHandle,
+) -> Option<Prefetcher> {
     let prefetch = PrefetchConfig {
         enabled: config.lazy.prefetch,
         concurrency: config.lazy.prefetch_concurrency,
         bandwidth: config.lazy.prefetch_bandwidth,
         ..PrefetchConfig::default()
     };
-    let (fetching, listing) = (handle.clone(), handle.clone());
-    let fetch = move |name: &Digest, size: u64| fetching.fetch(*name, size).map_err(|e| e.to_string());
+    let listing = handle.clone();
     let fetched = move |name: &Digest| {
         listing.remove(name);
     };
-    Prefetcher::start(store.clone(), prefetch, Arc::new(fetch), Arc::new(fetched))
+    Prefetcher::start(store.clone(), prefetch, fetcher, Arc::new(fetched))
         .map_err(|e| tracing::warn!("no lazy prefetch: starting its thread: {e}"))
         .ok()
 }

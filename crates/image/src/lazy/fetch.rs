@@ -5,6 +5,14 @@
 //! ordinary object, then its SHA-256 index row and its alias. Source
 //! errors are retried with backoff, within a bounded time; wrong bytes are
 //! not retried, and nothing of them is stored.
+//!
+//! Prefetch fetches in batches ([`plan`], `batch.rs`): many contents of
+//! one layer in few ranged requests, published with one sync and one
+//! transaction. A name is fetched by one fetch or batch at a time (claims,
+//! `batch.rs`): an open of a name a batch is fetching waits for that batch.
+
+mod batch;
+pub mod plan;
 
 use std::collections::HashMap;
 use std::fs::File;
@@ -16,9 +24,12 @@ use strata_store::{ObjectRef, Store, StoreError};
 use strata_tree::Digest;
 
 use super::recipe::{Recipe, RecipeError};
-use crate::partial::plan::{self, CALL_BYTES, MAX_CHUNK, MERGE_GAP};
+use crate::partial::plan::{merge, CALL_BYTES, MAX_CHUNK, MERGE_GAP};
 use crate::toc::{decompress_chunk, ByteRange, Chunk, Sha256Digest, TocError, TocFormat};
-use crate::{BlobSource, ImportError};
+use crate::{BlobSource, Descriptor, ImportError};
+
+pub use batch::BatchOutcome;
+pub use plan::{plan_batches, Batch, BatchLimits, Unplanned, Wanted};
 
 /// Opens the source a recipe names (`HOST/REPO:TAG`, `oci:DIR:TAG`).
 pub type SourceOpener = dyn Fn(&str) -> Result<Arc<dyn BlobSource>, ImportError> + Send + Sync;
@@ -70,6 +81,9 @@ pub enum LazyFetchError {
         #[source]
         source: Box<StoreError>,
     },
+    /// The batch that held it failed as a whole (its source, the store).
+    #[error("sha256:{sha256}: its batch failed: {reason}")]
+    Batch { sha256: Digest, reason: String },
 }
 
 /// Brings missing contents into the store for LAZY (behind its
@@ -79,6 +93,8 @@ pub struct LazyFetcher {
     open_source: Box<SourceOpener>,
     sources: Mutex<HashMap<String, Arc<dyn BlobSource>>>,
     policy: FetchPolicy,
+    /// Names a fetch or a batch is fetching now.
+    claims: batch::Claims,
 }
 
 impl LazyFetcher {
@@ -88,6 +104,7 @@ impl LazyFetcher {
             open_source,
             sources: Mutex::new(HashMap::new()),
             policy,
+            claims: batch::Claims::default(),
         }
     }
 
@@ -123,7 +140,25 @@ impl LazyFetcher {
     }
 
     /// Fetches, verifies and stores content `sha256`; returns it opened.
+    /// If a batch (prefetch) is fetching it, waits for that batch and
+    /// takes what it stored; fetches it here only if the batch did not.
     pub fn fetch(&self, sha256: &Digest) -> Result<File, LazyFetchError> {
+        let _claim = loop {
+            match self.claims.claim(sha256) {
+                Ok(claim) => break claim,
+                Err(busy) => {
+                    busy.wait();
+                    if let Some(file) = self.open_stored(sha256)? {
+                        return Ok(file);
+                    }
+                }
+            }
+        };
+        self.fetch_claimed(sha256)
+    }
+
+    /// [`fetch`](Self::fetch), the name claimed by the caller.
+    fn fetch_claimed(&self, sha256: &Digest) -> Result<File, LazyFetchError> {
         let recipe = self
             .recipe(sha256)?
             .ok_or(LazyFetchError::Unknown { sha256: *sha256 })?;
@@ -133,31 +168,46 @@ impl LazyFetcher {
         };
         let format = recipe.format().map_err(recipe_err)?;
         let chunks = recipe.chunks().map_err(recipe_err)?;
+        self.retrying(&recipe.source, sha256, || {
+            self.fetch_once(sha256, &recipe, format, &chunks)
+        })
+        .map_err(|gave_up| match gave_up {
+            GaveUp::Failed(e) => e,
+            GaveUp::Source { attempts, error } => LazyFetchError::Source {
+                sha256: *sha256,
+                attempts,
+                source: Box::new(error),
+            },
+        })
+    }
+
+    /// Runs `attempt` until it succeeds or fails for good; a source error
+    /// is retried with backoff, on a new source (new connections), while
+    /// the policy allows.
+    fn retrying<T>(
+        &self,
+        reference: &str,
+        what: &Digest,
+        mut attempt: impl FnMut() -> Result<T, Attempt>,
+    ) -> Result<T, GaveUp> {
         let started = Instant::now();
         let mut backoff = self.policy.first_backoff;
-        let mut attempt = 0;
+        let mut attempts = 0;
         loop {
-            attempt += 1;
-            match self.fetch_once(sha256, &recipe, format, &chunks) {
-                Ok(file) => return Ok(file),
-                Err(Attempt::Failed(e)) => return Err(e),
-                Err(Attempt::Source(e)) => {
+            attempts += 1;
+            match attempt() {
+                Ok(done) => return Ok(done),
+                Err(Attempt::Failed(e)) => return Err(GaveUp::Failed(e)),
+                Err(Attempt::Source(error)) => {
                     let out_of_time = started.elapsed() + backoff >= self.policy.give_up_after;
-                    if attempt >= self.policy.attempts.max(1) || out_of_time {
-                        return Err(LazyFetchError::Source {
-                            sha256: *sha256,
-                            attempts: attempt,
-                            source: Box::new(e),
-                        });
+                    if attempts >= self.policy.attempts.max(1) || out_of_time {
+                        return Err(GaveUp::Source { attempts, error });
                     }
-                    tracing::info!(%sha256, attempt, error = %e, "lazy fetch failed; retrying in {backoff:?}");
+                    tracing::info!(sha256 = %what, attempts, %error, "lazy fetch failed; retrying in {backoff:?}");
                     std::thread::sleep(backoff);
                     backoff = backoff.saturating_mul(2);
                     // A new connection next time: the old one may be dead.
-                    self.sources
-                        .lock()
-                        .expect("no panics holding it")
-                        .remove(&recipe.source);
+                    self.sources.lock().expect("no panics holding it").remove(reference);
                 }
             }
         }
@@ -216,15 +266,8 @@ impl LazyFetcher {
         let mut sha = Sha256::new();
         let mut written = 0u64;
         for call in calls(chunks) {
-            let ranges: Vec<ByteRange> = plan::merge(call.iter().map(|c| c.compressed), MERGE_GAP);
-            let asked: Vec<std::ops::Range<u64>> = ranges.iter().map(|r| r.start..r.end).collect();
-            let answers = source.read_ranges(&desc, &asked).map_err(Attempt::Source)?;
-            if answers.len() != ranges.len() || answers.iter().zip(&ranges).any(|(a, r)| a.len() as u64 != r.len()) {
-                return Err(Attempt::Source(ImportError::Malformed {
-                    what: "ranged read",
-                    reason: "the source answered other lengths than asked".into(),
-                }));
-            }
+            let ranges: Vec<ByteRange> = merge(call.iter().map(|c| c.compressed), MERGE_GAP);
+            let answers = read_call(source.as_ref(), &desc, &ranges).map_err(Attempt::Source)?;
             for chunk in call {
                 let bytes = chunk_bytes(format, chunk, &ranges, &answers).map_err(|e| mismatch(e.to_string()))?;
                 written += bytes.len() as u64;
@@ -266,6 +309,30 @@ enum Attempt {
     Source(ImportError),
     /// Wrong bytes, a store error: final.
     Failed(LazyFetchError),
+}
+
+/// How [`LazyFetcher::retrying`] ended without a result.
+enum GaveUp {
+    Failed(LazyFetchError),
+    /// The source failed every attempt; the last error.
+    Source {
+        attempts: u32,
+        error: ImportError,
+    },
+}
+
+/// One `read_ranges` call for `ranges`, each answer checked to be as long
+/// as asked.
+fn read_call(source: &dyn BlobSource, desc: &Descriptor, ranges: &[ByteRange]) -> Result<Vec<Vec<u8>>, ImportError> {
+    let asked: Vec<std::ops::Range<u64>> = ranges.iter().map(|r| r.start..r.end).collect();
+    let answers = source.read_ranges(desc, &asked)?;
+    if answers.len() != ranges.len() || answers.iter().zip(ranges).any(|(a, r)| a.len() as u64 != r.len()) {
+        return Err(ImportError::Malformed {
+            what: "ranged read",
+            reason: "the source answered other lengths than asked".into(),
+        });
+    }
+    Ok(answers)
 }
 
 /// The chunks in groups whose compressed bytes stay within a call.
@@ -359,7 +426,7 @@ mod tests {
             chunk(0, a.len() as u64, 11, Some(Sha256Digest::of(b"first chunk"))),
             chunk(second, second + b.len() as u64, 6, None),
         ];
-        let ranges = plan::merge(chunks.iter().map(|c| c.compressed), MERGE_GAP);
+        let ranges = merge(chunks.iter().map(|c| c.compressed), MERGE_GAP);
         assert_eq!(ranges.len(), 1, "a gap of 100 bytes is merged");
         let answers = vec![blob.clone()];
         assert_eq!(

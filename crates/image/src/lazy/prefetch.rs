@@ -5,13 +5,17 @@
 //! incomplete, and its row lists its SHA-256 names in prefetch order
 //! (eStargz's prioritized files, those before `.prefetch.landmark`,
 //! first; then TOC order, layer by layer). Names the store lacks are
-//! fetched by `concurrency` workers, each through the caller's `fetch`
-//! (LAZY's flight, so an open of the same name joins it), with the
-//! compressed bytes of each content taken from a token bucket first when
-//! a bandwidth is set. A name stored, by prefetch or by an open, is handed
-//! to `fetched` (LAZY stops listing it). An image whose names are all
-//! stored is completed ([`super::complete`]), prefetch on or off.
-//! Images pulled later are found at the next poll.
+//! planned into batches of one layer each ([`super::fetch::plan`]) and
+//! fetched by `concurrency` workers, a batch at a time
+//! ([`LazyFetcher::fetch_batch`]: few ranged requests, one sync, one
+//! transaction), with each batch's compressed bytes taken from a token
+//! bucket first when a bandwidth is set. Opens do not queue behind
+//! prefetch: LAZY fetches them on their own threads, and an open of a
+//! name a batch is fetching waits for that one batch. A name stored, by
+//! prefetch or by an open, is handed to `fetched` (LAZY stops listing
+//! it). An image whose names are all stored is completed
+//! ([`super::complete`]), prefetch on or off. Images pulled later are
+//! found at the next poll.
 
 use std::collections::{HashSet, VecDeque};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
@@ -22,10 +26,9 @@ use strata_store::{Store, StoreError};
 use strata_tree::Digest;
 
 use super::complete::complete;
+use super::fetch::{plan_batches, Batch, BatchLimits, LazyFetchError, LazyFetcher};
 use super::recipe::Recipe;
 
-/// Fetches one missing content (`name`, `size` bytes) into the store.
-pub type FetchFn = dyn Fn(&Digest, u64) -> Result<(), String> + Send + Sync;
 /// Told of each name the store holds now.
 pub type FetchedFn = dyn Fn(&Digest) + Send + Sync;
 
@@ -33,7 +36,7 @@ pub type FetchedFn = dyn Fn(&Digest) + Send + Sync;
 pub struct PrefetchConfig {
     /// Fetch what images miss (else only complete those opens filled).
     pub enabled: bool,
-    /// Contents fetched at once (at least 1).
+    /// Batches fetched at once (at least 1), each by its own worker.
     pub concurrency: usize,
     /// Compressed bytes per second; 0: unlimited.
     pub bandwidth: u64,
@@ -57,7 +60,7 @@ impl Default for PrefetchConfig {
 pub struct Pass {
     pub fetched: u64,
     pub failed: u64,
-    /// Compressed bytes the fetched contents' recipes name.
+    /// Compressed bytes the batches asked for.
     pub compressed_bytes: u64,
     pub completed: u64,
 }
@@ -73,7 +76,7 @@ impl Prefetcher {
     pub fn start(
         store: Store,
         config: PrefetchConfig,
-        fetch: Arc<FetchFn>,
+        fetcher: Arc<LazyFetcher>,
         fetched: Arc<FetchedFn>,
     ) -> std::io::Result<Prefetcher> {
         let stop = Arc::new(Stop::default());
@@ -84,7 +87,7 @@ impl Prefetcher {
                 .spawn(move || {
                     let mut wait = config.poll;
                     while !stop.is_set() {
-                        match pass(&store, &config, fetch.as_ref(), fetched.as_ref(), &stop) {
+                        match pass(&store, &config, &fetcher, fetched.as_ref(), &stop) {
                             Ok(done) => {
                                 if done != Pass::default() {
                                     tracing::info!(?done, "lazy prefetch pass");
@@ -119,19 +122,12 @@ impl Drop for Prefetcher {
     }
 }
 
-/// One content to fetch.
-struct Job {
-    name: Digest,
-    size: u64,
-    compressed: u64,
-}
-
 /// One pass: fetch what named incomplete images miss, then complete those
 /// that miss nothing.
 pub fn pass(
     store: &Store,
     config: &PrefetchConfig,
-    fetch: &FetchFn,
+    fetcher: &LazyFetcher,
     fetched: &FetchedFn,
     stop: &Stop,
 ) -> Result<Pass, StoreError> {
@@ -158,18 +154,14 @@ pub fn pass(
         fetched(name);
     }
     if config.enabled && !missing.is_empty() {
-        let mut jobs = VecDeque::new();
-        for name in order.into_iter().filter(|n| missing.contains(n)) {
-            let Some(row) = store.lazy_recipe(&name)? else { continue };
-            let Ok(recipe) = Recipe::decode(&row) else { continue };
-            let compressed = recipe.chunks.iter().filter(|c| !c.zeros).map(|c| c.end - c.start).sum();
-            jobs.push_back(Job {
-                name,
-                size: recipe.size,
-                compressed,
-            });
+        let names: Vec<Digest> = order.into_iter().filter(|n| missing.contains(n)).collect();
+        let got = fetch_names(store, fetcher, &names, config, fetched, stop)?;
+        for e in &got.failures {
+            tracing::warn!("lazy prefetch: {e}");
         }
-        run(jobs, config, fetch, fetched, stop, &mut done);
+        done.fetched += got.pass.fetched;
+        done.failed += got.pass.failed;
+        done.compressed_bytes += got.pass.compressed_bytes;
     }
     for id in images {
         if stop.is_set() {
@@ -193,17 +185,64 @@ pub fn pass(
     Ok(done)
 }
 
-/// Runs `jobs` in order on `config.concurrency` workers.
-fn run(
-    jobs: VecDeque<Job>,
+/// What [`fetch_names`] did.
+#[derive(Debug, Default)]
+pub struct FetchedNames {
+    /// `fetched`: names the store holds now; `failed`: names it does not
+    /// (an open's fetch under way is counted in neither).
+    pub pass: Pass,
+    /// Bytes of the contents fetched (uncompressed).
+    pub content_bytes: u64,
+    pub failures: Vec<LazyFetchError>,
+}
+
+/// Fetches `names` (missing contents, in prefetch order) in batches on
+/// `config.concurrency` workers; with a bandwidth, each batch's bytes are
+/// taken from the bucket before it starts (and batches hold about a
+/// second's bytes). `fetched` is told of every name stored. Stops after
+/// the batches under way once `stop` is set.
+pub fn fetch_names(
+    store: &Store,
+    fetcher: &LazyFetcher,
+    names: &[Digest],
     config: &PrefetchConfig,
-    fetch: &FetchFn,
     fetched: &FetchedFn,
     stop: &Stop,
-    done: &mut Pass,
+) -> Result<FetchedNames, StoreError> {
+    let mut out = FetchedNames::default();
+    let mut wanted = Vec::with_capacity(names.len());
+    for name in names {
+        let Some(row) = store.lazy_recipe(name)? else {
+            out.failures.push(LazyFetchError::Unknown { sha256: *name });
+            continue;
+        };
+        match Recipe::decode(&row) {
+            Ok(recipe) => wanted.push((*name, recipe)),
+            Err(source) => out.failures.push(LazyFetchError::Recipe { sha256: *name, source }),
+        }
+    }
+    let (batches, unplanned) = plan_batches(wanted, BatchLimits::for_bandwidth(config.bandwidth));
+    out.failures
+        .extend(unplanned.into_iter().map(|u| LazyFetchError::Recipe {
+            sha256: u.name,
+            source: u.error,
+        }));
+    out.pass.failed = out.failures.len() as u64;
+    run(batches.into(), config, fetcher, fetched, stop, &mut out);
+    Ok(out)
+}
+
+/// Runs `batches` in order on `config.concurrency` workers.
+fn run(
+    batches: VecDeque<Batch>,
+    config: &PrefetchConfig,
+    fetcher: &LazyFetcher,
+    fetched: &FetchedFn,
+    stop: &Stop,
+    out: &mut FetchedNames,
 ) {
-    let jobs = Mutex::new(jobs);
-    let totals = Mutex::new(Pass::default());
+    let batches = Mutex::new(batches);
+    let totals = Mutex::new(std::mem::take(out));
     let bucket = Bucket::new(config.bandwidth);
     std::thread::scope(|scope| {
         for _ in 0..config.concurrency.max(1) {
@@ -211,35 +250,42 @@ fn run(
                 if stop.is_set() {
                     break;
                 }
-                let Some(job) = lock(&jobs).pop_front() else { break };
-                if !bucket.take(job.compressed, stop) {
+                let Some(batch) = lock(&batches).pop_front() else { break };
+                let asked = batch.request_bytes();
+                if !bucket.take(asked, stop) {
                     break;
                 }
-                let outcome = fetch(&job.name, job.size);
-                let mut totals = lock(&totals);
-                match outcome {
-                    Ok(()) => {
-                        fetched(&job.name);
-                        totals.fetched += 1;
-                        totals.compressed_bytes += job.compressed;
-                    }
-                    Err(e) => {
-                        tracing::warn!("lazy prefetch of sha256:{}: {e}", job.name);
-                        totals.failed += 1;
-                    }
+                let started = Instant::now();
+                let outcome = fetcher.fetch_batch(&batch);
+                tracing::debug!(
+                    layer = %batch.layer.digest,
+                    contents = batch.contents.len(),
+                    asked,
+                    fetched = outcome.fetched,
+                    stored = outcome.stored.len(),
+                    left = outcome.left.len(),
+                    failed = outcome.failed.len(),
+                    "lazy prefetch batch in {:?}",
+                    started.elapsed()
+                );
+                for name in &outcome.stored {
+                    fetched(name);
                 }
+                let mut totals = lock(&totals);
+                totals.pass.fetched += outcome.stored.len() as u64;
+                totals.pass.failed += outcome.failed.len() as u64;
+                totals.pass.compressed_bytes += asked;
+                totals.content_bytes += outcome.fetched_bytes;
+                totals.failures.extend(outcome.failed);
             });
         }
     });
-    let totals = totals.into_inner().unwrap_or_else(PoisonError::into_inner);
-    done.fetched += totals.fetched;
-    done.failed += totals.failed;
-    done.compressed_bytes += totals.compressed_bytes;
+    *out = totals.into_inner().unwrap_or_else(PoisonError::into_inner);
 }
 
 /// A token bucket of no depth: each take of `n` bytes starts `n / rate`
 /// seconds after the one before it (or now, if that is later), so the
-/// bytes started by time `t` are at most `rate * t` plus one content.
+/// bytes started by time `t` are at most `rate * t` plus one batch.
 struct Bucket {
     rate: u64,
     next: Mutex<Option<Instant>>,
