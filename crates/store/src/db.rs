@@ -53,6 +53,25 @@ pub struct ImageRecord {
     pub broken: Option<String>,
 }
 
+#[cfg(test)]
+impl ImageRecord {
+    /// A record of `name` naming EROFS image `erofs`, the rest made up.
+    pub(crate) fn for_test(name: &str, erofs: &Digest) -> ImageRecord {
+        ImageRecord {
+            name: name.into(),
+            manifest_digest: "sha256:m".into(),
+            config_digest: "sha256:c".into(),
+            erofs: erofs.to_hex(),
+            layers: vec![],
+            created_unix: 0,
+            logical_bytes: 0,
+            files: 0,
+            inodes: 0,
+            broken: None,
+        }
+    }
+}
+
 impl ImageRecord {
     pub fn erofs_id(&self) -> Result<Digest, StoreError> {
         self.erofs
@@ -156,6 +175,33 @@ impl Db {
 
     pub fn raw(&self) -> &Database {
         &self.db
+    }
+
+    /// Removes, in one transaction, every row of `table` for which
+    /// `dead(key, value)` holds; returns how many went.
+    pub(crate) fn remove_where(
+        &self,
+        table: TableDefinition<&[u8], &[u8]>,
+        dead: impl Fn(&[u8], &[u8]) -> bool,
+    ) -> Result<u64, StoreError> {
+        let txn = self.db.begin_write()?;
+        let mut removed = 0;
+        {
+            let mut rows = txn.open_table(table)?;
+            let mut doomed = Vec::new();
+            for row in rows.iter()? {
+                let (key, value) = row?;
+                if dead(key.value(), value.value()) {
+                    doomed.push(key.value().to_vec());
+                }
+            }
+            for key in doomed {
+                rows.remove(key.as_slice())?;
+                removed += 1;
+            }
+        }
+        txn.commit()?;
+        Ok(removed)
     }
 
     pub fn commit_image(&self, record: &ImageRecord, objects: &[ObjectRef]) -> Result<(), StoreError> {

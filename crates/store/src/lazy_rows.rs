@@ -180,18 +180,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let store = Store::open(dir.path()).unwrap();
         let (old, new, other) = (Digest::of(b"old"), Digest::of(b"new"), Digest::of(b"other"));
-        let record = |name: &str, erofs: &Digest| crate::ImageRecord {
-            name: name.into(),
-            manifest_digest: "sha256:m".into(),
-            config_digest: "sha256:c".into(),
-            erofs: erofs.to_hex(),
-            layers: vec![],
-            created_unix: 0,
-            logical_bytes: 0,
-            files: 0,
-            inodes: 0,
-            broken: None,
-        };
+        let record = crate::ImageRecord::for_test;
         let object = ObjectRef {
             digest: Digest::of(b"object"),
             size: 9,

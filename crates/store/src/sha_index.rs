@@ -8,7 +8,7 @@
 //! published, and a lookup answers only for objects that exist now. gc
 //! drops the rows of the objects it removes, in its own transaction.
 
-use redb::{ReadableDatabase, ReadableTable, ReadableTableMetadata, TableDefinition};
+use redb::{ReadableDatabase, ReadableTableMetadata, TableDefinition};
 use strata_tree::Digest;
 
 use crate::{ObjectRef, Store, StoreError};
@@ -91,22 +91,7 @@ pub(crate) fn put_in(txn: &redb::WriteTransaction, rows: &[([u8; 32], ObjectRef)
 /// Drops, in one transaction, every row whose object is not in `live`
 /// (gc has just removed those objects, or never had them).
 pub(crate) fn forget_dead(store: &Store, live: &std::collections::HashSet<Digest>) -> Result<u64, StoreError> {
-    let txn = store.inner.db.raw().begin_write()?;
-    let mut removed = 0;
-    {
-        let mut table = txn.open_table(SHA256_INDEX)?;
-        let mut dead = Vec::new();
-        for row in table.iter()? {
-            let (key, value) = row?;
-            if decode(value.value()).is_none_or(|o| !live.contains(&o.digest)) {
-                dead.push(key.value().to_vec());
-            }
-        }
-        for key in dead {
-            table.remove(key.as_slice())?;
-            removed += 1;
-        }
-    }
-    txn.commit()?;
-    Ok(removed)
+    store.inner.db.remove_where(SHA256_INDEX, |_, value| {
+        decode(value).is_none_or(|o| !live.contains(&o.digest))
+    })
 }

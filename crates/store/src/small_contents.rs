@@ -187,24 +187,9 @@ pub(crate) fn forget_dead(store: &Store, live: &HashSet<Digest>) -> Result<u64, 
             }
         });
     }
-    let txn = store.inner.db.raw().begin_write()?;
-    let mut removed = 0;
-    {
-        let mut table = txn.open_table(SMALL_CONTENTS)?;
-        let mut dead = Vec::new();
-        for row in table.iter()? {
-            let (key, _) = row?;
-            if !<[u8; 32]>::try_from(key.value()).is_ok_and(|k| held.contains(&k)) {
-                dead.push(key.value().to_vec());
-            }
-        }
-        for key in dead {
-            table.remove(key.as_slice())?;
-            removed += 1;
-        }
-    }
-    txn.commit()?;
-    Ok(removed)
+    store.inner.db.remove_where(SMALL_CONTENTS, |key, _| {
+        !<[u8; 32]>::try_from(key).is_ok_and(|k| held.contains(&k))
+    })
 }
 
 /// Rows whose bytes do not hash to their key, or are no small content;

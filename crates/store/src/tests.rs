@@ -2,18 +2,7 @@ use super::*;
 use strata_tree::Digest;
 
 fn record(name: &str, erofs: &Digest) -> ImageRecord {
-    ImageRecord {
-        name: name.into(),
-        manifest_digest: "sha256:m".into(),
-        config_digest: "sha256:c".into(),
-        erofs: erofs.to_hex(),
-        layers: vec![],
-        created_unix: 0,
-        logical_bytes: 0,
-        files: 0,
-        inodes: 0,
-        broken: None,
-    }
+    ImageRecord::for_test(name, erofs)
 }
 
 /// Stages contents, writes a (fake) image referencing them and commits it.

@@ -261,7 +261,7 @@ pub fn merge(ranges: impl Iterator<Item = ByteRange>, gap: u64) -> Vec<ByteRange
 }
 
 /// Splits merged ranges into calls of about [`CALL_BYTES`].
-fn calls(ranges: Vec<ByteRange>) -> Vec<Vec<ByteRange>> {
+pub(crate) fn calls(ranges: Vec<ByteRange>) -> Vec<Vec<ByteRange>> {
     let mut out: Vec<Vec<ByteRange>> = Vec::new();
     let mut bytes = 0;
     for range in ranges {

@@ -17,18 +17,7 @@ fn inline_image(store: &Store, name: &str, inline: &[&[u8]]) {
         tree.root.entries.insert(format!("f{i}").into_bytes(), Node::Leaf(id));
     }
     let image = store.put_image(&strata_erofs::write_image(&tree).unwrap()).unwrap();
-    let record = ImageRecord {
-        name: name.into(),
-        manifest_digest: "sha256:m".into(),
-        config_digest: "sha256:c".into(),
-        erofs: image.to_hex(),
-        layers: vec![],
-        created_unix: 0,
-        logical_bytes: 0,
-        files: 0,
-        inodes: 0,
-        broken: None,
-    };
+    let record = ImageRecord::for_test(name, &image);
     store.commit_image(&record, &[] as &[ObjectRef]).unwrap();
 }
 

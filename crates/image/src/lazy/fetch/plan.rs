@@ -11,14 +11,14 @@
 //! - A content larger than the limit gets a batch of its own (fetched call
 //!   after call and streamed into its object).
 //! - A batch's ranges are merged across gaps of at most [`MERGE_GAP`] and
-//!   split into calls of about [`CALL_BYTES`], as a partial pull's are.
+//!   split into calls of about [`CALL_BYTES`](crate::partial::plan::CALL_BYTES), as a partial pull's are.
 
 use std::collections::HashMap;
 
 use strata_tree::Digest;
 
 use crate::lazy::recipe::{Recipe, RecipeError};
-use crate::partial::plan::{merge, CALL_BYTES, MERGE_GAP};
+use crate::partial::plan::{calls as split_calls, merge, MERGE_GAP};
 use crate::toc::{ByteRange, Chunk, TocFormat};
 use crate::Descriptor;
 
@@ -154,7 +154,8 @@ pub fn plan_batches(wanted: Vec<(Digest, Recipe)>, limits: BatchLimits) -> (Vec<
 }
 
 /// The calls that fetch `contents`: their ranges merged and split into
-/// calls of about [`CALL_BYTES`] (a lone range may be larger).
+/// calls of about [`CALL_BYTES`](crate::partial::plan::CALL_BYTES) (a lone
+/// range may be larger).
 pub fn calls<'a>(contents: impl IntoIterator<Item = &'a Wanted>) -> Vec<Vec<ByteRange>> {
     let ranges = merge(
         contents
@@ -162,26 +163,13 @@ pub fn calls<'a>(contents: impl IntoIterator<Item = &'a Wanted>) -> Vec<Vec<Byte
             .flat_map(|c| c.chunks.iter().filter(|c| !c.zeros).map(|c| c.compressed)),
         MERGE_GAP,
     );
-    let mut out: Vec<Vec<ByteRange>> = Vec::new();
-    let mut bytes = 0;
-    for range in ranges {
-        match out.last_mut() {
-            Some(call) if bytes + range.len() <= CALL_BYTES => {
-                bytes += range.len();
-                call.push(range);
-            }
-            _ => {
-                bytes = range.len();
-                out.push(vec![range]);
-            }
-        }
-    }
-    out
+    split_calls(ranges)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::partial::plan::CALL_BYTES;
     use crate::toc::Sha256Digest;
 
     const LAYER_SIZE: u64 = 100 << 20;
