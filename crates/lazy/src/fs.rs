@@ -4,7 +4,7 @@
 use std::ffi::OsStr;
 use std::fs::File;
 use std::sync::atomic::{AtomicU8, Ordering};
-use std::sync::{mpsc, Arc, Mutex, MutexGuard, PoisonError};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, UNIX_EPOCH};
 
 use fuser::{
@@ -61,76 +61,27 @@ impl Shared {
     }
 }
 
-/// What waits for a name's fetch: an open, or the caller (prefetch,
-/// through [`Fetching::fetch`]), which learns only whether it landed.
-pub(crate) enum Waiter {
-    Open { reply: ReplyOpen, ino: u64 },
-    Caller(CallerReply),
-}
-
-/// Where a caller's fetch learns how it ended.
-type CallerReply = mpsc::Sender<Result<(), Unfetched>>;
-
-/// Why a caller's fetch of a name did not store it.
-#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
-pub enum Unfetched {
-    #[error("fetching {name} failed: {reason}")]
-    Failed { name: Digest, reason: String },
-    #[error("fetching {name} took longer than the fetch timeout")]
-    TimedOut { name: Digest },
-    #[error("no thread could be started to fetch {name}")]
-    NoThread { name: Digest },
+/// An open waiting for its name's fetch.
+pub(crate) struct OpenWaiter {
+    reply: ReplyOpen,
+    ino: u64,
 }
 
 type Outcome = Result<File, FetchError>;
 
-/// The fetches of names, single-flight, shared by opens and the caller.
-pub(crate) struct Fetching {
+pub(crate) struct LazyFs {
     shared: Arc<Shared>,
     fetcher: Arc<dyn ObjectFetcher>,
-    flights: Flights<Waiter, Outcome>,
+    flights: Flights<OpenWaiter, Outcome>,
 }
 
-impl Fetching {
+impl LazyFs {
     pub fn new(shared: Arc<Shared>, fetcher: Arc<dyn ObjectFetcher>, fetch_timeout: Duration) -> Self {
         let landing = Arc::new(Answerer { shared: shared.clone() });
         Self {
             shared,
             fetcher,
             flights: Flights::new(fetch_timeout, landing),
-        }
-    }
-
-    fn join(&self, name: Digest, size: u64, waiter: Waiter) {
-        let (fetcher, shared) = (self.fetcher.clone(), self.shared.clone());
-        self.flights.join(name, waiter, move || {
-            fetch_object(fetcher.as_ref(), &shared.counters, &name, size)
-        });
-    }
-
-    /// Fetches `name` (`size` bytes) unless the store holds it, joining
-    /// the flight of an open of the same name if there is one, so the
-    /// fetch runs once. Blocks until it lands, at most the fetch timeout.
-    pub fn fetch(&self, name: Digest, size: u64) -> Result<(), Unfetched> {
-        let (tx, rx) = mpsc::channel();
-        self.join(name, size, Waiter::Caller(tx));
-        // The flight answers every waiter, by its deadline at the latest.
-        rx.recv().unwrap_or(Err(Unfetched::NoThread { name }))
-    }
-}
-
-pub(crate) struct LazyFs {
-    shared: Arc<Shared>,
-    fetcher: Arc<dyn ObjectFetcher>,
-    fetching: Arc<Fetching>,
-}
-
-impl LazyFs {
-    pub fn new(fetching: Arc<Fetching>) -> Self {
-        Self {
-            shared: fetching.shared.clone(),
-            fetcher: fetching.fetcher.clone(),
-            fetching,
         }
     }
 
@@ -204,45 +155,20 @@ struct Answerer {
     shared: Arc<Shared>,
 }
 
-/// Splits a flight's waiters into opens and callers.
-fn split(waiters: Vec<Waiter>) -> (Vec<(ReplyOpen, u64)>, Vec<CallerReply>) {
-    let (mut opens, mut callers) = (Vec::new(), Vec::new());
-    for waiter in waiters {
-        match waiter {
-            Waiter::Open { reply, ino } => opens.push((reply, ino)),
-            Waiter::Caller(tx) => callers.push(tx),
-        }
-    }
-    (opens, callers)
-}
-
-impl Landing<Waiter, Outcome> for Answerer {
-    fn landed(&self, name: &Digest, outcome: Outcome, waiters: Vec<Waiter>) {
-        let (opens, callers) = split(waiters);
-        let answer = match &outcome {
-            Ok(_) => Ok(()),
-            Err(e) => Err(Unfetched::Failed {
-                name: *name,
-                reason: e.to_string(),
-            }),
-        };
-        for tx in callers {
-            let _ = tx.send(answer.clone());
-        }
+impl Landing<OpenWaiter, Outcome> for Answerer {
+    fn landed(&self, name: &Digest, outcome: Outcome, waiters: Vec<OpenWaiter>) {
         let file = match outcome {
             Ok(file) => file,
             Err(e) => {
-                if !opens.is_empty() {
-                    tracing::warn!("lazy: {e}; {} open(s) of {name} get EIO", opens.len());
-                }
-                bump(&self.shared.counters.opens_failed, opens.len() as u64);
-                opens.into_iter().for_each(|(reply, _)| reply.error(Errno::EIO));
+                tracing::warn!("lazy: {e}; {} open(s) of {name} get EIO", waiters.len());
+                bump(&self.shared.counters.opens_failed, waiters.len() as u64);
+                waiters.into_iter().for_each(|w| w.reply.error(Errno::EIO));
                 return;
             }
         };
         let mut table = self.shared.table();
-        for (reply, ino) in opens {
-            let backing = table.keep_backing(ino, || match reply.open_backing(&file) {
+        for waiter in waiters {
+            let backing = table.keep_backing(waiter.ino, || match waiter.reply.open_backing(&file) {
                 Ok(id) => Some(id),
                 Err(e) => {
                     tracing::warn!("lazy: registering {name} as a passthrough backing file: {e}");
@@ -252,35 +178,24 @@ impl Landing<Waiter, Outcome> for Answerer {
             match backing {
                 Some(backing) => {
                     bump(&self.shared.counters.opens_passthrough, 1);
-                    reply_passthrough(reply, ino, backing);
+                    reply_passthrough(waiter.reply, waiter.ino, backing);
                 }
                 None => {
                     bump(&self.shared.counters.opens_failed, 1);
-                    reply.error(Errno::EIO);
+                    waiter.reply.error(Errno::EIO);
                 }
             }
         }
     }
 
-    fn gave_up(&self, name: &Digest, waiters: Vec<Waiter>, why: GaveUp) {
-        let (opens, callers) = split(waiters);
-        let answer = match why {
-            GaveUp::Timeout => Unfetched::TimedOut { name: *name },
-            GaveUp::NoThread => Unfetched::NoThread { name: *name },
-        };
-        for tx in callers {
-            let _ = tx.send(Err(answer.clone()));
-        }
-        if opens.is_empty() {
-            return;
-        }
-        tracing::warn!("lazy: {} open(s) of {name} get EIO: {why:?}", opens.len());
+    fn gave_up(&self, name: &Digest, waiters: Vec<OpenWaiter>, why: GaveUp) {
+        tracing::warn!("lazy: {} open(s) of {name} get EIO: {why:?}", waiters.len());
         let counter = match why {
             GaveUp::Timeout => &self.shared.counters.opens_timed_out,
             GaveUp::NoThread => &self.shared.counters.opens_failed,
         };
-        bump(counter, opens.len() as u64);
-        opens.into_iter().for_each(|(reply, _)| reply.error(Errno::EIO));
+        bump(counter, waiters.len() as u64);
+        waiters.into_iter().for_each(|w| w.reply.error(Errno::EIO));
     }
 }
 
@@ -383,7 +298,10 @@ impl Filesystem for LazyFs {
                 return reply_passthrough(reply, ino.0, backing);
             }
         }
-        self.fetching.join(name, size, Waiter::Open { reply, ino: ino.0 });
+        let (fetcher, shared) = (self.fetcher.clone(), self.shared.clone());
+        self.flights.join(name, OpenWaiter { reply, ino: ino.0 }, move || {
+            fetch_object(fetcher.as_ref(), &shared.counters, &name, size)
+        });
     }
 
     fn read(

@@ -27,5 +27,4 @@ mod table;
 
 pub use counters::Counts;
 pub use fetch::{FetchError, ObjectFetcher};
-pub use fs::Unfetched;
 pub use mount::{LazyConfig, LazyError, LazyHandle, LazyMount, SUBTYPE};

@@ -15,7 +15,7 @@ use strata_tree::Digest;
 
 use crate::counters::Counts;
 use crate::fetch::ObjectFetcher;
-use crate::fs::{Fetching, LazyFs, Passthrough, Shared, Unfetched};
+use crate::fs::{LazyFs, Passthrough, Shared};
 
 /// The filesystem type LAZY shows in mountinfo (`fuse.strata-lazy`).
 pub const SUBTYPE: &str = "strata-lazy";
@@ -96,7 +96,6 @@ impl LazyError {
 #[derive(Clone)]
 pub struct LazyHandle {
     shared: Arc<Shared>,
-    fetching: Arc<Fetching>,
 }
 
 impl LazyHandle {
@@ -123,16 +122,6 @@ impl LazyHandle {
 
     pub fn counts(&self) -> Counts {
         self.shared.counters.snapshot()
-    }
-
-    /// Brings `name` (`size` bytes) into the store as an open would: the
-    /// fetcher's `open_stored`, else its `fetch`, in the name's flight, so
-    /// an open of the same name at the same time joins this fetch (or this
-    /// call joins the open's) and the content is fetched once. Blocks
-    /// until the flight lands, at most the fetch timeout. The name need
-    /// not be listed; it stays listed (see [`LazyHandle::remove`]).
-    pub fn fetch(&self, name: Digest, size: u64) -> Result<(), Unfetched> {
-        self.fetching.fetch(name, size)
     }
 }
 
@@ -180,8 +169,7 @@ impl LazyMount {
                 })
             })?;
         let shared = Arc::new(Shared::new(config.entry_ttl));
-        let fetching = Arc::new(Fetching::new(shared.clone(), fetcher, config.fetch_timeout));
-        let fs = LazyFs::new(fetching.clone());
+        let fs = LazyFs::new(shared.clone(), fetcher, config.fetch_timeout);
         let mut session_config = fuser::Config::default();
         session_config.acl = SessionACL::All;
         session_config.n_threads = Some(config.threads.max(1));
@@ -197,7 +185,7 @@ impl LazyMount {
         let session = session.spawn().map_err(|e| unmount_on_error(LazyError::Thread(e)))?;
         Ok(Self {
             target: target.to_owned(),
-            handle: LazyHandle { shared, fetching },
+            handle: LazyHandle { shared },
             session: Some(session),
             connection,
         })

@@ -163,44 +163,6 @@ fn eight_concurrent_opens_run_one_fetch() {
 }
 
 #[test]
-fn a_prefetch_and_an_open_of_one_name_fetch_once() {
-    let lazy = TestFile::new(6, 900_000);
-    let fx = Fixture::new(&[], &[("lazy", &lazy)], &config());
-    let handle = fx.handle();
-    // The fetch (started by the prefetch) waits until the open has
-    // reached LAZY and joined its flight.
-    let watch = handle.clone();
-    fx.before_fetch(move || {
-        wait_for(Duration::from_secs(10), || watch.counts().opens >= 1);
-    });
-    let prefetch = {
-        let (handle, name, size) = (handle.clone(), lazy.sha256, lazy.bytes.len() as u64);
-        std::thread::spawn(move || handle.fetch(name, size))
-    };
-    assert!(
-        wait_for(Duration::from_secs(10), || fx
-            .fetcher
-            .calls
-            .load(std::sync::atomic::Ordering::SeqCst)
-            == 1),
-        "the prefetch started no fetch"
-    );
-    let path = fx.merged.join("lazy");
-    let read = bounded(Duration::from_secs(30), move || std::fs::read(path));
-    assert_eq!(read.unwrap(), lazy.bytes);
-    assert_eq!(prefetch.join().unwrap(), Ok(()));
-    let counts = handle.counts();
-    eprintln!("a prefetch and an open: {counts:?}");
-    assert_eq!(counts.fetches_started, 1);
-    assert_eq!(fx.fetcher.calls.load(std::sync::atomic::Ordering::SeqCst), 1);
-    assert_eq!(counts.opens_passthrough, 1);
-    // A second prefetch finds it stored: no fetch.
-    assert_eq!(handle.fetch(lazy.sha256, lazy.bytes.len() as u64), Ok(()));
-    assert_eq!(fx.fetcher.calls.load(std::sync::atomic::Ordering::SeqCst), 1);
-    fx.unmount();
-}
-
-#[test]
 fn a_failing_or_lying_source_gives_eio_and_stores_nothing() {
     let failing = TestFile::new(5, 100_000);
     let lying = TestFile::new(6, 100_000);

@@ -59,35 +59,23 @@ impl Store {
         Ok(out)
     }
 
-    /// Records small contents (each hashed here, so a row is always true);
-    /// contents that are empty or over `INLINE_MAX` are skipped, and so is
-    /// everything once the table holds [`MAX_ROWS`]. Returns how many rows
-    /// are new.
-    pub fn record_small_contents(&self, contents: &[&[u8]]) -> Result<u64, StoreError> {
-        if !contents.iter().any(|c| fits(c)) {
+    /// An import's facts in one commit: its SHA-256 index rows (see
+    /// [`Store::record_sha256`]) and its small contents, each hashed here
+    /// (so a row is always true); contents that are empty or over
+    /// `INLINE_MAX` are skipped, and so is every new one once the table
+    /// holds [`MAX_ROWS`]. Nothing is written (no commit is paid) when
+    /// there are no index rows and every small content has its row
+    /// already. Returns how many small-content rows are new.
+    pub fn record_contents(&self, index_rows: &[([u8; 32], ObjectRef)], small: &[&[u8]]) -> Result<u64, StoreError> {
+        let new = self.lacking_rows(small)?;
+        if index_rows.is_empty() && new.is_empty() {
             return Ok(0);
         }
         let txn = self.inner.db.raw().begin_write()?;
-        let added = put_in(&txn, contents)?;
+        crate::sha_index::put_in(&txn, index_rows)?;
+        let added = put_in(&txn, &new)?;
         txn.commit()?;
         Ok(added)
-    }
-
-    /// An import's facts in one commit: its SHA-256 index rows (see
-    /// [`Store::record_sha256`]) and its small contents (see
-    /// [`Store::record_small_contents`]).
-    /// Nothing is written (no commit is paid) when there are no index rows
-    /// and every small content has its row already.
-    pub fn record_contents(&self, index_rows: &[([u8; 32], ObjectRef)], small: &[&[u8]]) -> Result<(), StoreError> {
-        let new = self.lacking_rows(small)?;
-        if index_rows.is_empty() && new.is_empty() {
-            return Ok(());
-        }
-        let txn = self.inner.db.raw().begin_write()?;
-        crate::sha_index::put_in(&txn, index_rows)?;
-        put_in(&txn, &new)?;
-        txn.commit()?;
-        Ok(())
     }
 
     /// The contents of `small` that may be rows and are not yet, each once.

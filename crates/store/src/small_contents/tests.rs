@@ -27,7 +27,7 @@ fn rows_answer_only_for_bytes_that_hash_to_their_key() {
     let store = Store::open(dir.path()).unwrap();
     let too_large = vec![7u8; strata_erofs::INLINE_MAX + 1];
     let added = store
-        .record_small_contents(&[b"hello", b"", &too_large, b"hello"])
+        .record_contents(&[], &[b"hello", b"", &too_large, b"hello"])
         .unwrap();
     assert_eq!(added, 1, "empty, oversize and repeated contents are not rows");
     let answers = store
@@ -67,7 +67,7 @@ fn gc_keeps_the_rows_live_images_hold() {
     inline_image(&store, "a", &[b"kept", b"shared"]);
     inline_image(&store, "b", &[b"shared", b"dropped"]);
     store
-        .record_small_contents(&[b"kept", b"shared", b"dropped", b"never in an image"])
+        .record_contents(&[], &[b"kept", b"shared", b"dropped", b"never in an image"])
         .unwrap();
     assert_eq!(store.small_contents_len().unwrap(), 4);
     assert!(store.remove_image("b").unwrap());
@@ -88,10 +88,10 @@ fn the_table_is_bounded() {
     let store = Store::open(dir.path()).unwrap();
     let contents: Vec<Vec<u8>> = (0..MAX_ROWS + 10).map(|i| i.to_le_bytes().to_vec()).collect();
     let refs: Vec<&[u8]> = contents.iter().map(Vec::as_slice).collect();
-    let added = store.record_small_contents(&refs).unwrap();
+    let added = store.record_contents(&[], &refs).unwrap();
     assert_eq!(added, MAX_ROWS);
     assert_eq!(store.small_contents_len().unwrap(), MAX_ROWS);
-    assert_eq!(store.record_small_contents(&[b"one more"]).unwrap(), 0);
+    assert_eq!(store.record_contents(&[], &[b"one more"]).unwrap(), 0);
     // Index rows still go in with a full table.
     let object = ObjectRef {
         digest: Digest::of(b"x"),
