@@ -22,7 +22,7 @@ fn count(counts: &Counts, what: String) {
 
 /// Writes a file straight into an active snapshot's upper dir, as the
 /// overlay would.
-fn write_upper(mounts: &[strata_grpc::api::types::Mount], name: &str) {
+fn write_upper(mounts: &[strata_grpc::api::types::Mount], name: &str) -> std::io::Result<()> {
     let m = &mounts[0];
     let upper = if m.r#type == "bind" {
         m.source.clone()
@@ -30,7 +30,25 @@ fn write_upper(mounts: &[strata_grpc::api::types::Mount], name: &str) {
         let opt = m.options.iter().find_map(|o| o.strip_prefix("upperdir=")).unwrap();
         opt.to_owned()
     };
-    std::fs::write(std::path::Path::new(&upper).join(name), name.repeat(1000)).unwrap();
+    std::fs::write(std::path::Path::new(&upper).join(name), name.repeat(1000))
+}
+
+/// Prepares `own`, writes into it and commits it. Another client may
+/// remove `own` between the Prepare and the write (its `remove` picks any
+/// client's key): then the upper dir is gone, and Stat must agree.
+fn prepare_write_commit(c: &mut Client, own: &str, parent: &str, file: &str) -> Result<(), tonic::Status> {
+    let mounts = c.prepare(own, parent, labels(&[]))?;
+    if let Err(e) = write_upper(&mounts, file) {
+        assert_eq!(e.kind(), std::io::ErrorKind::NotFound, "writing into {own}: {e}");
+        let stat = c.stat(own).map(drop);
+        assert_eq!(
+            stat.as_ref().map_err(|s| s.code()),
+            Err(Code::NotFound),
+            "{own}'s upper dir is gone but Stat finds it"
+        );
+        return stat;
+    }
+    c.commit(&format!("{own}-done"), own)
 }
 
 fn worker(socket: std::path::PathBuf, me: usize, until: Instant, counts: Counts) {
@@ -51,10 +69,7 @@ fn worker(socket: std::path::PathBuf, me: usize, until: Instant, counts: Counts)
         let (op, result): (&str, Result<(), tonic::Status>) = match next(7) {
             0 | 1 => (
                 "prepare+commit",
-                c.prepare(&own, &parent, labels(&[])).and_then(|m| {
-                    write_upper(&m, &format!("f{me}-{i}"));
-                    c.commit(&format!("{own}-done"), &own)
-                }),
+                prepare_write_commit(&mut c, &own, &parent, &format!("f{me}-{i}")),
             ),
             2 => ("view", c.view(&own, &parent).map(drop)),
             3 => ("stat", c.stat(&any).map(drop)),
@@ -80,7 +95,7 @@ fn sixteen_clients_at_once() {
     let mut c = serve.client();
     for p in 0..SHARED {
         let mounts = c.prepare(&format!("ns/base-{p}"), "", labels(&[])).unwrap();
-        write_upper(&mounts, "base");
+        write_upper(&mounts, "base").unwrap();
         c.commit(&format!("ns/shared-{p}"), &format!("ns/base-{p}")).unwrap();
     }
     let seconds: u64 = std::env::var("STRATA_CONCURRENCY_SECONDS")
