@@ -149,8 +149,8 @@ fn convert(format: &str, source: &str, destination: &str) -> Value {
     serde_json::from_str(text.trim()).unwrap()
 }
 
-/// A Kubernetes node: strata serve (`partial_pulls` as given, metrics on a
-/// free port) under a containerd with CRI, both pulling through counting
+/// A Kubernetes node: strata serve (`partial_pulls` as given, partial
+/// into an empty store too, metrics on a free port) under a containerd with CRI, both pulling through counting
 /// proxies, one per mode, that containerd's hosts.toml declares plain
 /// http. Fields drop in order: containerd (with its pods and mounts),
 /// strata, the proxies, the store.
@@ -172,7 +172,7 @@ impl Node {
         }
         store.set_config(&format!(
             "[registry]\nconfig_path = \"{}\"\n\n[metrics]\naddress = \"127.0.0.1:0\"\n\n\
-             [pull]\npartial_pulls = \"{partial_pulls}\"\n",
+             [pull]\npartial_pulls = \"{partial_pulls}\"\npartial_min_saving_percent = 0\n",
             certs_d.display()
         ));
         let config = store.dir.path().join("config.toml");

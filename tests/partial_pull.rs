@@ -31,9 +31,11 @@ use strata_tests::*;
 
 const TAGS: [&str; 2] = ["python", "variant-python"];
 const FORMATS: [&str; 2] = ["estargz", "zstd:chunked"];
-const PARTIAL: &str = "[pull]\npartial_pulls = \"toc\"\n";
+// Partial whenever a layer has a TOC, even into an empty store (where the
+// default pulls whole: `pull_report.rs` checks that).
+const PARTIAL: &str = "[pull]\npartial_pulls = \"toc\"\npartial_min_saving_percent = 0\n";
 const WHOLE: &str = "[pull]\npartial_pulls = \"off\"\n";
-const VERIFIED: &str = "[pull]\npartial_pulls = \"verified\"\n";
+const VERIFIED: &str = "[pull]\npartial_pulls = \"verified\"\npartial_min_saving_percent = 0\n";
 
 fn tag_of(format: &str) -> &'static str {
     match format {

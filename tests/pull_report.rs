@@ -80,13 +80,16 @@ fn pull_counted(store: &TestStore, proxy: &RangeProxy, args: &[&str]) -> Value {
     report
 }
 
-/// Each converted `python`, then `variant-python`, partially; then both
-/// whole: strata's count is the proxy's, byte for byte.
+/// Each converted `python` into an empty store (whole: it can save
+/// nothing), then `variant-python` partially, then `devel` (its own layers
+/// whole: the store lacks them); then the first partially too,
+/// where the config says any saving is worth it; then both whole: strata's
+/// count is the proxy's, byte for byte.
 #[test]
 fn reported_bytes_are_what_the_registry_sent() {
     require_root();
     for format in FORMATS {
-        for tag in ["python", "variant-python"] {
+        for tag in ["python", "variant-python", "devel"] {
             convert(tag, format);
         }
         let proxy = RangeProxy::start(Mode::Pass);
@@ -98,22 +101,50 @@ fn reported_bytes_are_what_the_registry_sent() {
         let first = pull_counted(&store, &proxy, &[&python]);
         let second = pull_counted(&store, &proxy, &[&variant]);
         eprintln!("{format}: python {first}\n{format}: variant-python {second}");
-        let (fetched, announced) = (number(&second, "fetched_bytes"), number(&second, "announced_bytes"));
-        // Into an empty store, every file is fetched: most of the blob.
-        assert!(
-            number(&first, "fetched_bytes") > number(&first, "announced_bytes") / 2,
+        // A store that indexes nothing can save nothing: each layer is
+        // pulled whole at once, its TOC not read ahead.
+        assert_eq!(
+            number(&first, "fetched_bytes") - number(&first, "document_bytes"),
+            number(&first, "announced_bytes"),
             "{first}"
         );
-        // The variant's files are mostly python's: a small part of it.
-        assert!(fetched * 10 < announced, "{format}: {second}");
         let layers = |report: &Value| {
             report["layers"]
                 .as_object()
                 .map(|l| l.values().filter_map(Value::as_u64).sum::<u64>())
         };
-        assert_eq!(layer_counts(&first), (layers(&first).unwrap(), 0, 0), "{first}");
+        assert_eq!(layer_counts(&first), (0, layers(&first).unwrap(), 0), "{first}");
+
+        let eager = TestStore::new();
+        eager.set_config("[pull]\npartial_pulls = \"toc\"\npartial_min_saving_percent = 0\n");
+        let partial = pull_counted(&eager, &proxy, &[&python]);
+        eprintln!("{format}: python, any saving {partial}");
+        assert_eq!(layer_counts(&partial), (layers(&partial).unwrap(), 0, 0), "{partial}");
+        // Every file is fetched: most of the blob.
+        assert!(
+            number(&partial, "fetched_bytes") > number(&partial, "announced_bytes") / 2,
+            "{partial}"
+        );
+
+        let (fetched, announced) = (number(&second, "fetched_bytes"), number(&second, "announced_bytes"));
+        // The variant's files are mostly python's: a small part of it.
+        assert!(fetched * 10 < announced, "{format}: {second}");
         assert_eq!(layer_counts(&second), (layers(&second).unwrap(), 0, 0), "{second}");
         assert!(number(&second, "document_bytes") > 0 && number(&second, "document_bytes") < fetched);
+
+        // devel is python's two layers and two of its own. The store lacks
+        // all of its large layer: that one is pulled whole, after its TOC.
+        // (Its 20 KB layer's few files are fetched by range; python's base
+        // layer lacks the files its second layer replaces, which the store
+        // did not keep.)
+        let devel = pull_counted(&store, &proxy, &[&pushed(proxy.addr(), "devel", format)]);
+        eprintln!("{format}: devel {devel}");
+        let (partial, whole, present) = layer_counts(&devel);
+        assert_eq!((partial + whole + present, whole), (4, 1), "{devel}");
+        assert!(
+            number(&devel, "fetched_bytes") > number(&devel, "announced_bytes") - number(&first, "announced_bytes"),
+            "{devel}"
+        );
 
         // Pulled again: only the manifest and config, every layer present.
         let again = pull_counted(&store, &proxy, &[&variant]);

@@ -347,7 +347,9 @@ fn whole_pulls_refuse_a_toc_that_contradicts_the_tar() {
             assert!(store.ok(&["images"]).lines().all(|l| !l.contains("hostile")), "{what}");
             store.fsck_clean();
 
+            // Partial even into this empty store.
             let store = TestStore::new();
+            store.set_config("[pull]\npartial_min_saving_percent = 0\n");
             let out = store.run(&["pull", "--partial", "toc", &reference]);
             let stderr = String::from_utf8_lossy(&out.stderr);
             match case.partial {

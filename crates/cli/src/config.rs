@@ -143,7 +143,7 @@ fn socket_address<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<std::
 }
 
 /// How layers are pulled, by `strata pull` and by `strata serve`'s fetcher.
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct PullSection {
     /// `"off"`, `"toc"` (the default) or `"verified"`: which layers with a
@@ -151,6 +151,39 @@ pub struct PullSection {
     /// fetching only the files the store lacks. See docs/partial-pulls.md.
     #[serde(deserialize_with = "partial_pulls")]
     pub partial_pulls: strata_image::PartialPulls,
+    /// A layer is pulled partially only where that leaves at least this
+    /// per cent of its blob unfetched; else it is pulled whole (one
+    /// stream, its diff_id checked). 0 pulls partially whenever a layer
+    /// has a TOC.
+    #[serde(deserialize_with = "percent")]
+    pub partial_min_saving_percent: u8,
+}
+
+fn percent<'de, D: serde::Deserializer<'de>>(d: D) -> Result<u8, D::Error> {
+    let n = u64::deserialize(d)?;
+    u8::try_from(n)
+        .ok()
+        .filter(|&p| p <= 100)
+        .ok_or_else(|| serde::de::Error::custom(format!("{n} is not a per cent from 0 to 100")))
+}
+
+impl Default for PullSection {
+    fn default() -> Self {
+        PullSection {
+            partial_pulls: strata_image::PartialPulls::default(),
+            partial_min_saving_percent: strata_image::PartialPolicy::DEFAULT_MIN_SAVING_PERCENT,
+        }
+    }
+}
+
+impl PullSection {
+    /// The policy, with `mode` (`strata pull --partial`) over the config's.
+    pub fn policy(&self, mode: Option<strata_image::PartialPulls>) -> strata_image::PartialPolicy {
+        strata_image::PartialPolicy {
+            mode: mode.unwrap_or(self.partial_pulls),
+            min_saving_percent: self.partial_min_saving_percent,
+        }
+    }
 }
 
 fn partial_pulls<'de, D: serde::Deserializer<'de>>(d: D) -> Result<strata_image::PartialPulls, D::Error> {
@@ -564,6 +597,32 @@ mod tests {
         for (line, expected) in cases {
             let errors = parse(&format!("[lazy]\n{line}\n")).unwrap_err();
             assert_eq!(errors.len(), 1, "{line}: {errors:#?}");
+            assert!(errors[0].starts_with(expected), "{line}: {errors:#?}");
+        }
+    }
+
+    #[test]
+    fn pull_section() {
+        let defaults = parse("").unwrap().pull;
+        assert_eq!(defaults.policy(None), strata_image::PartialPolicy::default());
+        let c = parse("[pull]\npartial_pulls = \"verified\"\npartial_min_saving_percent = 0\n")
+            .unwrap()
+            .pull;
+        let policy = c.policy(Some(strata_image::PartialPulls::Off));
+        assert_eq!(policy.mode, strata_image::PartialPulls::Off, "the flag wins");
+        assert_eq!(policy.min_saving_percent, 0);
+        assert_eq!(c.policy(None).mode, strata_image::PartialPulls::Verified);
+        for (line, expected) in [
+            (
+                "partial_min_saving_percent = 101",
+                "line 2: pull.partial_min_saving_percent: 101 is not a per cent from 0 to 100",
+            ),
+            (
+                "partial_min_saving_percent = -1",
+                "line 2: pull.partial_min_saving_percent: invalid value",
+            ),
+        ] {
+            let errors = parse(&format!("[pull]\n{line}\n")).unwrap_err();
             assert!(errors[0].starts_with(expected), "{line}: {errors:#?}");
         }
     }

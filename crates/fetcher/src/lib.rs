@@ -20,7 +20,7 @@ use std::time::{Duration, Instant};
 
 use strata_image::source::resolve;
 use strata_image::{
-    import_layer_from, BlobSource, ImageRef, ImportError, Limits, PartialPulls, Platform, Progress, RegistryRef,
+    import_layer_from, BlobSource, ImageRef, ImportError, Limits, PartialPolicy, Platform, Progress, RegistryRef,
 };
 use strata_snapshotter::{FetchError, FetchedLayer, LayerFetcher, LayerRequest};
 use strata_store::Store;
@@ -43,7 +43,7 @@ pub struct FetcherOptions {
     /// dropped.
     pub keep_unclaimed: Duration,
     /// Which layers are pulled partially (only the files the store lacks).
-    pub partial: PartialPulls,
+    pub partial: PartialPolicy,
 }
 
 /// An image being pulled: where its blobs come from, and its layers.
@@ -158,7 +158,7 @@ fn import(
     source: &dyn BlobSource,
     layer: Located,
     limits: &Limits,
-    partial: PartialPulls,
+    partial: PartialPolicy,
     totals: &Arc<Progress>,
 ) -> Outcome {
     let lock = store.lock_shared().map_err(|e| e.to_string())?;

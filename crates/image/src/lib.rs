@@ -26,7 +26,7 @@ pub use error::ImportError;
 pub use layer::{import_layer, LayerImport, Limits};
 pub use manifest::{parse_config, parse_document, Descriptor, Document, ImageConfig, Manifest, MediaKind, Platform};
 pub use partial::plan::PlanStats;
-pub use partial::{import_layer_from, PartialError, PartialPulls};
+pub use partial::{import_layer_from, PartialError, PartialPolicy, PartialPulls};
 pub use progress::{BlobReceived, LayerFetch, Progress, Received};
 pub use pull::{pull, PullOptions, PullOutcome};
 pub use reference::{normalize_name, ImageRef, RegistryRef};

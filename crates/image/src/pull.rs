@@ -12,7 +12,7 @@ use strata_store::{ImageRecord, ObjectRef, Store};
 use strata_tree::{merge_layer, Digest, Stat, Tree};
 
 use crate::layer::EntryBudget;
-use crate::partial::{import_layer_with, PartialPulls};
+use crate::partial::{import_layer_with, PartialPolicy};
 use crate::source::{resolve, BlobSource};
 use crate::{ImportError, LayerImport, Limits, Platform, Progress};
 
@@ -25,7 +25,7 @@ pub struct PullOptions {
     pub parallel_layers: usize,
     pub platform: Platform,
     /// Which layers may be pulled partially (only what the store lacks).
-    pub partial: PartialPulls,
+    pub partial: PartialPolicy,
 }
 
 #[derive(Clone, Debug)]

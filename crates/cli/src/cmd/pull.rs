@@ -138,7 +138,7 @@ pub fn run(config: &Config, args: Args) -> anyhow::Result<()> {
         limits,
         parallel_layers: config.limits.parallel_layers,
         platform: Platform::host(),
-        partial: args.partial.unwrap_or(config.pull.partial_pulls),
+        partial: config.pull.policy(args.partial),
     };
     if args.lazy && super::lazy::pull(&store, source.as_ref(), &reference, &options, &received, args.json)? {
         return Ok(());

@@ -90,7 +90,7 @@ fn fetcher(
         workers: config.limits.parallel_layers.max(1),
         platform: strata_image::Platform::host(),
         keep_unclaimed: std::time::Duration::from_secs(120),
-        partial: config.pull.partial_pulls,
+        partial: config.pull.policy(None),
     };
     strata_fetcher::Fetcher::new(store, Box::new(sources), options).context("starting the layer fetch workers")
 }

@@ -613,6 +613,7 @@ fn entries_are_bounded_across_the_layers_of_an_image() {
             &Limits::default(),
             &progress,
             &budget,
+            None,
         ));
     }
     assert!(results[0].is_ok());

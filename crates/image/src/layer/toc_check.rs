@@ -16,11 +16,11 @@ use std::collections::BTreeMap;
 use std::io::{self, Read};
 use std::sync::{Arc, Mutex};
 
-use sha2::{Digest as _, Sha256};
 use strata_store::ObjectRef;
 use strata_tree::split_path;
 
 use super::archive::Archive;
+use super::file_hash::FileHasher;
 use super::{is_estargz, Body, Header, LayerBuilder};
 use crate::toc::crosscheck::{crosscheck, TarEntry, TarKind};
 use crate::toc::{estargz, zstd_chunked, ByteRange, RangeReader, Sha256Digest, Toc, TocError, TocLimits};
@@ -44,11 +44,16 @@ pub(crate) struct TocCheck {
     limits: TocLimits,
     /// The tar's entries as the comparison sees them, in tar order.
     entries: Vec<TarEntry>,
+    /// The TOC, where it was read and verified before the import.
+    known: Option<Toc>,
     /// eStargz: the body of the root's `stargz.index.json`.
     json: Option<Vec<u8>>,
-    /// The regular file being read: its hash and length so far.
-    hasher: Option<(Sha256, u64)>,
-    rows: Vec<IndexRow>,
+    /// Hashes the regular files; `hashing` while one is being read.
+    hasher: Option<FileHasher>,
+    hashing: bool,
+    /// Each regular file's entry in `entries` and its object, in tar order
+    /// (the hasher's sums come in the same order).
+    files: Vec<(usize, Option<ObjectRef>)>,
     kept: Arc<Mutex<Kept>>,
 }
 
@@ -87,14 +92,26 @@ impl TocCheck {
             announced,
             limits,
             entries: Vec::new(),
+            known: None,
             json: None,
-            hasher: None,
-            rows: Vec::new(),
+            hasher: Some(FileHasher::spawn()),
+            hashing: false,
+            files: Vec::new(),
             kept: Arc::new(Mutex::new(Kept {
                 wanted,
                 ..Kept::default()
             })),
         })
+    }
+
+    /// The check, comparing the tar with `toc` (already verified against
+    /// the annotated digest) rather than with the TOC the stream carries.
+    pub(crate) fn knowing(mut self, toc: Option<Toc>) -> TocCheck {
+        if toc.is_some() {
+            self.kept.lock().unwrap_or_else(|e| e.into_inner()).wanted = None;
+        }
+        self.known = toc;
+        self
     }
 
     /// `raw`, keeping what the check needs of it as it is read.
@@ -108,16 +125,27 @@ impl TocCheck {
     /// After the whole blob is read and verified: the TOC read from what
     /// was kept and compared with the tar. The index rows of the layer's
     /// files, unless the two contradict each other.
-    pub(crate) fn conclude(self, desc: &Descriptor) -> Result<Vec<IndexRow>, ImportError> {
-        let toc = {
-            let kept = self.kept.lock().unwrap_or_else(|e| e.into_inner());
-            self.read_toc(&kept, desc.size)
+    pub(crate) fn conclude(mut self, desc: &Descriptor) -> Result<Vec<IndexRow>, ImportError> {
+        let sums = self.hasher.take().map(FileHasher::finish).unwrap_or_default();
+        let mut rows = Vec::new();
+        for (&(at, object), &(sha256, size)) in self.files.iter().zip(&sums) {
+            self.entries[at].kind = TarKind::File { size, sha256 };
+            if let Some(object) = object {
+                rows.push((sha256.0, object));
+            }
+        }
+        let toc = match self.known.take() {
+            Some(toc) => Ok(toc),
+            None => {
+                let kept = self.kept.lock().unwrap_or_else(|e| e.into_inner());
+                self.read_toc(&kept, desc.size)
+            }
         };
         let toc = match toc {
             Ok(toc) => toc,
             Err(e) => {
                 warn_unchecked(desc, &e);
-                return Ok(self.rows);
+                return Ok(rows);
             }
         };
         crosscheck(&toc, &self.entries).map_err(|c| ImportError::TocContradictsTar {
@@ -125,7 +153,7 @@ impl TocCheck {
             path: c.path,
             detail: c.detail,
         })?;
-        Ok(self.rows)
+        Ok(rows)
     }
 
     fn read_toc(&self, kept: &Kept, blob_size: u64) -> Result<Toc, TocError> {
@@ -161,16 +189,15 @@ impl LayerBuilder<'_> {
     pub(super) fn add_checked(&mut self, header: Header, archive: &mut Archive<'_>) -> Result<(), ImportError> {
         let path = split_path(&header.path, self.limits.max_depth).ok();
         if self.hide_estargz_metadata && path.as_deref().is_some_and(super::is_estargz_metadata) {
-            if path.as_deref() == Some(&[estargz::TOC_TAR_NAME.as_bytes().to_vec()][..]) && header.typeflag == b'0' {
+            let toc_json = path.as_deref() == Some(&[estargz::TOC_TAR_NAME.as_bytes().to_vec()][..]);
+            if toc_json && header.typeflag == b'0' && self.check_mut().known.is_none() {
                 self.keep_toc_json(header.size, archive);
             }
             return self.add_entry(header, Body::Tar(archive));
         }
-        let mut facts = self.facts(&header, path);
+        let facts = self.facts(&header, path);
         let regular = header.typeflag == b'0';
-        if regular {
-            self.check_mut().hasher = Some((Sha256::new(), 0));
-        }
+        self.check_mut().hashing = regular;
         let objects = self.objects.len();
         self.add_entry(header, Body::Tar(archive))?;
         if regular {
@@ -185,12 +212,11 @@ impl LayerBuilder<'_> {
                 }
                 self.hash_body(&buf[..n]);
             }
-            let (hasher, size) = self.check_mut().hasher.take().expect("set above");
-            let sha256 = Sha256Digest(hasher.finalize().into());
-            facts.kind = TarKind::File { size, sha256 };
-            if let Some(object) = self.objects.get(objects).copied() {
-                self.check_mut().rows.push((sha256.0, object));
-            }
+            let object = self.objects.get(objects).copied();
+            let check = self.check_mut();
+            check.hashing = false;
+            check.hasher.as_mut().expect("until conclude").end_file();
+            check.files.push((check.entries.len(), object));
         }
         self.check_mut().entries.push(facts);
         Ok(())
@@ -198,9 +224,13 @@ impl LayerBuilder<'_> {
 
     /// Feeds a regular file's bytes, as they are read, to the check's hash.
     pub(super) fn hash_body(&mut self, bytes: &[u8]) {
-        if let Some((hasher, size)) = self.check.as_mut().and_then(|c| c.hasher.as_mut()) {
+        if let Some(hasher) = self
+            .check
+            .as_mut()
+            .filter(|c| c.hashing)
+            .and_then(|c| c.hasher.as_mut())
+        {
             hasher.update(bytes);
-            *size += bytes.len() as u64;
         }
     }
 

@@ -16,11 +16,12 @@
 
 pub(crate) mod fetch;
 pub mod plan;
+mod policy;
 pub(crate) mod tree;
 mod verify;
 
-use std::fmt;
-use std::str::FromStr;
+pub use policy::{PartialPolicy, PartialPulls};
+
 use std::sync::{Arc, Mutex};
 
 use strata_store::Store;
@@ -30,43 +31,6 @@ use crate::source::BlobRanges;
 use crate::toc::zstd_chunked::TarSplit;
 use crate::toc::{self, ByteRange, Sha256Digest, Toc, TocError, TocLimits};
 use crate::{BlobSource, Descriptor, ImportError, LayerImport, Limits, Progress};
-
-/// Where strata may pull a layer partially.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub enum PartialPulls {
-    /// Every layer is pulled whole.
-    Off,
-    /// Layers with a TOC are pulled partially; their files are checked
-    /// against the TOC, which the manifest covers; the diff_id is not.
-    #[default]
-    Toc,
-    /// Only where the layer's diff_id can be checked too: zstd:chunked
-    /// layers with a tar-split, whose uncompressed stream is rebuilt from
-    /// it and the files. Other layers are pulled whole.
-    Verified,
-}
-
-impl FromStr for PartialPulls {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, String> {
-        match s {
-            "off" => Ok(PartialPulls::Off),
-            "toc" => Ok(PartialPulls::Toc),
-            "verified" => Ok(PartialPulls::Verified),
-            other => Err(format!("{other:?} is not one of \"off\", \"toc\", \"verified\"")),
-        }
-    }
-}
-
-impl fmt::Display for PartialPulls {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(match self {
-            PartialPulls::Off => "off",
-            PartialPulls::Toc => "toc",
-            PartialPulls::Verified => "verified",
-        })
-    }
-}
 
 /// Why a partial pull of a layer did not complete. All but errors of the
 /// store and the entry limits make the layer be pulled whole instead: a
@@ -147,7 +111,7 @@ impl PartialError {
 /// ranges over requests.
 const WORKERS: usize = 2;
 
-/// Imports one layer: partially where `mode` and the layer allow, else
+/// Imports one layer: partially where `policy` and the layer allow, else
 /// whole. The layer's SHA-256 index rows are recorded on success.
 pub fn import_layer_from(
     store: &Store,
@@ -156,10 +120,10 @@ pub fn import_layer_from(
     diff_id: Option<&str>,
     limits: &Limits,
     progress: &Arc<Progress>,
-    mode: PartialPulls,
+    policy: PartialPolicy,
 ) -> Result<LayerImport, ImportError> {
     let budget = EntryBudget::new(limits.max_entries_per_image);
-    import_layer_with(store, source, desc, diff_id, limits, progress, &budget, mode)
+    import_layer_with(store, source, desc, diff_id, limits, progress, &budget, policy)
 }
 
 /// [`import_layer_from`], drawing entries from an image-wide budget.
@@ -172,12 +136,13 @@ pub(crate) fn import_layer_with(
     limits: &Limits,
     progress: &Arc<Progress>,
     budget: &EntryBudget,
-    mode: PartialPulls,
+    policy: PartialPolicy,
 ) -> Result<LayerImport, ImportError> {
-    if mode != PartialPulls::Off {
-        match partial(store, source, desc, diff_id, limits, progress, budget, mode) {
-            Ok(Some(import)) => return Ok(import),
-            Ok(None) => {}
+    let mut known_toc = None;
+    if policy.mode != PartialPulls::Off {
+        match partial(store, source, desc, diff_id, limits, progress, budget, policy) {
+            Ok(Attempt::Imported(import)) => return Ok(*import),
+            Ok(Attempt::Whole(toc)) => known_toc = toc,
             Err(e) if e.falls_back() => {
                 tracing::warn!(
                     layer = %desc.digest,
@@ -197,7 +162,15 @@ pub(crate) fn import_layer_with(
         }
     }
     let raw = source.open_blob(desc)?;
-    import_layer_in(store, desc, diff_id, raw, limits, progress, budget)
+    import_layer_in(store, desc, diff_id, raw, limits, progress, budget, known_toc)
+}
+
+/// What a partial attempt came to.
+enum Attempt {
+    Imported(Box<LayerImport>),
+    /// The layer is to be pulled whole: with its TOC where it was read and
+    /// verified (the whole read compares the tar with it).
+    Whole(Option<Toc>),
 }
 
 /// Reads a layer's TOC (and where its tar-split is), if its annotations
@@ -220,8 +193,9 @@ pub(crate) fn read_toc(
     }
 }
 
-/// The partial import; `None` when the layer has no TOC, or `mode` asks
-/// for a diff_id check this layer does not allow.
+/// The partial import; [`Attempt::Whole`] when the layer has no TOC,
+/// `policy` asks for a diff_id check this layer does not allow, or a
+/// partial pull would not save enough.
 #[allow(clippy::too_many_arguments)]
 fn partial(
     store: &Store,
@@ -231,23 +205,27 @@ fn partial(
     limits: &Limits,
     progress: &Arc<Progress>,
     budget: &EntryBudget,
-    mode: PartialPulls,
-) -> Result<Option<LayerImport>, PartialError> {
+    policy: PartialPolicy,
+) -> Result<Attempt, PartialError> {
     let started = std::time::Instant::now();
-    let verified = mode == PartialPulls::Verified;
+    let verified = policy.mode == PartialPulls::Verified;
     // eStargz has no tar-split: nothing to check a diff_id with.
     if verified && (diff_id.is_none() || crate::layer::is_estargz(desc)) {
-        return Ok(None);
+        return Ok(Attempt::Whole(None));
+    }
+    if policy.min_saving_percent > 0 && announces_toc(desc) && indexes_nothing(store)? {
+        tracing::info!(layer = %desc.digest, "the store indexes no contents: pulling the layer whole");
+        return Ok(Attempt::Whole(None));
     }
     let Some((toc, tar_split)) = read_toc(source, desc, limits)? else {
-        return Ok(None);
+        return Ok(Attempt::Whole(None));
     };
     let tar_split = match (verified, tar_split, diff_id) {
         (false, _, _) => None,
         (true, Some(tar_split), Some(diff_id)) => Some((tar_split, diff_id)),
         (true, _, _) => {
             tracing::info!(layer = %desc.digest, format = %toc.format, "no tar-split to check the diff_id with: pulling the layer whole");
-            return Ok(None);
+            return Ok(Attempt::Whole(Some(toc)));
         }
     };
     let toc_bytes = desc.size.saturating_sub(toc.data_end);
@@ -276,6 +254,17 @@ fn partial(
         return Err(e.into());
     }
     let planned = started.elapsed();
+    if !policy.worth(plan.stats.request_bytes, desc.size) {
+        tracing::info!(
+            layer = %desc.digest,
+            format = %toc.format,
+            request_bytes = plan.stats.request_bytes,
+            blob_bytes = desc.size,
+            min_saving_percent = policy.min_saving_percent,
+            "the store lacks nearly all of the layer: pulling it whole"
+        );
+        return Ok(Attempt::Whole(Some(toc)));
+    }
     let stager = Mutex::new(store.stager()?);
     let shell = fetch::Shell {
         source,
@@ -331,7 +320,21 @@ fn partial(
         build_s = (built - done_fetching).as_secs_f64(),
         "partial pull of a layer"
     );
-    Ok(Some(import))
+    Ok(Attempt::Imported(Box::new(import)))
+}
+
+/// Whether `desc`'s annotations name a TOC (or try to: a malformed
+/// announcement is the TOC reader's to report).
+fn announces_toc(desc: &Descriptor) -> bool {
+    desc.annotations.contains_key(toc::estargz::TOC_DIGEST_ANNOTATION)
+        || !matches!(toc::zstd_chunked::annotations(&desc.annotations), Ok(None))
+}
+
+/// Whether the store has no content a TOC could find (a new node's): a
+/// partial pull would then fetch every file, so its TOC need not be read
+/// ahead of the whole blob.
+fn indexes_nothing(store: &Store) -> Result<bool, strata_store::StoreError> {
+    Ok(store.sha256_index_len()? == 0 && store.small_contents_len()? == 0)
 }
 
 /// Lookups one thread makes; more are split between two (each an index

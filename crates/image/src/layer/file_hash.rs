@@ -1,0 +1,149 @@
+//! The SHA-256 of each regular file of a layer with a TOC (for the check
+//! against the TOC and the SHA-256 index), computed on a thread of its own:
+//! the builder's thread, which parses the tar, computes each object's
+//! fs-verity digest and writes it, is a whole pull's slowest stage.
+//!
+//! Files are handed over in batches of whole or partial bodies with the
+//! offsets where files end, so a run of small files costs one message.
+
+use std::sync::mpsc::{sync_channel, Receiver, SyncSender};
+use std::thread::JoinHandle;
+
+use sha2::{Digest as _, Sha256};
+
+use crate::toc::Sha256Digest;
+
+/// Bytes gathered before they are handed over.
+const BATCH: usize = 256 * 1024;
+/// Batches in flight: the memory held is about `BATCHES` x 2 x `BATCH`.
+const BATCHES: usize = 8;
+
+struct Batch {
+    bytes: Vec<u8>,
+    /// Offsets in `bytes` where a file ends, in order.
+    ends: Vec<usize>,
+}
+
+/// One file's SHA-256 and size.
+pub(super) type FileSum = (Sha256Digest, u64);
+
+pub(super) struct FileHasher {
+    tx: SyncSender<Batch>,
+    thread: JoinHandle<Vec<FileSum>>,
+    pending: Batch,
+}
+
+impl FileHasher {
+    pub(super) fn spawn() -> FileHasher {
+        let (tx, rx) = sync_channel(BATCHES);
+        let thread = std::thread::Builder::new()
+            .name("strata-filehash".into())
+            .spawn(move || hash_batches(rx))
+            .expect("spawning a thread");
+        FileHasher {
+            tx,
+            thread,
+            pending: empty_batch(),
+        }
+    }
+
+    /// More bytes of the file being read.
+    pub(super) fn update(&mut self, bytes: &[u8]) {
+        self.pending.bytes.extend_from_slice(bytes);
+        if self.pending.bytes.len() >= BATCH {
+            self.hand_over();
+        }
+    }
+
+    /// The file being read is complete.
+    pub(super) fn end_file(&mut self) {
+        self.pending.ends.push(self.pending.bytes.len());
+    }
+
+    /// Every file's sum, in the order the files ended.
+    pub(super) fn finish(mut self) -> Vec<FileSum> {
+        self.hand_over();
+        drop(self.tx);
+        self.thread.join().expect("hashing does not panic")
+    }
+
+    fn hand_over(&mut self) {
+        if self.pending.bytes.is_empty() && self.pending.ends.is_empty() {
+            return;
+        }
+        let batch = std::mem::replace(&mut self.pending, empty_batch());
+        // The thread ends only when this sender is dropped.
+        self.tx.send(batch).expect("the hashing thread runs until finish");
+    }
+}
+
+fn empty_batch() -> Batch {
+    Batch {
+        bytes: Vec::with_capacity(BATCH),
+        ends: Vec::new(),
+    }
+}
+
+fn hash_batches(rx: Receiver<Batch>) -> Vec<FileSum> {
+    let mut summer = Summer::default();
+    for batch in rx {
+        summer.add(&batch);
+    }
+    summer.sums
+}
+
+/// The sums so far, and the file being summed.
+#[derive(Default)]
+struct Summer {
+    sums: Vec<FileSum>,
+    sha: Sha256,
+    size: u64,
+}
+
+impl Summer {
+    fn add(&mut self, batch: &Batch) {
+        let mut from = 0;
+        for &end in &batch.ends {
+            self.sha.update(&batch.bytes[from..end]);
+            self.size += (end - from) as u64;
+            self.sums
+                .push((Sha256Digest(std::mem::take(&mut self.sha).finalize().into()), self.size));
+            (from, self.size) = (end, 0);
+        }
+        self.sha.update(&batch.bytes[from..]);
+        self.size += (batch.bytes.len() - from) as u64;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sums_follow_the_files_across_batches() {
+        let files: Vec<Vec<u8>> = vec![
+            Vec::new(),
+            b"a".to_vec(),
+            vec![7; BATCH * 2 + 5],
+            Vec::new(),
+            vec![1; 100],
+            vec![2; BATCH - 1],
+            vec![3; 3],
+        ];
+        let mut hasher = FileHasher::spawn();
+        for file in &files {
+            // In uneven pieces, as a tar body is read.
+            for piece in file.chunks(4096 + 17) {
+                hasher.update(piece);
+            }
+            hasher.end_file();
+        }
+        let sums = hasher.finish();
+        let expected: Vec<FileSum> = files
+            .iter()
+            .map(|f| (Sha256Digest(Sha256::digest(f).into()), f.len() as u64))
+            .collect();
+        assert_eq!(sums, expected);
+        assert!(FileHasher::spawn().finish().is_empty());
+    }
+}
