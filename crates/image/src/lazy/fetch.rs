@@ -25,7 +25,7 @@ use strata_tree::Digest;
 
 use super::recipe::{Recipe, RecipeError};
 use crate::partial::plan::{merge, CALL_BYTES, MAX_CHUNK, MERGE_GAP};
-use crate::toc::{decompress_chunk, ByteRange, Chunk, Sha256Digest, TocError, TocFormat};
+use crate::toc::{ByteRange, Chunk, ChunkDecoder, Sha256Digest, TocError, TocFormat};
 use crate::{BlobSource, Descriptor, ImportError};
 
 pub use batch::BatchOutcome;
@@ -265,11 +265,12 @@ impl LazyFetcher {
         let mut writer = stager.writer().map_err(store_err)?;
         let mut sha = Sha256::new();
         let mut written = 0u64;
+        let mut decoder = ChunkDecoder::new(format);
         for call in calls(chunks) {
             let ranges: Vec<ByteRange> = merge(call.iter().map(|c| c.compressed), MERGE_GAP);
             let answers = read_call(source.as_ref(), &desc, &ranges).map_err(Attempt::Source)?;
             for chunk in call {
-                let bytes = chunk_bytes(format, chunk, &ranges, &answers).map_err(|e| mismatch(e.to_string()))?;
+                let bytes = chunk_bytes(&mut decoder, chunk, &ranges, &answers).map_err(|e| mismatch(e.to_string()))?;
                 written += bytes.len() as u64;
                 if written > recipe.size {
                     return Err(mismatch(format!("more than {} bytes", recipe.size)));
@@ -357,7 +358,7 @@ fn calls(chunks: &[Chunk]) -> Vec<Vec<&Chunk>> {
 
 /// One chunk's bytes from the call's answers, decompressed and checked.
 fn chunk_bytes(
-    format: TocFormat,
+    decoder: &mut ChunkDecoder,
     chunk: &Chunk,
     ranges: &[ByteRange],
     answers: &[Vec<u8>],
@@ -383,7 +384,7 @@ fn chunk_bytes(
     };
     let from = usize::try_from(r.start - ranges[i].start).expect("within a fetched range");
     let to = usize::try_from(r.end - ranges[i].start).expect("within a fetched range");
-    decompress_chunk(format, &answers[i][from..to], chunk)
+    decoder.decompress(&answers[i][from..to], chunk)
 }
 
 #[cfg(test)]
@@ -430,18 +431,36 @@ mod tests {
         assert_eq!(ranges.len(), 1, "a gap of 100 bytes is merged");
         let answers = vec![blob.clone()];
         assert_eq!(
-            chunk_bytes(TocFormat::Estargz, &chunks[0], &ranges, &answers).unwrap(),
+            chunk_bytes(
+                &mut ChunkDecoder::new(TocFormat::Estargz),
+                &chunks[0],
+                &ranges,
+                &answers
+            )
+            .unwrap(),
             b"first chunk"
         );
         assert_eq!(
-            chunk_bytes(TocFormat::Estargz, &chunks[1], &ranges, &answers).unwrap(),
+            chunk_bytes(
+                &mut ChunkDecoder::new(TocFormat::Estargz),
+                &chunks[1],
+                &ranges,
+                &answers
+            )
+            .unwrap(),
             b"second"
         );
         // A chunk whose digest does not match is refused.
         let lying = chunk(0, a.len() as u64, 11, Some(Sha256Digest::of(b"other")));
-        assert!(chunk_bytes(TocFormat::Estargz, &lying, &ranges, &answers).is_err());
+        assert!(chunk_bytes(&mut ChunkDecoder::new(TocFormat::Estargz), &lying, &ranges, &answers).is_err());
         // Flipped bytes do not decompress.
         let flipped = vec![blob.iter().map(|b| !b).collect::<Vec<u8>>()];
-        assert!(chunk_bytes(TocFormat::Estargz, &chunks[1], &ranges, &flipped).is_err());
+        assert!(chunk_bytes(
+            &mut ChunkDecoder::new(TocFormat::Estargz),
+            &chunks[1],
+            &ranges,
+            &flipped
+        )
+        .is_err());
     }
 }

@@ -16,7 +16,7 @@ use strata_tree::FileData;
 
 use super::plan::{Batch, Plan, Wanted};
 use super::PartialError;
-use crate::toc::{decompress_chunk, ByteRange, Chunk, Sha256Digest, TocFormat};
+use crate::toc::{ByteRange, Chunk, ChunkDecoder, Sha256Digest, TocFormat};
 use crate::{BlobSource, Descriptor, Progress};
 
 /// Contents held in memory before they are staged; larger ones stream.
@@ -98,6 +98,7 @@ impl Shell<'_> {
             next: 0,
             current: Vec::new(),
             bytes: 0,
+            decoder: ChunkDecoder::new(self.format),
         };
         for wanted in &batch.contents {
             let got = self.content(wanted, &mut calls, stager)?;
@@ -200,12 +201,14 @@ impl Shell<'_> {
         if chunk.zeros {
             return Ok(vec![0; usize::try_from(chunk.size).unwrap_or(0)]);
         }
-        let compressed = calls.slice(chunk.compressed)?;
-        decompress_chunk(self.format, compressed, chunk).map_err(|source| PartialError::Chunk {
-            path: wanted.path.clone(),
-            offset: chunk.file_offset,
-            source: Box::new(source),
-        })
+        let (compressed, decoder) = calls.slice(chunk.compressed)?;
+        decoder
+            .decompress(compressed, chunk)
+            .map_err(|source| PartialError::Chunk {
+                path: wanted.path.clone(),
+                offset: chunk.file_offset,
+                source: Box::new(source),
+            })
     }
 }
 
@@ -228,11 +231,14 @@ struct Calls<'s, 'b> {
     next: usize,
     current: Vec<(ByteRange, Vec<u8>)>,
     bytes: u64,
+    /// One decoder for the batch's chunks.
+    decoder: ChunkDecoder,
 }
 
 impl Calls<'_, '_> {
-    /// The blob's bytes at `range`, from the current call or a later one.
-    fn slice(&mut self, range: ByteRange) -> Result<&[u8], PartialError> {
+    /// The blob's bytes at `range`, from the current call or a later one,
+    /// and the batch's decoder.
+    fn slice(&mut self, range: ByteRange) -> Result<(&[u8], &mut ChunkDecoder), PartialError> {
         let found = loop {
             // Sorted and disjoint: the candidate is the last starting at or before.
             let at = self.current.partition_point(|(r, _)| r.start <= range.start);
@@ -265,7 +271,7 @@ impl Calls<'_, '_> {
         let (r, bytes) = &self.current[found];
         let from = usize::try_from(range.start - r.start).expect("within a fetched range");
         let to = usize::try_from(range.end - r.start).expect("within a fetched range");
-        Ok(&bytes[from..to])
+        Ok((&bytes[from..to], &mut self.decoder))
     }
 }
 

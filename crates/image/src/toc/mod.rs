@@ -33,7 +33,7 @@ use std::io;
 
 use sha2::{Digest as _, Sha256};
 
-pub use chunk::decompress_chunk;
+pub use chunk::{decompress_chunk, ChunkDecoder};
 pub use entry::{ByteRange, Chunk, EntryKind, FileContent, Toc, TocEntry, TocFormat};
 pub use error::{EntryProblem, TocError};
 

@@ -25,7 +25,7 @@ use strata_tree::Digest;
 
 use super::plan::{self, Batch, Wanted};
 use super::{chunk_bytes, read_call, Attempt, GaveUp, LazyFetchError, LazyFetcher};
-use crate::toc::{ByteRange, Sha256Digest, TocFormat};
+use crate::toc::{ByteRange, ChunkDecoder, Sha256Digest, TocFormat};
 
 /// What one batch did.
 #[derive(Debug, Default)]
@@ -167,9 +167,10 @@ impl LazyFetcher {
         let _lock = self.store.lock_shared()?;
         let mut stager = self.store.stager()?;
         let mut rows = Vec::with_capacity(contents.len());
+        let mut decoder = ChunkDecoder::new(format);
         for content in contents {
             let mut writer = stager.writer()?;
-            match write_content(format, content, ranges, answers, &mut |bytes| writer.write(bytes)) {
+            match write_content(&mut decoder, content, ranges, answers, &mut |bytes| writer.write(bytes)) {
                 Ok(()) => {
                     let staged = stager.finish(writer)?;
                     let object = ObjectRef {
@@ -228,7 +229,7 @@ enum Wrong {
 /// One content's chunks from the batch's answers, decompressed and checked
 /// into `write`; its size and SHA-256 checked at the end.
 fn write_content(
-    format: TocFormat,
+    decoder: &mut ChunkDecoder,
     content: &Wanted,
     ranges: &[ByteRange],
     answers: &[Vec<u8>],
@@ -237,7 +238,7 @@ fn write_content(
     let mut sha = Sha256::new();
     let mut written = 0u64;
     for chunk in &content.chunks {
-        let bytes = chunk_bytes(format, chunk, ranges, answers).map_err(|e| Wrong::Bytes(e.to_string()))?;
+        let bytes = chunk_bytes(decoder, chunk, ranges, answers).map_err(|e| Wrong::Bytes(e.to_string()))?;
         written += bytes.len() as u64;
         if written > content.size {
             return Err(Wrong::Bytes(format!("more than {} bytes", content.size)));
