@@ -2,7 +2,8 @@
 //! lazily pulled image's missing contents are fetched in the background
 //! (`[lazy] prefetch`), and once it misses nothing its metadata is
 //! rewritten with fs-verity names: `strata images` says complete, a new
-//! mount has two lowers, a mount made before keeps working. The prefetch
+//! mount has two lowers, a mount made before keeps working and no longer
+//! reaches FUSE (LAZY's counted lookups). The prefetch
 //! keeps to `prefetch_bandwidth`; without prefetch nothing is fetched
 //! until opened, and a plain `strata pull` completes the image.
 //!
@@ -99,8 +100,18 @@ fn prefetch_fetches_the_rest_and_completes_the_image() {
     );
     names_only_objects(&store, &new);
 
-    // The mount made before keeps working (old metadata, ALIASES).
+    // The mount made before keeps working (old metadata, ALIASES), and
+    // reading every file through it reaches FUSE not once: each name is
+    // found in ALIASES, before LAZY.
+    let counted = lazy_counts(&store);
     assert_tree_matches(&expected, &before, store.dir.path());
+    let read = lazy_counts(&store);
+    eprintln!("LAZY's counters before reading every file: {counted:?}; after: {read:?}");
+    assert_eq!(
+        (read["lookups"], read["opens"]),
+        (counted["lookups"], counted["opens"]),
+        "{read:?}"
+    );
     // A new mount: two lowers, no ALIASES, no LAZY.
     let after = store.mount(&reference);
     let (line, through_lazy) = lazy_lowers(&store, &after);
@@ -197,6 +208,12 @@ fn without_prefetch_nothing_is_fetched_until_opened_and_a_plain_pull_completes()
     assert!(python.len() > 512);
     let opened = store.objects().len();
     assert!(opened >= 1);
+    // It went through LAZY: looked up, opened, fetched, and read by
+    // passthrough.
+    let counts = lazy_counts(&store);
+    assert!(counts["lookups"] >= 1 && counts["opens"] >= 1, "{counts:?}");
+    assert_eq!(counts["fetches_started"], opened as u64, "{counts:?}");
+    assert_eq!(counts["reads"], 0, "reads pass through: {counts:?}");
     std::thread::sleep(Duration::from_secs(3));
     assert_eq!(store.objects().len(), opened, "more than the opened file was fetched");
     assert_eq!(

@@ -130,6 +130,22 @@ pub fn lazy_mounted(dir: &Path) -> bool {
 }
 
 /// Polls `done` every 100 ms for at most `limit`.
+/// The counters of the LAZY served at `STORE/lazy`, from its root's
+/// `user.strata.counters` xattr (`name value` lines).
+pub fn lazy_counts(store: &TestStore) -> std::collections::BTreeMap<String, u64> {
+    let mut buf = vec![0u8; 4096];
+    let n = rustix::fs::getxattr(&store.root().join("lazy"), "user.strata.counters", &mut buf)
+        .expect("LAZY answers its counters xattr");
+    std::str::from_utf8(&buf[..n])
+        .unwrap()
+        .lines()
+        .map(|line| {
+            let (name, value) = line.split_once(' ').unwrap();
+            (name.to_owned(), value.parse().unwrap())
+        })
+        .collect()
+}
+
 pub fn wait_until(limit: Duration, done: impl Fn() -> bool) -> bool {
     let start = Instant::now();
     loop {

@@ -29,6 +29,30 @@ pub struct Counts {
     pub reads: u64,
 }
 
+/// The name of LAZY's root xattr whose value is [`Counts::to_text`]: how
+/// tests and operators read a running server's counters
+/// (`getfattr -n user.strata.counters STORE/lazy`).
+pub const COUNTERS_XATTR: &str = "user.strata.counters";
+
+impl Counts {
+    /// `name value` lines, one per counter.
+    pub fn to_text(&self) -> String {
+        let fields = [
+            ("lookups", self.lookups),
+            ("lookups_unknown", self.lookups_unknown),
+            ("opens", self.opens),
+            ("opens_passthrough", self.opens_passthrough),
+            ("opens_failed", self.opens_failed),
+            ("opens_timed_out", self.opens_timed_out),
+            ("fetches_started", self.fetches_started),
+            ("fetches_failed", self.fetches_failed),
+            ("bytes_fetched", self.bytes_fetched),
+            ("reads", self.reads),
+        ];
+        fields.iter().map(|(name, value)| format!("{name} {value}\n")).collect()
+    }
+}
+
 #[derive(Debug, Default)]
 pub(crate) struct Counters {
     pub lookups: AtomicU64,

@@ -10,11 +10,11 @@ use std::time::{Duration, UNIX_EPOCH};
 use fuser::{
     BackingId, Errno, FileAttr, FileHandle, FileType, Filesystem, FopenFlags, Generation, INodeNo, InitFlags,
     KernelConfig, LockOwner, OpenAccMode, OpenFlags, ReplyAttr, ReplyData, ReplyDirectory, ReplyEntry, ReplyOpen,
-    Request,
+    ReplyXattr, Request,
 };
 use strata_tree::Digest;
 
-use crate::counters::{bump, Counters};
+use crate::counters::{bump, Counters, COUNTERS_XATTR};
 use crate::fetch::{FetchError, ObjectFetcher};
 use crate::flights::{Flights, GaveUp, Landing};
 use crate::table::{dir_ino, file_name, parse_dir_name, parse_file_name, Node, Table, ROOT_INO};
@@ -261,6 +261,22 @@ impl Filesystem for LazyFs {
             }
             Some(Node::File { .. }) => reply.error(Errno::ENOTDIR),
             None => reply.error(Errno::ENOENT),
+        }
+    }
+
+    /// Only the root's [`COUNTERS_XATTR`]; no file has xattrs.
+    fn getxattr(&self, _req: &Request, ino: INodeNo, name: &OsStr, size: u32, reply: ReplyXattr) {
+        if ino.0 != ROOT_INO || name != COUNTERS_XATTR {
+            return reply.error(Errno::NO_XATTR);
+        }
+        let text = self.shared.counters.snapshot().to_text();
+        let len = u32::try_from(text.len()).expect("a few hundred bytes");
+        if size == 0 {
+            reply.size(len);
+        } else if size < len {
+            reply.error(Errno::ERANGE);
+        } else {
+            reply.data(text.as_bytes());
         }
     }
 

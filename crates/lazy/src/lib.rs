@@ -25,6 +25,6 @@ mod fs;
 mod mount;
 mod table;
 
-pub use counters::Counts;
+pub use counters::{Counts, COUNTERS_XATTR};
 pub use fetch::{FetchError, ObjectFetcher};
 pub use mount::{LazyConfig, LazyError, LazyHandle, LazyMount, SUBTYPE};

@@ -54,6 +54,13 @@ fn a_lazy_file_is_fetched_on_open_and_a_present_one_never_reaches_fuse() {
     assert_eq!(counts.lookups, 1, "one lookup, of the lazy name");
     assert_eq!(counts.lookups_unknown, 0);
     assert_eq!(counts.opens_passthrough, counts.opens);
+    // The same counters as the root's xattr, for other processes.
+    let mut buf = vec![0u8; 4096];
+    let n = rustix::fs::getxattr(&fx.lazy_dir, strata_lazy::COUNTERS_XATTR, &mut buf).unwrap();
+    assert_eq!(std::str::from_utf8(&buf[..n]).unwrap(), handle.counts().to_text());
+    assert!(handle.counts().to_text().contains("lookups 1\n"));
+    let none = rustix::fs::getxattr(&fx.lazy_dir, "user.other", &mut buf);
+    assert_eq!(none, Err(rustix::io::Errno::NODATA));
 
     let (object, alias) = fx.stored(&lazy);
     let (object, alias) = (object.expect("object stored"), alias.expect("alias stored"));
