@@ -134,7 +134,7 @@ pub fn lazy_mounted(dir: &Path) -> bool {
 /// `user.strata.counters` xattr (`name value` lines).
 pub fn lazy_counts(store: &TestStore) -> std::collections::BTreeMap<String, u64> {
     let mut buf = vec![0u8; 4096];
-    let n = rustix::fs::getxattr(&store.root().join("lazy"), "user.strata.counters", &mut buf)
+    let n = rustix::fs::getxattr(store.root().join("lazy"), "user.strata.counters", &mut buf)
         .expect("LAZY answers its counters xattr");
     std::str::from_utf8(&buf[..n])
         .unwrap()
