@@ -15,7 +15,8 @@ use crate::toc::Sha256Digest;
 
 /// Bytes gathered before they are handed over.
 const BATCH: usize = 256 * 1024;
-/// Batches in flight: the memory held is about `BATCHES` x 2 x `BATCH`.
+/// Batches in flight: the memory held is at most (`BATCHES` + 1) x 2 x
+/// `BATCH` (4.5 MiB) per layer.
 const BATCHES: usize = 8;
 
 struct Batch {
@@ -49,9 +50,12 @@ impl FileHasher {
 
     /// More bytes of the file being read.
     pub(super) fn update(&mut self, bytes: &[u8]) {
-        self.pending.bytes.extend_from_slice(bytes);
-        if self.pending.bytes.len() >= BATCH {
-            self.hand_over();
+        // In pieces, so that no batch grows past twice `BATCH`.
+        for piece in bytes.chunks(BATCH) {
+            self.pending.bytes.extend_from_slice(piece);
+            if self.pending.bytes.len() >= BATCH {
+                self.hand_over();
+            }
         }
     }
 
