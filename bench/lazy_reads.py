@@ -31,12 +31,13 @@ the median over rounds of each round's ratio.
 import argparse
 import json
 import os
+import shutil
 import statistics
 import subprocess
 import sys
 import time
 
-from rig import REPO, Serve, sh
+from rig import REPO, Serve, sh, unmount_under
 
 TAG = "python"
 GOAL = 0.95
@@ -89,7 +90,7 @@ def lazy_daemons(root):
                 argv = fh.read().split(b"\0")
         except OSError:
             continue
-        if b"lazy-daemon" in argv and root.encode() in argv:
+        if b"lazy-daemon" in argv and any(root.encode() in arg for arg in argv):
             pids.append(int(pid))
     return pids
 
@@ -118,6 +119,14 @@ def complete(strata, root, config, reference):
     raise RuntimeError(f"{reference} not complete after {COMPLETE_WAIT_S} s of prefetch")
 
 
+def release(strata, mounted, root=None):
+    """Unmounts what is mounted (of `root`, or all), last first."""
+    for entry in reversed(list(mounted)):
+        if root is None or entry[0] == root:
+            subprocess.run([strata, "--root", entry[0], "umount", entry[1]], stdout=subprocess.DEVNULL)
+            mounted.remove(entry)
+
+
 def one_round(strata, work, configs, reference, dirs, i, passes, mounted):
     """Store `fetching` (prefetch off): the pass while each first open
     fetches. Store `prefetched` (prefetch on): mounted right after the
@@ -139,6 +148,8 @@ def one_round(strata, work, configs, reference, dirs, i, passes, mounted):
                     unmount(strata, root, config, dirs["new"], mounted)
                 unmount(strata, root, config, dirs["lazy"], mounted)
         finally:
+            # Overlays first: a daemon serves LAZY until they are gone.
+            release(strata, mounted, root)
             for pid in lazy_daemons(root):
                 subprocess.run(["kill", str(pid)])
 
@@ -146,7 +157,11 @@ def one_round(strata, work, configs, reference, dirs, i, passes, mounted):
 def measure(strata, family, registry, work, repeats):
     reference = f"{registry}/strata-lazy/{TAG}:estargz"
     sh(strata, "--config", "/dev/null", "convert", "--format", "estargz", f"oci:{family}:{TAG}", reference)
-    os.makedirs(work, exist_ok=True)
+    # A store left by an earlier run would hold the image already.
+    work = os.path.realpath(work)
+    unmount_under(work)
+    shutil.rmtree(work, ignore_errors=True)
+    os.makedirs(work)
     configs = {}
     for kind, prefetch in [("fetching", "false"), ("prefetched", "true")]:
         configs[kind] = os.path.join(work, f"{kind}.toml")
@@ -166,8 +181,7 @@ def measure(strata, family, registry, work, repeats):
             one_round(strata, work, configs, reference, dirs, i, passes, mounted)
             passes["full"].append(timed_pass(dirs["full"]))
     finally:
-        for root, target in reversed(mounted):
-            subprocess.run([strata, "--root", root, "umount", target])
+        release(strata, mounted)
     sizes = {p["bytes"] for runs in passes.values() for p in runs}
     if len(sizes) != 1:
         raise RuntimeError(f"the passes read different byte counts: {sizes}")

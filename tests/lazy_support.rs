@@ -129,7 +129,6 @@ pub fn lazy_mounted(dir: &Path) -> bool {
         .any(|l| l.contains(&format!(" {} ", dir.display())) && l.contains("fuse.strata-lazy"))
 }
 
-/// Polls `done` every 100 ms for at most `limit`.
 /// The counters of the LAZY served at `STORE/lazy`, from its root's
 /// `user.strata.counters` xattr (`name value` lines).
 pub fn lazy_counts(store: &TestStore) -> std::collections::BTreeMap<String, u64> {
@@ -146,6 +145,7 @@ pub fn lazy_counts(store: &TestStore) -> std::collections::BTreeMap<String, u64>
         .collect()
 }
 
+/// Polls `done` every 100 ms for at most `limit`.
 pub fn wait_until(limit: Duration, done: impl Fn() -> bool) -> bool {
     let start = Instant::now();
     loop {

@@ -347,6 +347,34 @@ fn whole_pulls_refuse_a_toc_that_contradicts_the_tar() {
             assert!(store.ok(&["images"]).lines().all(|l| !l.contains("hostile")), "{what}");
             store.fsck_clean();
 
+            // The default policy on a store that indexes something else (one
+            // small content no image holds): a partial pull would fetch every
+            // file, so the layer is read whole and compared with the TOC the
+            // attempt already read and checked. The contradiction is refused
+            // the same way.
+            let store = TestStore::new();
+            strata_store::Store::open(&store.root())
+                .unwrap()
+                .record_contents(&[], &[b"a content of no image".as_slice()])
+                .unwrap();
+            let err = store.fails(&["--log-level", "info", "pull", &reference]);
+            let whole = "the store lacks nearly all of the layer: reading it whole";
+            for needle in [
+                whole,
+                layer.as_str(),
+                "contradicts its TOC",
+                &format!("{path:?}"),
+                case.detail,
+            ] {
+                assert!(err.contains(needle), "{what}, known TOC: {needle:?} not in {err}");
+            }
+            assert!(
+                store.objects().is_empty() && store.images().is_empty(),
+                "{what}, known TOC"
+            );
+            assert_eq!(sha256_rows(&store), 0, "{what}, known TOC");
+            store.fsck_clean();
+
             // Partial even into this empty store.
             let store = TestStore::new();
             store.set_config("[pull]\npartial_min_saving_percent = 0\n");

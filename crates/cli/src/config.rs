@@ -152,7 +152,7 @@ pub struct PullSection {
     #[serde(deserialize_with = "partial_pulls")]
     pub partial_pulls: strata_image::PartialPulls,
     /// A layer is pulled partially only where that leaves at least this
-    /// per cent of its blob unfetched; else it is pulled whole (one
+    /// per cent of its file data unfetched; else it is pulled whole (one
     /// stream, its diff_id checked). 0 pulls partially whenever a layer
     /// has a TOC.
     #[serde(deserialize_with = "percent")]

@@ -147,6 +147,7 @@ fn import_all(
         Mutex::new((0..layers.len()).map(|_| None).collect());
     let workers = options.parallel_layers.clamp(1, layers.len().max(1));
     let budget = EntryBudget::new(options.limits.max_entries_per_image);
+    let fresh = crate::partial::indexes_nothing(store)?;
     std::thread::scope(|scope| {
         for _ in 0..workers {
             scope.spawn(|| loop {
@@ -165,6 +166,7 @@ fn import_all(
                     progress,
                     &budget,
                     options.partial,
+                    fresh,
                 );
                 if result.is_err() {
                     failed.store(true, Ordering::Relaxed);

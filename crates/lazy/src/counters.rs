@@ -27,6 +27,9 @@ pub struct Counts {
     /// READ requests. Passthrough sends none; any here means a read went
     /// through user space (and was refused).
     pub reads: u64,
+    /// GETXATTR requests other than of [`COUNTERS_XATTR`] (answered
+    /// ENODATA).
+    pub getxattrs: u64,
 }
 
 /// The name of LAZY's root xattr whose value is [`Counts::to_text`]: how
@@ -48,8 +51,22 @@ impl Counts {
             ("fetches_failed", self.fetches_failed),
             ("bytes_fetched", self.bytes_fetched),
             ("reads", self.reads),
+            ("getxattrs", self.getxattrs),
         ];
         fields.iter().map(|(name, value)| format!("{name} {value}\n")).collect()
+    }
+
+    /// An upper bound of [`Counts::to_text`]'s length, whatever the
+    /// values: the answer to a size query, which a later read of larger
+    /// numbers must still fit.
+    pub fn text_bound() -> usize {
+        // Each line at its longest: the name, a space, 20 digits, a newline.
+        let digits = u64::MAX.to_string().len();
+        Counts::default()
+            .to_text()
+            .lines()
+            .map(|line| line.len() - 1 + digits + 1)
+            .sum()
     }
 }
 
@@ -65,6 +82,7 @@ pub(crate) struct Counters {
     pub fetches_failed: AtomicU64,
     pub bytes_fetched: AtomicU64,
     pub reads: AtomicU64,
+    pub getxattrs: AtomicU64,
 }
 
 pub(crate) fn bump(counter: &AtomicU64, by: u64) {
@@ -85,6 +103,7 @@ impl Counters {
             fetches_failed: get(&self.fetches_failed),
             bytes_fetched: get(&self.bytes_fetched),
             reads: get(&self.reads),
+            getxattrs: get(&self.getxattrs),
         }
     }
 }

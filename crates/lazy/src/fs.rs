@@ -14,7 +14,7 @@ use fuser::{
 };
 use strata_tree::Digest;
 
-use crate::counters::{bump, Counters, COUNTERS_XATTR};
+use crate::counters::{bump, Counters, Counts, COUNTERS_XATTR};
 use crate::fetch::{FetchError, ObjectFetcher};
 use crate::flights::{Flights, GaveUp, Landing};
 use crate::table::{dir_ino, file_name, parse_dir_name, parse_file_name, Node, Table, ROOT_INO};
@@ -267,12 +267,15 @@ impl Filesystem for LazyFs {
     /// Only the root's [`COUNTERS_XATTR`]; no file has xattrs.
     fn getxattr(&self, _req: &Request, ino: INodeNo, name: &OsStr, size: u32, reply: ReplyXattr) {
         if ino.0 != ROOT_INO || name != COUNTERS_XATTR {
+            bump(&self.shared.counters.getxattrs, 1);
             return reply.error(Errno::NO_XATTR);
         }
         let text = self.shared.counters.snapshot().to_text();
         let len = u32::try_from(text.len()).expect("a few hundred bytes");
         if size == 0 {
-            reply.size(len);
+            // A bound, not the length: the counters may grow before the
+            // caller reads them with a buffer of this size.
+            reply.size(u32::try_from(Counts::text_bound()).expect("a few hundred bytes"));
         } else if size < len {
             reply.error(Errno::ERANGE);
         } else {

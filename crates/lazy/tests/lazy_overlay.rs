@@ -61,6 +61,18 @@ fn a_lazy_file_is_fetched_on_open_and_a_present_one_never_reaches_fuse() {
     assert!(handle.counts().to_text().contains("lookups 1\n"));
     let none = rustix::fs::getxattr(&fx.lazy_dir, "user.other", &mut buf);
     assert_eq!(none, Err(rustix::io::Errno::NODATA));
+    // A size query answers a bound that larger counters still fit in.
+    let bound = rustix::fs::getxattr_query(&fx.lazy_dir, strata_lazy::COUNTERS_XATTR).unwrap();
+    assert_eq!(bound, strata_lazy::Counts::text_bound());
+    assert!(bound > n);
+    let full = strata_lazy::Counts {
+        lookups: u64::MAX,
+        reads: u64::MAX,
+        ..Default::default()
+    };
+    assert!(full.to_text().len() <= bound);
+    let short = rustix::fs::getxattr(&fx.lazy_dir, strata_lazy::COUNTERS_XATTR, &mut buf[..n - 1]);
+    assert_eq!(short, Err(rustix::io::Errno::RANGE));
 
     let (object, alias) = fx.stored(&lazy);
     let (object, alias) = (object.expect("object stored"), alias.expect("alias stored"));

@@ -384,3 +384,42 @@ fn zstd_chunked_keeps_access_and_change_times() {
     assert_eq!(entry["accesstime"], "2023-11-14T22:13:20.5Z");
     assert_eq!(entry["changetime"], "2023-11-14T22:13:21Z");
 }
+
+/// A contiguous file (typeflag `7`) is a regular file to the import and to
+/// the TOC: a whole read of its converted layer hashes it, finds the tar
+/// agreeing with the TOC, and indexes it.
+#[test]
+fn a_contiguous_file_is_hashed_and_indexed_on_a_whole_read() {
+    let data: Vec<u8> = (0..20_000u32).map(|i| (i % 253) as u8).collect();
+    let mut builder = tar::Builder::new(Vec::new());
+    let mut header = tar::Header::new_gnu();
+    header.set_entry_type(tar::EntryType::Continuous);
+    header.set_mode(0o644);
+    header.set_mtime(1_704_067_200);
+    header.set_size(data.len() as u64);
+    builder.append_data(&mut header, "contiguous.bin", &data[..]).unwrap();
+    let tar = builder.into_inner().unwrap();
+    for format in [Format::Estargz, Format::ZstdChunked] {
+        let converted = convert_tar(format, &tar, 1 << 20);
+        let dir = tempfile::tempdir().unwrap();
+        let store = strata_store::Store::open(dir.path()).unwrap();
+        let desc = Descriptor {
+            media_type: format.media_type().into(),
+            digest: Sha256Digest::of(&converted.blob).to_string(),
+            size: converted.blob.len() as u64,
+            platform: None,
+            annotations: converted.annotations.clone(),
+        };
+        let import = crate::layer::import_layer(
+            &store,
+            &desc,
+            Some(&converted.diff_id.to_string()),
+            Box::new(std::io::Cursor::new(converted.blob.clone())),
+            &Limits::default(),
+            &Arc::new(Progress::default()),
+        );
+        assert!(import.is_ok(), "{}: {:?}", format.name(), import.err());
+        // The row (the object itself is published with the image).
+        assert_eq!(store.sha256_index_len().unwrap(), 1, "{}", format.name());
+    }
+}

@@ -15,8 +15,9 @@ use crate::toc::Sha256Digest;
 
 /// Bytes gathered before they are handed over.
 const BATCH: usize = 256 * 1024;
-/// Batches in flight: the memory held is at most (`BATCHES` + 1) x 2 x
-/// `BATCH` (4.5 MiB) per layer.
+/// Batches queued: with the one being hashed and the one being filled,
+/// the memory held is at most (`BATCHES` + 2) x 2 x `BATCH` (5 MiB) per
+/// layer.
 const BATCHES: usize = 8;
 
 struct Batch {
@@ -135,10 +136,15 @@ mod tests {
             vec![3; 3],
         ];
         let mut hasher = FileHasher::spawn();
-        for file in &files {
-            // In uneven pieces, as a tar body is read.
-            for piece in file.chunks(4096 + 17) {
-                hasher.update(piece);
+        for (i, file) in files.iter().enumerate() {
+            if i == 2 {
+                // One slice of several batches, as a large body in memory.
+                hasher.update(file);
+            } else {
+                // In uneven pieces, as a tar body is read.
+                for piece in file.chunks(4096 + 17) {
+                    hasher.update(piece);
+                }
             }
             hasher.end_file();
         }

@@ -127,6 +127,8 @@ impl TocCheck {
     /// files, unless the two contradict each other.
     pub(crate) fn conclude(mut self, desc: &Descriptor) -> Result<Vec<IndexRow>, ImportError> {
         let sums = self.hasher.take().map(FileHasher::finish).unwrap_or_default();
+        // A sum given to another file's object would poison the index.
+        assert_eq!(sums.len(), self.files.len(), "one sum per regular file");
         let mut rows = Vec::new();
         for (&(at, object), &(sha256, size)) in self.files.iter().zip(&sums) {
             self.entries[at].kind = TarKind::File { size, sha256 };
@@ -190,13 +192,14 @@ impl LayerBuilder<'_> {
         let path = split_path(&header.path, self.limits.max_depth).ok();
         if self.hide_estargz_metadata && path.as_deref().is_some_and(super::is_estargz_metadata) {
             let toc_json = path.as_deref() == Some(&[estargz::TOC_TAR_NAME.as_bytes().to_vec()][..]);
-            if toc_json && header.typeflag == b'0' && self.check_mut().known.is_none() {
+            if toc_json && matches!(header.typeflag, b'0' | b'7') && self.check_mut().known.is_none() {
                 self.keep_toc_json(header.size, archive);
             }
             return self.add_entry(header, Body::Tar(archive));
         }
         let facts = self.facts(&header, path);
-        let regular = header.typeflag == b'0';
+        // A contiguous file ('7') is a regular file, as add_entry takes it.
+        let regular = matches!(header.typeflag, b'0' | b'7');
         self.check_mut().hashing = regular;
         let objects = self.objects.len();
         self.add_entry(header, Body::Tar(archive))?;

@@ -123,10 +123,14 @@ pub fn import_layer_from(
     policy: PartialPolicy,
 ) -> Result<LayerImport, ImportError> {
     let budget = EntryBudget::new(limits.max_entries_per_image);
-    import_layer_with(store, source, desc, diff_id, limits, progress, &budget, policy)
+    let fresh = indexes_nothing(store)?;
+    import_layer_with(store, source, desc, diff_id, limits, progress, &budget, policy, fresh)
 }
 
 /// [`import_layer_from`], drawing entries from an image-wide budget.
+/// `fresh`: the store indexed no content when the pull began (see
+/// [`indexes_nothing`]; taken once per pull, so that layers which start
+/// after another finished are treated alike).
 #[allow(clippy::too_many_arguments)]
 pub(crate) fn import_layer_with(
     store: &Store,
@@ -137,10 +141,11 @@ pub(crate) fn import_layer_with(
     progress: &Arc<Progress>,
     budget: &EntryBudget,
     policy: PartialPolicy,
+    fresh: bool,
 ) -> Result<LayerImport, ImportError> {
     let mut known_toc = None;
     if policy.mode != PartialPulls::Off {
-        match partial(store, source, desc, diff_id, limits, progress, budget, policy) {
+        match partial(store, source, desc, diff_id, limits, progress, budget, policy, fresh) {
             Ok(Attempt::Imported(import)) => return Ok(*import),
             Ok(Attempt::Whole(toc)) => known_toc = toc,
             Err(e) if e.falls_back() => {
@@ -206,6 +211,7 @@ fn partial(
     progress: &Arc<Progress>,
     budget: &EntryBudget,
     policy: PartialPolicy,
+    fresh: bool,
 ) -> Result<Attempt, PartialError> {
     let started = std::time::Instant::now();
     let verified = policy.mode == PartialPulls::Verified;
@@ -213,8 +219,8 @@ fn partial(
     if verified && (diff_id.is_none() || crate::layer::is_estargz(desc)) {
         return Ok(Attempt::Whole(None));
     }
-    if policy.min_saving_percent > 0 && announces_toc(desc) && indexes_nothing(store)? {
-        tracing::info!(layer = %desc.digest, "the store indexes no contents: pulling the layer whole");
+    if policy.min_saving_percent > 0 && fresh && announces_toc(desc) {
+        tracing::info!(layer = %desc.digest, "the store indexed no contents: reading the layer whole");
         return Ok(Attempt::Whole(None));
     }
     let Some((toc, tar_split)) = read_toc(source, desc, limits)? else {
@@ -254,14 +260,16 @@ fn partial(
         return Err(e.into());
     }
     let planned = started.elapsed();
-    if !policy.worth(plan.stats.request_bytes, desc.size) {
+    // What a partial pull would fetch of the layer's file data (the TOC is
+    // read by now either way).
+    if !policy.worth(plan.stats.request_bytes, toc.data_end) {
         tracing::info!(
             layer = %desc.digest,
             format = %toc.format,
             request_bytes = plan.stats.request_bytes,
-            blob_bytes = desc.size,
+            data_bytes = toc.data_end,
             min_saving_percent = policy.min_saving_percent,
-            "the store lacks nearly all of the layer: pulling it whole"
+            "the store lacks nearly all of the layer: reading it whole"
         );
         return Ok(Attempt::Whole(Some(toc)));
     }
@@ -333,7 +341,7 @@ fn announces_toc(desc: &Descriptor) -> bool {
 /// Whether the store has no content a TOC could find (a new node's): a
 /// partial pull would then fetch every file, so its TOC need not be read
 /// ahead of the whole blob.
-fn indexes_nothing(store: &Store) -> Result<bool, strata_store::StoreError> {
+pub(crate) fn indexes_nothing(store: &Store) -> Result<bool, strata_store::StoreError> {
     Ok(store.sha256_index_len()? == 0 && store.small_contents_len()? == 0)
 }
 

@@ -41,27 +41,28 @@ impl fmt::Display for PartialPulls {
 }
 
 /// The mode, and when a partial pull is worth its cost: one that would
-/// fetch nearly the whole blob (an empty store) is slower than one stream
-/// (a decompressor per file, ranged requests) and cannot check the
-/// diff_id, so the layer is pulled whole instead.
+/// fetch nearly all of a layer's file data (an empty store) is slower
+/// than one stream (a decompressor per file, ranged requests) and, in
+/// `toc` mode, cannot check the diff_id, so the layer is pulled whole
+/// instead.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct PartialPolicy {
     pub mode: PartialPulls,
     /// A layer is pulled partially only where that leaves at least this
-    /// per cent of its blob unfetched (0: whenever it has a TOC).
+    /// per cent of its file data unfetched (0: whenever it has a TOC).
     pub min_saving_percent: u8,
 }
 
 impl PartialPolicy {
     /// The default saving: a partial pull asking for over 90 % of the
-    /// blob saves less than a whole pull's own advantages are worth.
+    /// file data saves less than a whole pull's own advantages are worth.
     pub const DEFAULT_MIN_SAVING_PERCENT: u8 = 10;
 
-    /// Whether fetching `fetch_bytes` of a blob of `blob_bytes` saves
-    /// enough.
-    pub fn worth(&self, fetch_bytes: u64, blob_bytes: u64) -> bool {
-        let saving = blob_bytes.saturating_sub(fetch_bytes) as u128 * 100;
-        saving >= u128::from(self.min_saving_percent) * u128::from(blob_bytes)
+    /// Whether fetching `fetch_bytes` of a layer's `data_bytes` of file
+    /// data saves enough.
+    pub fn worth(&self, fetch_bytes: u64, data_bytes: u64) -> bool {
+        let saving = data_bytes.saturating_sub(fetch_bytes) as u128 * 100;
+        saving >= u128::from(self.min_saving_percent) * u128::from(data_bytes)
     }
 }
 
