@@ -47,7 +47,7 @@ import subprocess
 import sys
 import time
 
-from rig import REPO, FreshFs, Serve, settle_disk, sh, unmount_under
+from rig import REPO, FreshFs, Serve, check_goals, settle_disk, sh, unmount_under
 
 TAG = "python"
 GOAL = 0.95
@@ -271,14 +271,7 @@ def markdown(section):
 
 def validate(section):
     """An error message, or None if every goal row holds a measurement."""
-    if not section or len(section.get("goals", [])) != 4:
-        return "lazy read goals missing"
-    for g in section["goals"]:
-        if not isinstance(g.get("measured"), (int, float)) or g["measured"] <= 0:
-            return f"lazy reads: {g.get('goal')} is {g.get('measured')!r}"
-        if g["limit"] is not None and not isinstance(g["met"], bool):
-            return f"lazy reads: {g['goal']} has no verdict"
-    return None
+    return check_goals(section, 4, "lazy reads")
 
 
 def main():

@@ -32,7 +32,7 @@ import statistics
 import subprocess
 import time
 
-from rig import FIX, REPO, FreshFs, settle_disk, sh
+from rig import FIX, REPO, FreshFs, check_goals, settle_disk, sh
 import tocread
 
 FORMATS = {"zstd:chunked": "zstd-chunked", "estargz": "estargz"}
@@ -212,14 +212,7 @@ def markdown(section):
 
 def validate(section):
     """An error message, or None if every goal row holds a measurement."""
-    if not section or len(section.get("goals", [])) != 4 * len(FORMATS):
-        return "partial pull goals missing"
-    for g in section["goals"]:
-        if not isinstance(g.get("measured"), (int, float)) or g["measured"] <= 0:
-            return f"partial pulls: {g.get('goal')} ({g.get('format')}) is {g.get('measured')!r}"
-        if g["limit"] is not None and not isinstance(g["met"], bool):
-            return f"partial pulls: {g['goal']} ({g['format']}) has no verdict"
-    return None
+    return check_goals(section, 4 * len(FORMATS), "partial pulls")
 
 
 def main():

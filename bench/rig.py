@@ -14,6 +14,20 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 FIX = os.path.join(REPO, "tests", "fixtures")
 
 
+def check_goals(section, rows, what):
+    """An error message, or None if `section` has `rows` goal rows, each
+    with a positive measurement and, where it has a limit, a verdict."""
+    if not section or len(section.get("goals", [])) != rows:
+        return f"{what}: goals missing"
+    for g in section["goals"]:
+        name = f"{g.get('goal')} ({g.get('format')})"
+        if not isinstance(g.get("measured"), (int, float)) or g["measured"] <= 0:
+            return f"{what}: {name} is {g.get('measured')!r}"
+        if g.get("limit") is not None and not isinstance(g.get("met"), bool):
+            return f"{what}: {name} has no verdict"
+    return None
+
+
 def sh(*args, env=None, capture=False):
     result = subprocess.run(args, env=env, check=True, text=True,
                             stdout=subprocess.PIPE if capture else subprocess.DEVNULL,
