@@ -245,6 +245,9 @@ def measure_on(strata, registry, reference, work, repeats):
         goals.append({"goal": f"read every file of {TAG} once complete, {what} / a fully pulled image",
                       "format": "estargz", "measured": ratio, "unit": "x", "limit": GOAL,
                       "goal_text": f">= {GOAL} ({median[kind]} MB/s / {median['full']} MB/s)", "met": ratio >= GOAL})
+    # The second read's growth may come out below zero (the kernel reclaimed
+    # more than it added); the row then shows 0.0001, the smallest value
+    # a measurement may have, and its text the KiB as measured.
     shares = [c["second_kib"] / c["first_kib"] for c in cache]
     share = round(statistics.median(shares), 4)
     goals.append({"goal": f"page cache reading {TAG} whole-pulled (gzip) after the prefetched image, / the first read's",
