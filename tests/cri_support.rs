@@ -247,8 +247,16 @@ pub fn chain_id(cd: &CriContainerd, config_digest: &str) -> String {
 /// snapshots view --mounts`), and compares it with the oracle `expected`;
 /// the View goes again, pass or fail.
 pub fn assert_view_matches(cd: &CriContainerd, name: &str, chain: &str, expected: &Path, scratch: &Path) {
-    let key = format!("oracle-view-{name}");
-    let out = leased_view(cd, &key, chain);
+    with_view(cd, &format!("oracle-view-{name}"), chain, |target| {
+        crate::assert_tree_matches(expected, target, scratch)
+    });
+}
+
+/// Mounts a View `key` of the snapshot `chain`, made through containerd
+/// (`ctr snapshots view --mounts`), and runs `f` on it; the View goes
+/// again, pass or fail.
+pub fn with_view(cd: &CriContainerd, key: &str, chain: &str, f: impl FnOnce(&Path)) {
+    let out = leased_view(cd, key, chain);
     let mounts: Vec<serde_json::Value> = serde_json::from_str(&out).unwrap();
     let text = |m: &serde_json::Value, k: &str| {
         m[k].as_str()
@@ -267,11 +275,11 @@ pub fn assert_view_matches(cd: &CriContainerd, name: &str, chain: &str, expected
         })
         .collect();
     // Under containerd's dir, so that its guard unmounts it on a panic.
-    let target = cd.dir.join(format!("view-{name}"));
+    let target = cd.dir.join(format!("view-{key}"));
     crate::serve::mount_all(&mounts, &target);
-    let result = std::panic::catch_unwind(|| crate::assert_tree_matches(expected, &target, scratch));
+    let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| f(&target)));
     unmount_under(&target);
-    cd.ctr(&["snapshots", "--snapshotter", "strata", "rm", &key]);
+    cd.ctr(&["snapshots", "--snapshotter", "strata", "rm", key]);
     if let Err(panic) = result {
         std::panic::resume_unwind(panic);
     }

@@ -146,7 +146,7 @@ pub fn lazy_counts(store: &TestStore) -> std::collections::BTreeMap<String, u64>
 }
 
 /// Polls `done` every 100 ms for at most `limit`.
-pub fn wait_until(limit: Duration, done: impl Fn() -> bool) -> bool {
+pub fn wait_until(limit: Duration, mut done: impl FnMut() -> bool) -> bool {
     let start = Instant::now();
     loop {
         if done() {

@@ -38,6 +38,11 @@ pub struct LazySection {
     /// `STRATA_LAZY_FETCH_TIMEOUT` overrides it).
     #[serde(deserialize_with = "fetch_timeout")]
     pub fetch_timeout: f64,
+    /// containerd's remote-snapshot fast path imports layers with a TOC
+    /// lazily: the snapshot is committed from the TOC alone and missing
+    /// files are fetched when opened. Off: such layers are fetched before
+    /// the snapshot is committed, so containers never wait on a registry.
+    pub cri: bool,
 }
 
 impl Default for LazySection {
@@ -47,6 +52,7 @@ impl Default for LazySection {
             prefetch_concurrency: 2,
             prefetch_bandwidth: 0,
             fetch_timeout: 30.0,
+            cri: false,
         }
     }
 }
@@ -564,8 +570,9 @@ mod tests {
         assert_eq!(defaults.prefetch_concurrency, 2);
         assert_eq!(defaults.prefetch_bandwidth, 0);
         assert_eq!(defaults.fetch_timeout, 30.0);
+        assert!(!defaults.cri);
         let c = parse(
-            "[lazy]\nprefetch = false\nprefetch_concurrency = 4\nprefetch_bandwidth = 1048576\nfetch_timeout = 4\n",
+            "[lazy]\nprefetch = false\nprefetch_concurrency = 4\nprefetch_bandwidth = 1048576\nfetch_timeout = 4\ncri = true\n",
         )
         .unwrap()
         .lazy;
@@ -573,6 +580,7 @@ mod tests {
         assert_eq!(c.prefetch_concurrency, 4);
         assert_eq!(c.prefetch_bandwidth, 1 << 20);
         assert_eq!(c.fetch_timeout, 4.0);
+        assert!(c.cri);
         assert_eq!(parse("[lazy]\nfetch_timeout = 0.5\n").unwrap().lazy.fetch_timeout, 0.5);
         let cases = [
             (

@@ -18,6 +18,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use strata_image::lazy::{import_layer_lazily, LazyPullError};
 use strata_image::source::resolve;
 use strata_image::{
     import_layer_from, BlobSource, ImageRef, ImportError, Limits, PartialPolicy, Platform, Progress, RegistryRef,
@@ -44,11 +45,17 @@ pub struct FetcherOptions {
     pub keep_unclaimed: Duration,
     /// Which layers are pulled partially (only the files the store lacks).
     pub partial: PartialPolicy,
+    /// Import layers with a TOC from the TOC alone, their missing files
+    /// left to LAZY (docs/lazy-pulls.md); only where LAZY is served.
+    pub lazy: bool,
 }
 
 /// An image being pulled: where its blobs come from, and its layers.
 struct Image {
     source: Arc<dyn BlobSource>,
+    /// `HOST/REPO@MANIFEST`, where a lazily imported layer's missing
+    /// files are fetched from later.
+    source_ref: String,
     layers: Vec<Located>,
     resolved_at: Instant,
 }
@@ -119,6 +126,10 @@ impl Fetcher {
         }
         let image = Arc::new(Image {
             source,
+            source_ref: format!(
+                "{}/{}@{}",
+                reference.registry, reference.repository, request.manifest_digest
+            ),
             layers: chain::layers(&resolved)?,
             resolved_at: Instant::now(),
         });
@@ -137,9 +148,12 @@ impl Fetcher {
         let limits = self.options.limits.clone();
         let chain_id = layer.chain_id.clone();
         let totals = Arc::clone(&self.totals);
-        let partial = self.options.partial;
+        let how = How {
+            partial: self.options.partial,
+            lazy: self.options.lazy.then(|| image.source_ref.clone()),
+        };
         self.jobs.submit(group, &chain_id, first, move || {
-            import(&store, source.as_ref(), layer, &limits, partial, &totals)
+            import(&store, source.as_ref(), layer, &limits, &how, &totals)
         });
     }
 }
@@ -150,18 +164,47 @@ fn image_key(request: &LayerRequest) -> String {
     format!("{}@{}", request.image_ref, request.manifest_digest)
 }
 
+/// How a layer is imported.
+struct How {
+    partial: PartialPolicy,
+    /// Lazily, with missing files fetched from this reference later.
+    lazy: Option<String>,
+}
+
 /// Fetches, verifies and imports one layer, holding the store's shared lock
 /// from the first staged object until the snapshotter commits them; its
-/// counters go to `totals`.
+/// counters go to `totals`. A lazy import that cannot be made (no TOC, a
+/// TOC that does not check out) is made whole or partial instead.
 fn import(
     store: &Store,
     source: &dyn BlobSource,
     layer: Located,
     limits: &Limits,
-    partial: PartialPolicy,
+    how: &How,
     totals: &Arc<Progress>,
 ) -> Outcome {
     let lock = store.lock_shared().map_err(|e| e.to_string())?;
+    if let Some(source_ref) = &how.lazy {
+        match import_layer_lazily(store, source, &layer.desc, source_ref, limits, totals) {
+            Ok(lazy) => {
+                totals.layers_done.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                tracing::debug!(
+                    layer = layer.desc.digest,
+                    missing = lazy.recipes.len(),
+                    "layer imported from its TOC; missing files are fetched on open"
+                );
+                return Ok(FetchedLayer {
+                    tree: lazy.import.tree,
+                    stager: lazy.import.stager,
+                    parent_chain: layer.parent_chain,
+                    lock,
+                    lazy: lazy.recipes,
+                });
+            }
+            Err(LazyPullError::NoToc { .. }) => {}
+            Err(e) => tracing::warn!(layer = layer.desc.digest, "not lazily: {e}; fetching the layer now"),
+        }
+    }
     let import = import_layer_from(
         store,
         source,
@@ -169,7 +212,7 @@ fn import(
         Some(&layer.diff_id),
         limits,
         totals,
-        partial,
+        how.partial,
     )
     .map_err(|e| format!("importing {}: {e}", layer.desc.digest))?;
     totals.layers_done.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
@@ -178,6 +221,7 @@ fn import(
         stager: import.stager,
         parent_chain: layer.parent_chain,
         lock,
+        lazy: Vec::new(),
     })
 }
 

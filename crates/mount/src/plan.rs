@@ -61,7 +61,13 @@ impl OverlayPlan {
 
     /// The option strings of a mount(2)-style spec (for containerd).
     pub fn mount_options(&self, mode: LowerMode) -> Vec<String> {
-        self.fs_options(mode)
+        self.mount_options_with_data(mode, &[])
+    }
+
+    /// [`mount_options`](Self::mount_options) with further data-only
+    /// lowers, as [`fs_options_with_data`](Self::fs_options_with_data).
+    pub fn mount_options_with_data(&self, mode: LowerMode, more_data: &[PathBuf]) -> Vec<String> {
+        self.fs_options_with_data(mode, more_data)
             .into_iter()
             .map(|o| match o {
                 FsOption::Flag(k) => k,

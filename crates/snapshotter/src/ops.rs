@@ -20,6 +20,7 @@ mod cleanup;
 mod commit;
 mod create;
 mod fetched;
+mod lazy;
 mod reads;
 
 /// containerd's snapshotter over one store. Operations are serialized.
@@ -293,11 +294,11 @@ impl Snapshotter {
     }
 
     fn mounts_of(&self, record: &Record) -> Result<Vec<Mount>, SnapshotError> {
-        let meta = match self.parent_image(record)? {
-            Some(image) => Some(self.mount_image_of(&image)?),
+        let lower = match self.parent_image(record)? {
+            Some(image) => Some((self.mount_image_of(&image)?, lazy::more_lowers(&self.store, &image)?)),
             None => None,
         };
-        Ok(self.overlay_mounts(record, meta))
+        Ok(self.overlay_mounts(record, lower))
     }
 
     /// Mounts `image`'s EROFS file (if it is not mounted yet) and returns
@@ -311,9 +312,9 @@ impl Snapshotter {
     }
 
     /// The mounts of `record`, whose parent's image (if any) is mounted at
-    /// `meta`.
-    fn overlay_mounts(&self, record: &Record, meta: Option<PathBuf>) -> Vec<Mount> {
-        let Some(meta) = meta else {
+    /// `meta`, with `more_data` lowers after the objects dir.
+    fn overlay_mounts(&self, record: &Record, lower: Option<(PathBuf, Vec<PathBuf>)>) -> Vec<Mount> {
+        let Some((meta, more_data)) = lower else {
             let rw = if record.kind == Kind::Active { "rw" } else { "ro" };
             return vec![Mount {
                 kind: "bind".into(),
@@ -327,7 +328,7 @@ impl Snapshotter {
             data: self.store.objects_path(),
             upper,
         };
-        let mut options = plan.mount_options(self.mounter.ladder().lowers);
+        let mut options = plan.mount_options_with_data(self.mounter.ladder().lowers, &more_data);
         if record.kind != Kind::Active {
             options.insert(0, "ro".into());
         }
@@ -419,7 +420,9 @@ impl Snapshotter {
                 id.to_hex()
             )));
         }
-        Ok(strata_erofs::read_tree(&image)?)
+        let mut tree = strata_erofs::read_tree(&image)?;
+        lazy::mark_missing(&self.store, &id, &mut tree)?;
+        Ok(tree)
     }
 
     /// Commits the active snapshot `key` as the committed snapshot `name`:

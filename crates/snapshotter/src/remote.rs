@@ -9,7 +9,7 @@ use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use strata_store::{ObjectStager, SharedGuard};
-use strata_tree::Tree;
+use strata_tree::{Digest, Tree};
 
 /// The chain ID the unpack snapshot is committed as.
 pub const SNAPSHOT_REF: &str = "containerd.io/snapshot.ref";
@@ -147,6 +147,10 @@ pub struct FetchedLayer {
     /// Held from the import to the commit, so gc leaves the staged
     /// objects alone.
     pub lock: SharedGuard,
+    /// A layer imported from its TOC alone: the contents `tree` names as
+    /// missing, each with its recipe (opaque here), in prefetch order.
+    /// Empty for a layer fetched whole or partially.
+    pub lazy: Vec<(Digest, Vec<u8>)>,
 }
 
 /// Why a fetch did not produce a layer; the Prepare falls back to an

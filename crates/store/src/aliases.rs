@@ -38,6 +38,11 @@ impl Store {
         Ok(self.inner.root.join(ALIASES_DIR))
     }
 
+    /// Where LAZY, the FUSE filesystem of missing objects, is mounted.
+    pub fn lazy_path(&self) -> PathBuf {
+        self.inner.root.join("lazy")
+    }
+
     fn alias_path(&self, sha: &Digest) -> PathBuf {
         self.inner.root.join(ALIASES_DIR).join(alias_name(sha))
     }

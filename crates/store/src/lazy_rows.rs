@@ -89,6 +89,15 @@ impl Store {
         Ok(names)
     }
 
+    /// Every live image (named, or a gc root such as a snapshot's) with a
+    /// lazy row, and the names it needs.
+    pub fn live_lazy_images(&self) -> Result<Vec<(Digest, Vec<Digest>)>, StoreError> {
+        let live: std::collections::HashSet<Digest> = self.inner.db.live_images()?.into_iter().collect();
+        let mut rows = self.lazy_images()?;
+        rows.retain(|(image, _)| live.contains(image));
+        Ok(rows)
+    }
+
     /// Every lazily pulled image and the names it needs.
     pub fn lazy_images(&self) -> Result<Vec<(Digest, Vec<Digest>)>, StoreError> {
         let mut out = Vec::new();

@@ -36,7 +36,7 @@ const TIMEOUT_ENV: &str = "STRATA_LAZY_FETCH_TIMEOUT";
 
 /// Where `strata serve` mounts LAZY.
 pub fn lazy_dir(store: &Store) -> PathBuf {
-    store.root().join("lazy")
+    store.lazy_path()
 }
 
 fn fetch_timeout(config: &Config) -> Duration {

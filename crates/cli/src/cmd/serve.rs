@@ -36,7 +36,8 @@ pub fn run(config: &Config, config_path: Option<&Path>, args: Args) -> anyhow::R
     });
     if config.serve.fetch_layers {
         let received = Arc::new(strata_image::Received::default());
-        let fetcher = Arc::new(fetcher(config, store, Arc::clone(&received))?);
+        let lazy = lazy_cri_pulls(config, &store);
+        let fetcher = Arc::new(fetcher(config, store, Arc::clone(&received), lazy)?);
         let mut layer_fetcher: Arc<dyn LayerFetcher> = fetcher.clone();
         if let Some(metrics) = &mut metrics {
             metrics.add_fetcher_totals(fetcher.totals(), received);
@@ -78,6 +79,7 @@ fn fetcher(
     config: &Config,
     store: strata_store::Store,
     received: Arc<strata_image::Received>,
+    lazy: bool,
 ) -> anyhow::Result<strata_fetcher::Fetcher> {
     let registry = config.registry_config()?;
     let sources = move |reference: &strata_image::RegistryRef| -> Result<Box<dyn strata_image::BlobSource>, strata_image::ImportError> {
@@ -91,8 +93,31 @@ fn fetcher(
         platform: strata_image::Platform::host(),
         keep_unclaimed: std::time::Duration::from_secs(120),
         partial: config.pull.policy(None),
+        lazy,
     };
     strata_fetcher::Fetcher::new(store, Box::new(sources), options).context("starting the layer fetch workers")
+}
+
+/// Whether CRI pulls import layers lazily: `[lazy] cri`, where LAZY is
+/// served and the trust model allows it (a lazy layer's diff_id cannot be
+/// checked, as in `partial_pulls = "toc"`).
+fn lazy_cri_pulls(config: &Config, store: &strata_store::Store) -> bool {
+    if !config.lazy.cri {
+        return false;
+    }
+    let mode = config.pull.policy(None).mode;
+    if mode != strata_image::PartialPulls::Toc {
+        tracing::warn!(
+            "lazy.cri is on, but pull.partial_pulls is {mode:?}: CRI pulls fetch every layer before it is committed"
+        );
+        return false;
+    }
+    if !super::lazy::is_served(&store.lazy_path()) {
+        tracing::warn!("lazy.cri is on, but no LAZY is served on this store (see above): CRI pulls fetch every layer before it is committed");
+        return false;
+    }
+    tracing::info!("CRI pulls import layers with a TOC lazily");
+    true
 }
 
 /// Tells systemd (when it started us with `Type=notify`) how serving goes;

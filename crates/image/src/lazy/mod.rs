@@ -182,8 +182,55 @@ pub fn pull_lazy(
     })
 }
 
+/// One layer imported from its TOC alone, for a caller that merges and
+/// records it itself (the containerd fast path commits it as a snapshot).
+pub struct LazyLayerImport {
+    /// The layer's tree: missing contents as [`FileData::Missing`].
+    pub import: LayerImport,
+    /// Each missing content's encoded [`Recipe`], in prefetch order
+    /// (prioritized files first, then TOC order).
+    pub recipes: Vec<(Digest, Vec<u8>)>,
+    /// Small missing contents fetched now (they live in the metadata).
+    pub inline_fetched: u64,
+}
+
+/// Imports layer `desc` from its TOC alone, as [`pull_lazy`] does each
+/// layer; `source_ref` is where later fetches read the blob from.
+pub fn import_layer_lazily(
+    store: &Store,
+    source: &dyn BlobSource,
+    desc: &Descriptor,
+    source_ref: &str,
+    limits: &Limits,
+    progress: &Arc<Progress>,
+) -> Result<LazyLayerImport, LazyPullError> {
+    let budget = EntryBudget::new(limits.max_entries_per_image);
+    let options = LazyPullOptions {
+        name: String::new(),
+        source_ref: source_ref.to_owned(),
+        limits: limits.clone(),
+        platform: Platform::host(),
+    };
+    let mut layer = lazy_layer(store, source, desc, &options, progress, &budget)?;
+    let mut recipes = Vec::with_capacity(layer.recipes.len());
+    for digest in layer.order.0.into_iter().chain(layer.order.1) {
+        if let Some(recipe) = layer.recipes.remove(&digest) {
+            recipes.push((Digest(digest.0), recipe.encode()));
+        }
+    }
+    debug_assert!(
+        layer.recipes.is_empty(),
+        "every missing content is in the layer's order"
+    );
+    Ok(LazyLayerImport {
+        import: layer.import,
+        recipes,
+        inline_fetched: layer.inline_fetched,
+    })
+}
+
 /// The missing contents the merged tree still names, with their sizes.
-fn missing_in(tree: &Tree) -> HashMap<Digest, u64> {
+pub fn missing_in(tree: &Tree) -> HashMap<Digest, u64> {
     tree.leaves
         .iter()
         .filter_map(|leaf| match &leaf.content {

@@ -2,7 +2,7 @@
 //! the background, and completing each image once it misses nothing.
 //!
 //! One thread polls the store: every named image with a lazy row is
-//! incomplete, and its row lists its SHA-256 names in prefetch order
+//! incomplete (and so is every snapshot's image with one), and its row lists its SHA-256 names in prefetch order
 //! (eStargz's prioritized files, those before `.prefetch.landmark`,
 //! first; then TOC order, layer by layer). Names the store lacks are
 //! planned into batches of one layer each ([`super::fetch::plan`]) and
@@ -146,7 +146,15 @@ pub fn pass(
         images.push(id);
         order.extend(needs.into_iter().filter(|name| seen.insert(*name)));
     }
-    if images.is_empty() {
+    // Snapshots' images (the containerd fast path's lazy layers) are gc
+    // roots, not names: fetched too, but not rewritten, since the
+    // snapshotter's records name them.
+    for (id, needs) in store.live_lazy_images()? {
+        if !images.contains(&id) {
+            order.extend(needs.into_iter().filter(|name| seen.insert(*name)));
+        }
+    }
+    if order.is_empty() && images.is_empty() {
         return Ok(done);
     }
     let missing: HashSet<Digest> = super::complete::still_missing(store, &order)?.into_iter().collect();

@@ -199,6 +199,7 @@ impl LayerFetcher for EmptyLayers {
             tree: Tree::new(Stat::default_dir()),
             stager: self.0.stager()?,
             parent_chain: None,
+            lazy: Vec::new(),
         })
     }
 }

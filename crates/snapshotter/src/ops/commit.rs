@@ -27,6 +27,9 @@ pub(super) struct CommitPlan {
     committed: Record,
     image: Digest,
     objects: Vec<ObjectRef>,
+    /// The contents `image` names by SHA-256 (a lazily fetched parent's
+    /// that are still missing): its lazy row.
+    lazy: Vec<Digest>,
     /// Files that stay in the upper dir until the DB commit, then move
     /// into `objects/`.
     adopted: Vec<(PathBuf, Digest)>,
@@ -75,9 +78,12 @@ impl Snapshotter {
         // An empty upper dir (a Commit with no changes) has nothing to
         // flush, and a syncfs would still wait for the journal.
         let flushing = (!is_empty_dir(&fs)).then(|| start_flush(&fs));
-        let mut merged = match &active.parent {
-            Some(p) => self.load_tree(p, &self.record(p)?)?,
-            None => Tree::new(Stat::default_dir()),
+        let (mut merged, parent_image) = match &active.parent {
+            Some(p) => {
+                let record = self.record(p)?;
+                (self.load_tree(p, &record)?, Some(super::image_id(p, &record)?))
+            }
+            None => (Tree::new(Stat::default_dir()), None),
         };
         phases.mark("load parent");
         let prehash = self.take_prehash(active.id);
@@ -86,6 +92,7 @@ impl Snapshotter {
         phases.mark("hash");
         strata_tree::merge_layer(&mut merged, layer)?;
         merged.compact();
+        let lazy = super::lazy::settle_missing(&self.store, &mut merged, parent_image.as_ref(), std::iter::empty())?;
         let objects = ObjectRef::all_in(&merged);
         let image = strata_erofs::into_image(merged)?;
         phases.mark("erofs");
@@ -119,6 +126,7 @@ impl Snapshotter {
             committed,
             image,
             objects,
+            lazy,
             adopted,
         })
     }
@@ -131,6 +139,9 @@ impl Snapshotter {
         db::delete(&txn, &plan.key)?;
         db::put(&txn, &plan.name, &plan.committed)?;
         txn.add_root(&root_name(plan.active.id), &plan.image, &plan.objects)?;
+        if !plan.lazy.is_empty() {
+            txn.put_lazy_image(&plan.image, &plan.lazy)?;
+        }
         txn.journal_adoptions(&plan.adopted)?;
         txn.commit()?;
         Ok(())

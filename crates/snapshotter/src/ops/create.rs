@@ -25,8 +25,9 @@ pub(super) struct CreatePlan {
     request: ScratchRequest,
     /// The scratch of the snapshot a `reuse-scratch` request names.
     shared: Option<ScratchUse>,
-    /// The parent's EROFS image, mounted.
-    meta: Option<PathBuf>,
+    /// The parent's EROFS image, mounted, and the data-only lowers its
+    /// missing contents need (none once it misses nothing).
+    lower: Option<(PathBuf, Vec<PathBuf>)>,
 }
 
 impl Snapshotter {
@@ -40,12 +41,12 @@ impl Snapshotter {
         let _g = self.guard();
         self.retry_adoptions();
         let plan = self.plan_create(kind, key, parent, labels)?;
-        let meta = plan.meta.clone();
+        let lower = plan.lower.clone();
         let record = self.apply_create(plan)?;
         if kind == Kind::Active && strata_scratch::is_unpack_key(key) {
             self.start_prehash(record.id, &self.upper_of(&record).0);
         }
-        Ok(self.overlay_mounts(&record, meta))
+        Ok(self.overlay_mounts(&record, lower))
     }
 
     fn plan_create(
@@ -81,8 +82,14 @@ impl Snapshotter {
             ScratchRequest::Shared { owner } => Some(self.scratch_owner(key, owner)?),
             _ => None,
         };
-        let meta = match &parent {
-            Some((name, record)) => Some(self.mount_image_of(&super::image_id(name, record)?)?),
+        let lower = match &parent {
+            Some((name, record)) => {
+                let image = super::image_id(name, record)?;
+                Some((
+                    self.mount_image_of(&image)?,
+                    super::lazy::more_lowers(&self.store, &image)?,
+                ))
+            }
             None => None,
         };
         Ok(CreatePlan {
@@ -92,7 +99,7 @@ impl Snapshotter {
             labels,
             request,
             shared,
-            meta,
+            lower,
         })
     }
 

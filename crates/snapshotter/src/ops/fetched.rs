@@ -125,14 +125,21 @@ impl Snapshotter {
             stager,
             parent_chain: _,
             lock: _lock,
+            lazy: recipes,
         } = fetched;
-        let mut merged = match &parent_record {
-            Some(record) => self.load_tree(parent, record)?,
-            None => Tree::new(Stat::default_dir()),
+        let (mut merged, parent_image) = match &parent_record {
+            Some(record) => (self.load_tree(parent, record)?, Some(super::image_id(parent, record)?)),
+            None => (Tree::new(Stat::default_dir()), None),
         };
         let stats = layer.stats();
         strata_tree::merge_layer(&mut merged, layer)?;
         merged.compact();
+        let lazy = super::lazy::settle_missing(
+            &self.store,
+            &mut merged,
+            parent_image.as_ref(),
+            recipes.iter().map(|(name, _)| *name),
+        )?;
         let objects = ObjectRef::all_in(&merged);
         let image = strata_erofs::into_image(merged)?;
         let referenced: HashSet<Digest> = objects.iter().map(|o| o.digest).collect();
@@ -160,6 +167,13 @@ impl Snapshotter {
         };
         db::put(&txn, &name, &record)?;
         txn.add_root(&root_name(id), &image_id, &objects)?;
+        if !lazy.is_empty() {
+            let needed: HashSet<&Digest> = lazy.iter().collect();
+            for (name, recipe) in recipes.iter().filter(|(name, _)| needed.contains(name)) {
+                txn.put_lazy_content(name, recipe)?;
+            }
+            txn.put_lazy_image(&image_id, &lazy)?;
+        }
         strata_failpoint::hit("fetched.before_db")?;
         txn.commit()?;
         Ok(name)
