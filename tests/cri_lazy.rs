@@ -11,8 +11,15 @@
 //!   store holds no layer; then every file of the image, read through a
 //!   View, matches the oracle, and the fetched files are ordinary objects
 //!   (fsck clean).
-//! - With prefetch on: the node fetches the rest by itself; once LAZY
-//!   lists nothing, reading every file adds no lookup at LAZY.
+//! - With prefetch on: the node fetches the rest by itself; then reading
+//!   every file and a second container add no lookup at LAZY and no byte
+//!   from the registry.
+//! - Faults: `strata serve` killed with SIGKILL while a container runs:
+//!   the container still opens missing files (python starts only after
+//!   the kill) and prints 42; a serve started again runs new containers.
+//!   The registry gone before a container starts: its missing files get
+//!   EIO within the fetch timeout, the container fails instead of
+//!   hanging, and strata keeps serving.
 
 mod lazy_support;
 
@@ -210,4 +217,111 @@ fn prefetch_completes_a_cri_image_and_lookups_stop() {
     assert_eq!(blob_bytes(&proxy), fetched, "nothing fetched after prefetch");
     let fsck = node.store.run(&["fsck"]);
     assert!(fsck.status.success(), "fsck: {}", String::from_utf8_lossy(&fsck.stdout));
+}
+
+#[test]
+fn containers_keep_opening_missing_files_when_serve_is_killed() {
+    fixture();
+    let proxy = RangeProxy::start(Mode::Pass);
+    let mut node = Node::start(&proxy, "prefetch = false");
+    let reference = pushed(proxy.addr(), FORMATS[0]);
+    let mut cri = node.cd.cri();
+    let image_id = node.pull(&mut cri, &reference);
+    let pod = cri
+        .run_pod_sandbox(&PodSpec::unique("killed", &node.store.dir.path().join("logs")))
+        .unwrap();
+    // python3 and its modules are first opened after serve is gone.
+    let spec = ContainerSpec::new("late", &image_id).command(&["sh", "-c", "sleep 6; python3 -c 'print(6*7)'"]);
+    let id = cri.create_container(&pod, &spec).unwrap();
+    cri.start_container(&id).unwrap();
+    std::thread::sleep(Duration::from_secs(1));
+    let before = lazy_counts(&node.store);
+    let serve = node.cleanup.serve.take().expect("serve runs");
+    let (socket, log) = (serve.socket.clone(), serve.log_text());
+    assert!(!serve.kill9().success(), "SIGKILL ended serve");
+    let exited = cri.wait_exited(&pod, &id, Duration::from_secs(120)).unwrap();
+    assert_eq!(
+        (exited.exit_code, exited.output.stdout.as_str()),
+        (0, "42\n"),
+        "{}\nstrata's log:\n{log}",
+        exited.output.stderr
+    );
+    cri.remove_pod(&pod.id).unwrap();
+    let fetching: Vec<u32> = lazy_daemons(node.store.dir.path());
+    assert!(!fetching.is_empty(), "a LAZY daemon outlived serve");
+
+    // A new serve (and its own LAZY) runs new containers.
+    let serve = strata_tests::serve::Serve::start(
+        &node.store.root(),
+        &socket,
+        Some(&node.store.dir.path().join("config.toml")),
+        &[],
+    );
+    node.cleanup.serve = Some(serve);
+    let lazy = node.store.root().join("lazy");
+    assert!(
+        wait_until(Duration::from_secs(20), || lazy_mounted(&lazy)),
+        "{}",
+        node.log()
+    );
+    let after_restart = eventually_pulls(&node, &mut cri, &reference);
+    assert_eq!(after_restart, image_id);
+    node.prints_42(&mut cri, &image_id, "after-restart");
+    eprintln!(
+        "LAZY before the kill: {before:?}; after the restart: {:?}",
+        lazy_counts(&node.store)
+    );
+}
+
+/// PullImage again once containerd has reconnected to a restarted serve.
+fn eventually_pulls(node: &Node, cri: &mut Cri, reference: &str) -> String {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        match cri.pull_image(reference, None) {
+            Ok(id) => return id,
+            Err(e) if Instant::now() < deadline => {
+                eprintln!("PullImage after the restart: {e}; again");
+                std::thread::sleep(Duration::from_millis(500));
+            }
+            Err(e) => panic!("PullImage after the restart: {e}\n{}", node.log()),
+        }
+    }
+}
+
+#[test]
+fn a_registry_gone_fails_the_container_not_the_node() {
+    fixture();
+    let proxy = RangeProxy::start(Mode::Pass);
+    let node = Node::start(&proxy, "prefetch = false");
+    let reference = pushed(proxy.addr(), FORMATS[1]);
+    let mut cri = node.cd.cri();
+    let image_id = node.pull(&mut cri, &reference);
+    drop(proxy);
+    let pod = cri
+        .run_pod_sandbox(&PodSpec::unique("gone", &node.store.dir.path().join("logs")))
+        .unwrap();
+    let spec = ContainerSpec::new("probe", &image_id).command(&["python3", "-c", "print(6*7)"]);
+    let started = Instant::now();
+    // runc cannot execute python3 (EIO), or python cannot read its
+    // modules: StartContainer fails, or the container exits non-zero.
+    let outcome = cri.run(&pod, &spec, Duration::from_secs(120));
+    let took = started.elapsed();
+    match &outcome {
+        Ok(run) => assert_ne!(run.exited.exit_code, 0, "{:?}", run.exited.output),
+        Err(e) => eprintln!("the container failed to start: {e}"),
+    }
+    let counts = lazy_counts(&node.store);
+    eprintln!("registry gone: the container failed after {took:.1?}; LAZY: {counts:?}");
+    assert!(counts["opens_failed"] + counts["opens_timed_out"] > 0, "{counts:?}");
+    assert!(took < Duration::from_secs(90), "{took:?}: no hang");
+    // The node still answers: the image is listed and strata serves.
+    assert!(cri.image_status(&reference).unwrap().is_some());
+    let _ = cri.remove_pod(&pod.id);
+    let fsck = node.store.run(&["fsck"]);
+    assert!(fsck.status.success(), "fsck: {}", String::from_utf8_lossy(&fsck.stdout));
+    assert!(node
+        .cleanup
+        .serve
+        .as_ref()
+        .is_some_and(|s| !s.log_text().contains("panicked")));
 }

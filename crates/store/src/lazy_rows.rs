@@ -21,16 +21,17 @@ use crate::{ObjectRef, RecordTable, Store, StoreError, StoreTxn};
 const LAZY_IMAGES: RecordTable = RecordTable::new("lazy_images");
 const LAZY_CONTENTS: RecordTable = RecordTable::new("lazy_contents");
 
-/// A lazy image row holds at most this many names (an image past the
-/// entry limits never gets here; this bounds a corrupt row).
-const MAX_NEEDS: usize = 1 << 22;
+/// A lazy image row holds at most this many names: a longer list is
+/// refused when written (a snapshot's image merges layers from TOCs no
+/// image-wide limit has seen) and, as a corrupt row, when read.
+pub const MAX_LAZY_NEEDS: usize = 1 << 22;
 
 fn encode_needs(needs: &[Digest]) -> Vec<u8> {
     needs.iter().flat_map(|d| d.0).collect()
 }
 
 fn decode_needs(bytes: &[u8]) -> Result<Vec<Digest>, StoreError> {
-    if !bytes.len().is_multiple_of(32) || bytes.len() / 32 > MAX_NEEDS {
+    if !bytes.len().is_multiple_of(32) || bytes.len() / 32 > MAX_LAZY_NEEDS {
         return Err(StoreError::BadRecord {
             key: "lazy_images".into(),
             reason: format!("{} bytes is not a list of SHA-256s", bytes.len()),
@@ -45,12 +46,30 @@ fn decode_needs(bytes: &[u8]) -> Result<Vec<Digest>, StoreError> {
 impl StoreTxn<'_> {
     /// Marks image `image` incomplete: its metadata names `needs` by SHA-256.
     pub fn put_lazy_image(&self, image: &Digest, needs: &[Digest]) -> Result<(), StoreError> {
+        if needs.len() > MAX_LAZY_NEEDS {
+            return Err(StoreError::BadRecord {
+                key: image.to_hex(),
+                reason: format!(
+                    "the image misses {} contents, over the limit of {MAX_LAZY_NEEDS}",
+                    needs.len()
+                ),
+            });
+        }
         self.put_record(LAZY_IMAGES, &image.to_hex(), &encode_needs(needs))
     }
 
     /// How to fetch the content with SHA-256 `sha` (opaque to the store).
     pub fn put_lazy_content(&self, sha: &Digest, recipe: &[u8]) -> Result<(), StoreError> {
         self.put_record(LAZY_CONTENTS, &sha.to_hex(), recipe)
+    }
+
+    /// [`put_lazy_content`](Self::put_lazy_content), keeping a recipe
+    /// recorded already: one image's pull never redirects another image's
+    /// fetches to its own registry (either recipe's bytes are checked
+    /// against the same SHA-256).
+    pub fn add_lazy_content(&self, sha: &Digest, recipe: &[u8]) -> Result<(), StoreError> {
+        self.put_record_if_absent(LAZY_CONTENTS, &sha.to_hex(), recipe)
+            .map(drop)
     }
 }
 
@@ -218,6 +237,21 @@ mod tests {
         assert!(store.lazy_needs(&new).unwrap().is_none(), "the new image is complete");
         // Nothing names `old` any more: a second completion repoints nothing.
         assert!(store.complete_lazy_image(&old, &new, &[object]).unwrap().is_empty());
+    }
+
+    #[test]
+    fn a_recipe_recorded_first_is_kept_and_an_overlong_row_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let sha = Digest::of(b"content");
+        let txn = store.begin().unwrap();
+        txn.add_lazy_content(&sha, b"first").unwrap();
+        txn.add_lazy_content(&sha, b"second").unwrap();
+        let too_many = vec![sha; MAX_LAZY_NEEDS + 1];
+        assert!(txn.put_lazy_image(&Digest::of(b"image"), &too_many).is_err());
+        txn.commit().unwrap();
+        assert_eq!(store.lazy_recipe(&sha).unwrap(), Some(b"first".to_vec()));
+        assert_eq!(store.lazy_needs(&Digest::of(b"image")).unwrap(), None);
     }
 
     #[test]

@@ -110,6 +110,17 @@ impl StoreTxn<'_> {
         Ok(())
     }
 
+    /// Writes a row unless the table has one for `key` already; whether
+    /// it wrote.
+    pub fn put_record_if_absent(&self, table: RecordTable, key: &str, value: &[u8]) -> Result<bool, StoreError> {
+        let mut rows = self.txn.open_table(table.0)?;
+        if rows.get(key)?.is_some() {
+            return Ok(false);
+        }
+        rows.insert(key, value)?;
+        Ok(true)
+    }
+
     /// Whether there was a row to delete.
     pub fn delete_record(&self, table: RecordTable, key: &str) -> Result<bool, StoreError> {
         Ok(self.txn.open_table(table.0)?.remove(key)?.is_some())

@@ -76,6 +76,12 @@ pub enum LazyPullError {
         #[source]
         source: Box<PartialError>,
     },
+    /// A TOC names a content by a digest that is the fs-verity name of a
+    /// stored object: the metadata would show that object for it.
+    #[error(
+        "layer {layer}: its TOC names content {digest} by the name of an object the store holds under another digest"
+    )]
+    NameConflict { layer: String, digest: String },
     #[error(transparent)]
     Import(#[from] ImportError),
 }
@@ -163,7 +169,7 @@ pub fn pull_lazy(
             let recipe = recipes
                 .get(&Sha256Digest(name.0))
                 .expect("every missing content has a recipe");
-            txn.put_lazy_content(name, &recipe.encode())?;
+            txn.add_lazy_content(name, &recipe.encode())?;
         }
         txn.put_lazy_image(&erofs, &names)?;
         txn.commit()?;
@@ -293,6 +299,15 @@ fn lazy_layer(
     let inline_fetched = contents.len() as u64;
     for (digest, object) in &planned.have {
         contents.insert(*digest, tree::had(*object));
+    }
+    for wanted in &large {
+        let name = Digest(wanted.digest.0);
+        if store.has_object(&name)? {
+            return Err(LazyPullError::NameConflict {
+                layer: desc.digest.clone(),
+                digest: name.to_hex(),
+            });
+        }
     }
     let order = prefetch_order(&toc, &large);
     let mut recipes = HashMap::new();

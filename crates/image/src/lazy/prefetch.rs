@@ -86,8 +86,9 @@ impl Prefetcher {
                 .name("lazy-prefetch".into())
                 .spawn(move || {
                     let mut wait = config.poll;
+                    let mut settled = HashSet::new();
                     while !stop.is_set() {
-                        match pass(&store, &config, &fetcher, fetched.as_ref(), &stop) {
+                        match pass(&store, &config, &fetcher, fetched.as_ref(), &stop, &mut settled) {
                             Ok(done) => {
                                 if done != Pass::default() {
                                     tracing::info!(?done, "lazy prefetch pass");
@@ -123,13 +124,15 @@ impl Drop for Prefetcher {
 }
 
 /// One pass: fetch what named incomplete images miss, then complete those
-/// that miss nothing.
+/// that miss nothing. `settled`: snapshots' images found to miss nothing
+/// by earlier passes (their rows stay, and are not read again).
 pub fn pass(
     store: &Store,
     config: &PrefetchConfig,
     fetcher: &LazyFetcher,
     fetched: &FetchedFn,
     stop: &Stop,
+    settled: &mut HashSet<Digest>,
 ) -> Result<Pass, StoreError> {
     let mut done = Pass::default();
     let mut images = Vec::new();
@@ -149,15 +152,22 @@ pub fn pass(
     // Snapshots' images (the containerd fast path's lazy layers) are gc
     // roots, not names: fetched too, but not rewritten, since the
     // snapshotter's records name them.
+    let mut snapshots = Vec::new();
     for (id, needs) in store.live_lazy_images()? {
-        if !images.contains(&id) {
-            order.extend(needs.into_iter().filter(|name| seen.insert(*name)));
+        if !images.contains(&id) && !settled.contains(&id) {
+            order.extend(needs.iter().filter(|name| seen.insert(**name)));
+            snapshots.push((id, needs));
         }
     }
     if order.is_empty() && images.is_empty() {
         return Ok(done);
     }
     let missing: HashSet<Digest> = super::complete::still_missing(store, &order)?.into_iter().collect();
+    for (id, needs) in snapshots {
+        if needs.iter().all(|name| !missing.contains(name)) {
+            settled.insert(id);
+        }
+    }
     for name in order.iter().filter(|n| !missing.contains(n)) {
         fetched(name);
     }

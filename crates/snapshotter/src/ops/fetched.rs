@@ -170,7 +170,7 @@ impl Snapshotter {
         if !lazy.is_empty() {
             let needed: HashSet<&Digest> = lazy.iter().collect();
             for (name, recipe) in recipes.iter().filter(|(name, _)| needed.contains(name)) {
-                txn.put_lazy_content(name, recipe)?;
+                txn.add_lazy_content(name, recipe)?;
             }
             txn.put_lazy_image(&image_id, &lazy)?;
         }

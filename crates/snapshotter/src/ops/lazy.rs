@@ -56,18 +56,28 @@ pub(super) fn settle_missing(
     let mut stored = HashMap::new();
     for ((sha, size), object) in missing.iter().zip(store.objects_by_sha256(&keys)?) {
         if let Some(object) = object.filter(|o| o.size == *size) {
-            stored.insert(*sha, object.digest);
+            stored.insert((*sha, *size), object.digest);
         }
     }
     let mut still = HashSet::new();
     for leaf in &mut tree.leaves {
         if let Content::File(FileData::Missing { sha256, size }) = leaf.content {
-            match stored.get(&sha256) {
+            match stored.get(&(sha256, size)) {
                 Some(&digest) => leaf.content = Content::File(FileData::Object { digest, size }),
                 None => {
                     still.insert(sha256);
                 }
             }
+        }
+    }
+    // A SHA-256 name that is also a stored object's fs-verity name would
+    // be served from OBJECTS: only a hostile TOC can name one.
+    for name in &still {
+        if store.has_object(name)? {
+            return Err(SnapshotError::BadRecord {
+                key: name.to_hex(),
+                reason: "a TOC names a missing content by the name of a stored object".into(),
+            });
         }
     }
     let earlier = match parent {
@@ -138,5 +148,21 @@ mod tests {
         );
         assert!(more_lowers(&store, &d(0xaa)).unwrap().is_empty());
         assert_eq!(more_lowers(&store, &parent).unwrap().len(), 2);
+    }
+
+    #[test]
+    fn a_missing_name_that_is_a_stored_objects_name_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let mut stager = store.stager().unwrap();
+        let object = stager.add_bytes(&[7u8; 4096]).unwrap().digest;
+        stager.publish().unwrap();
+        let mut tree = Tree::new(Stat::default_dir());
+        tree.push_leaf(file(FileData::Missing {
+            sha256: object,
+            size: 4096,
+        }));
+        let refused = settle_missing(&store, &mut tree, None, std::iter::empty());
+        assert!(matches!(refused, Err(SnapshotError::BadRecord { .. })), "{refused:?}");
     }
 }
