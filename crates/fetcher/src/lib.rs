@@ -45,10 +45,11 @@ pub struct FetcherOptions {
     pub keep_unclaimed: Duration,
     /// Which layers are pulled partially (only the files the store lacks).
     pub partial: PartialPolicy,
-    /// Import layers with a TOC from the TOC alone, their missing files
-    /// left to LAZY (docs/lazy-pulls.md); only where LAZY is served.
-    pub lazy: bool,
 }
+
+/// Whether LAZY serves the store now: asked before each lazy import, so
+/// a node whose LAZY is gone fetches layers whole instead.
+pub type LazyCheck = dyn Fn() -> bool + Send + Sync;
 
 /// An image being pulled: where its blobs come from, and its layers.
 struct Image {
@@ -68,6 +69,9 @@ pub struct Fetcher {
     images: Mutex<HashMap<String, Arc<Image>>>,
     /// Every import's counters added up, for the life of the fetcher.
     totals: Arc<Progress>,
+    /// Set: layers with a TOC are imported from the TOC alone, their
+    /// missing files left to LAZY (docs/lazy-pulls.md), while it answers.
+    lazy: Option<Box<LazyCheck>>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -91,7 +95,15 @@ impl Fetcher {
             jobs,
             images: Mutex::new(HashMap::new()),
             totals: Arc::default(),
+            lazy: None,
         })
+    }
+
+    /// Imports layers with a TOC lazily while `served` says LAZY serves
+    /// the store.
+    pub fn with_lazy(mut self, served: Box<LazyCheck>) -> Fetcher {
+        self.lazy = Some(served);
+        self
     }
 
     /// What every layer import so far added up to: compressed bytes read,
@@ -150,11 +162,24 @@ impl Fetcher {
         let totals = Arc::clone(&self.totals);
         let how = How {
             partial: self.options.partial,
-            lazy: self.options.lazy.then(|| image.source_ref.clone()),
+            lazy: self.lazy_now().then(|| image.source_ref.clone()),
         };
         self.jobs.submit(group, &chain_id, first, move || {
             import(&store, source.as_ref(), layer, &limits, &how, &totals)
         });
+    }
+}
+
+impl Fetcher {
+    fn lazy_now(&self) -> bool {
+        let Some(served) = &self.lazy else {
+            return false;
+        };
+        let now = served();
+        if !now {
+            tracing::warn!("no LAZY serves the store: fetching the layer now, not lazily");
+        }
+        now
     }
 }
 

@@ -37,7 +37,12 @@ pub fn run(config: &Config, config_path: Option<&Path>, args: Args) -> anyhow::R
     if config.serve.fetch_layers {
         let received = Arc::new(strata_image::Received::default());
         let lazy = lazy_cri_pulls(config, &store);
-        let fetcher = Arc::new(fetcher(config, store, Arc::clone(&received), lazy)?);
+        let mut fetcher = fetcher(config, store.clone(), Arc::clone(&received))?;
+        if lazy {
+            let dir = store.lazy_path();
+            fetcher = fetcher.with_lazy(Box::new(move || super::lazy::is_served(&dir)));
+        }
+        let fetcher = Arc::new(fetcher);
         let mut layer_fetcher: Arc<dyn LayerFetcher> = fetcher.clone();
         if let Some(metrics) = &mut metrics {
             metrics.add_fetcher_totals(fetcher.totals(), received);
@@ -79,7 +84,6 @@ fn fetcher(
     config: &Config,
     store: strata_store::Store,
     received: Arc<strata_image::Received>,
-    lazy: bool,
 ) -> anyhow::Result<strata_fetcher::Fetcher> {
     let registry = config.registry_config()?;
     let sources = move |reference: &strata_image::RegistryRef| -> Result<Box<dyn strata_image::BlobSource>, strata_image::ImportError> {
@@ -93,7 +97,6 @@ fn fetcher(
         platform: strata_image::Platform::host(),
         keep_unclaimed: std::time::Duration::from_secs(120),
         partial: config.pull.policy(None),
-        lazy,
     };
     strata_fetcher::Fetcher::new(store, Box::new(sources), options).context("starting the layer fetch workers")
 }
