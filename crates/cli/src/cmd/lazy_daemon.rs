@@ -116,6 +116,7 @@ pub fn run(config: &Config) -> anyhow::Result<()> {
         .context("starting the async runtime")?;
     let mut stop = runtime.block_on(async { StopSignal::new() })?;
     let store = config.open_store()?;
+    warm_up_network();
     let served = super::lazy::serve(config, &store)?.context("LAZY could not be mounted (see the messages above)")?;
     let dir = lazy_dir(&store);
     let detached = runtime.block_on(async {
@@ -191,5 +192,16 @@ impl StopSignal {
             _ = self.term.recv() => {}
             _ = self.int.recv() => {}
         }
+    }
+}
+
+/// Prepares the HTTP client on a thread of its own, so that the first
+/// fetch (an open waiting) or layer import does not pay for it.
+pub fn warm_up_network() {
+    let started = std::thread::Builder::new()
+        .name("net-warm-up".into())
+        .spawn(strata_image::source::RegistrySource::warm_up);
+    if let Err(e) = started {
+        tracing::debug!("not preparing the HTTP client ahead: {e}");
     }
 }

@@ -35,6 +35,7 @@ pub fn run(config: &Config, config_path: Option<&Path>, args: Args) -> anyhow::R
         metrics
     });
     if config.serve.fetch_layers {
+        super::lazy_daemon::warm_up_network();
         let received = Arc::new(strata_image::Received::default());
         let lazy = lazy_cri_pulls(config, &store);
         let mut fetcher = fetcher(config, store.clone(), Arc::clone(&received))?;

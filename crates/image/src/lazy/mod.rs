@@ -38,6 +38,9 @@ pub use fetch::{FetchPolicy, LazyFetchError, LazyFetcher, SourceOpener};
 pub use prefetch::{PrefetchConfig, Prefetcher};
 pub use recipe::Recipe;
 
+/// Calls of small contents a layer's lazy import makes at once.
+const SMALL_CALLS_AT_ONCE: usize = 4;
+
 #[derive(Clone, Debug)]
 pub struct LazyPullOptions {
     /// The name the image is recorded under.
@@ -295,7 +298,12 @@ fn lazy_layer(
         batches: small_batches(small),
         stats: Default::default(),
     };
-    let mut contents = shell.fetch(&small_plan, &stager, 2).map_err(failed)?.contents;
+    // Each call is one request of many small ranges: latency, not
+    // bandwidth, so more at once than a partial pull's.
+    let mut contents = shell
+        .fetch(&small_plan, &stager, SMALL_CALLS_AT_ONCE)
+        .map_err(failed)?
+        .contents;
     let inline_fetched = contents.len() as u64;
     for (digest, object) in &planned.have {
         contents.insert(*digest, tree::had(*object));

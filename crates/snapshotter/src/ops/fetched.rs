@@ -8,7 +8,7 @@ use std::collections::{BTreeMap, HashSet};
 use strata_store::ObjectRef;
 use strata_tree::{Digest, Stat, Tree};
 
-use super::{root_name, Snapshotter};
+use super::{root_name, Phases, Snapshotter};
 use crate::db::{self, Record};
 use crate::remote::{FallbackReason, FetchedLayer, LayerRequest, RemoteOutcome, SNAPSHOT_REF};
 use crate::types::Stamp;
@@ -114,6 +114,7 @@ impl Snapshotter {
         fetched: FetchedLayer,
     ) -> Result<String, SnapshotError> {
         let _g = self.guard();
+        let mut phases = Phases::start();
         if let Some(name) = self.committed_chain(&request.chain_id, parent)? {
             return Ok(name);
         }
@@ -131,9 +132,11 @@ impl Snapshotter {
             Some(record) => (self.load_tree(parent, record)?, Some(super::image_id(parent, record)?)),
             None => (Tree::new(Stat::default_dir()), None),
         };
+        phases.mark("load parent");
         let stats = layer.stats();
         strata_tree::merge_layer(&mut merged, layer)?;
         merged.compact();
+        phases.mark("merge");
         let lazy = super::lazy::settle_missing(
             &self.store,
             &mut merged,
@@ -142,9 +145,12 @@ impl Snapshotter {
         )?;
         let objects = ObjectRef::all_in(&merged);
         let image = strata_erofs::into_image(merged)?;
+        phases.mark("erofs");
         let referenced: HashSet<Digest> = objects.iter().map(|o| o.digest).collect();
         stager.publish_only(|d| referenced.contains(d))?;
+        phases.mark("publish");
         let image_id = self.store.put_image(&image)?;
+        phases.mark("put image");
         strata_failpoint::hit("fetched.after_publish")?;
         let txn = database.begin()?;
         let id = db::next_id(&txn)?;
@@ -176,6 +182,8 @@ impl Snapshotter {
         }
         strata_failpoint::hit("fetched.before_db")?;
         txn.commit()?;
+        phases.mark("db");
+        tracing::debug!(name, missing = lazy.len(), phases = %phases, "committed a fetched layer");
         Ok(name)
     }
 

@@ -153,6 +153,15 @@ impl RegistrySource {
         })
     }
 
+    /// Starts the network runtime and builds the HTTP client of hosts
+    /// with no TLS settings of their own (loading the system's CAs takes
+    /// tens of ms), so that the first pull or fetch does not wait for it.
+    pub fn warm_up() {
+        if let Err(e) = http::client(&hosts::TlsSettings::default()) {
+            tracing::debug!("preparing the HTTP client: {e}");
+        }
+    }
+
     /// Counts the body bytes this source receives into `received`. Call
     /// it where the source is built: it panics once a blob is streaming.
     pub fn with_received(mut self, received: Arc<Received>) -> Self {
