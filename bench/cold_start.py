@@ -63,7 +63,7 @@ import sys
 import time
 import urllib.request
 
-from rig import FIX, REPO, Containerd, FreshFs, Serve, check_goals, settle_disk, sh, unmount_under
+from rig import FIX, REPO, Containerd, FreshFs, Serve, check_goals, lazy_daemons, settle_disk, sh, unmount_under
 
 TAG = "python"
 REPOSITORY = "strata-cold"
@@ -177,20 +177,6 @@ def plain_http_host(certs_d, host):
 def lazy_mounted(path):
     with open("/proc/self/mountinfo") as fh:
         return any(f" {path} " in line and "fuse.strata-lazy" in line for line in fh)
-
-
-def lazy_daemons(root):
-    """pids of the `strata lazy-daemon`s of the store at `root`."""
-    pids = []
-    for pid in filter(str.isdigit, os.listdir("/proc")):
-        try:
-            with open(f"/proc/{pid}/cmdline", "rb") as fh:
-                argv = fh.read().split(b"\0")
-        except OSError:
-            continue
-        if b"lazy-daemon" in argv and any(root.encode() in arg for arg in argv):
-            pids.append(int(pid))
-    return pids
 
 
 def stop_lazy_daemons(root):

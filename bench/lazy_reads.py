@@ -47,7 +47,7 @@ import subprocess
 import sys
 import time
 
-from rig import REPO, FreshFs, Serve, check_goals, settle_disk, sh, unmount_under
+from rig import REPO, FreshFs, Serve, check_goals, lazy_daemons, settle_disk, sh, unmount_under
 
 TAG = "python"
 GOAL = 0.95
@@ -111,20 +111,6 @@ def timed_pass(top):
 
 def strata_cmd(strata, root, config, *args, capture=False):
     return sh(strata, "--root", root, "--config", config, *args, capture=capture)
-
-
-def lazy_daemons(root):
-    """pids of `strata lazy-daemon`s of the store at `root`."""
-    pids = []
-    for pid in filter(str.isdigit, os.listdir("/proc")):
-        try:
-            with open(f"/proc/{pid}/cmdline", "rb") as fh:
-                argv = fh.read().split(b"\0")
-        except OSError:
-            continue
-        if b"lazy-daemon" in argv and any(root.encode() in arg for arg in argv):
-            pids.append(int(pid))
-    return pids
 
 
 def lazy_root_pass(strata, root, config, reference, target, mounted):

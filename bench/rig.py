@@ -75,6 +75,20 @@ def settle_disk(path, quiet_s=0.6, timeout_s=60):
         print(f"bench/compare: the disk under {path} did not go quiet in {timeout_s} s", file=sys.stderr)
 
 
+def lazy_daemons(root):
+    """pids of the `strata lazy-daemon`s of the store at `root`."""
+    pids = []
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            with open(f"/proc/{pid}/cmdline", "rb") as fh:
+                argv = fh.read().split(b"\0")
+        except OSError:
+            continue
+        if b"lazy-daemon" in argv and any(root.encode() in arg for arg in argv):
+            pids.append(int(pid))
+    return pids
+
+
 def unmount_under(path):
     """Everything mounted below `path` (strata's EROFS images, task rootfs),
     deepest first."""

@@ -29,7 +29,7 @@ use lazy_support::range_proxy::{Mode, RangeProxy};
 use lazy_support::*;
 use strata_bench_cri::{ContainerSpec, Cri, PodSpec};
 use strata_tests::cri::{
-    assert_view_matches, chain_id, content_media_types, layer_blobs, plain_http_host, short_dir, with_view,
+    assert_view_matches, chain_id, content_media_types, layer_blobs, plain_http_host, prints_42, short_dir, with_view,
     CriContainerd,
 };
 use strata_tests::*;
@@ -70,22 +70,10 @@ impl Node {
             .unwrap_or_else(|e| panic!("PullImage {reference}: {e}\nstrata's log:\n{}", self.log()))
     }
 
-    /// Runs `python3 -c 'print(6*7)'` from `image_id` in a new pod;
-    /// asserts it prints 42.
+    /// `python3 -c 'print(6*7)'` from `image_id` prints 42.
     fn prints_42(&self, cri: &mut Cri, image_id: &str, name: &str) {
-        let pod = cri
-            .run_pod_sandbox(&PodSpec::unique(name, &self.store.dir.path().join("logs")))
-            .unwrap();
-        let spec = ContainerSpec::new("probe", image_id).command(&["python3", "-c", "print(6*7)"]);
-        let e = cri.run(&pod, &spec, Duration::from_secs(120)).unwrap().exited;
-        assert_eq!(
-            (e.exit_code, e.output.stdout.as_str()),
-            (0, "42\n"),
-            "{name}: {}\nstrata's log:\n{}",
-            e.output.stderr,
-            self.log()
-        );
-        cri.remove_pod(&pod.id).unwrap();
+        let logs = self.store.dir.path().join("logs");
+        prints_42(cri, image_id, name, &logs, || format!("strata's log:\n{}", self.log()));
     }
 
     /// Every layer Prepare was served by strata, lazily: no layer blob in

@@ -19,14 +19,15 @@ use std::collections::{BTreeMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::OnceLock;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use range_proxy::{Mode, RangeProxy};
 use serde_json::Value;
-use strata_bench_cri::{ContainerSpec, Cri, PodSpec};
+use strata_bench_cri::Cri;
 use strata_image::toc::{ByteRange, TocFormat};
 use strata_tests::cri::{
-    assert_view_matches, chain_id, content_media_types, layer_blobs, plain_http_host, short_dir, CriContainerd,
+    assert_view_matches, chain_id, content_media_types, layer_blobs, plain_http_host, prints_42, short_dir,
+    CriContainerd,
 };
 use strata_tests::oci_layout::{image, layers, read_toc};
 use strata_tests::serve::Serve;
@@ -224,21 +225,9 @@ impl Node {
             .collect()
     }
 
-    /// Runs `python3 -c 'print(6*7)'` from `image` in a new pod, which
-    /// then goes; asserts it prints 42.
+    /// `python3 -c 'print(6*7)'` from `image` prints 42.
     fn prints_42(&self, cri: &mut Cri, image_id: &str, tag: &str) {
-        let pod = cri
-            .run_pod_sandbox(&PodSpec::unique(tag, &self.store.dir.path().join("logs")))
-            .unwrap();
-        let spec = ContainerSpec::new("probe", image_id).command(&["python3", "-c", "print(6*7)"]);
-        let e = cri.run(&pod, &spec, Duration::from_secs(120)).unwrap().exited;
-        assert_eq!(
-            (e.exit_code, e.output.stdout.as_str()),
-            (0, "42\n"),
-            "{tag}: {}",
-            e.output.stderr
-        );
-        cri.remove_pod(&pod.id).unwrap();
+        prints_42(cri, image_id, tag, &self.store.dir.path().join("logs"), String::new);
     }
 
     /// The image's snapshot, mounted through containerd, is the oracle's

@@ -96,18 +96,7 @@ fn run(cri: &mut Cri, pod: &Pod, spec: &ContainerSpec) -> Exited {
 
 /// `python3 -c 'print(6*7)'` in a new pod prints 42.
 fn prints_42(cri: &mut Cri, store: &TestStore, image: &str) {
-    let pod = cri
-        .run_pod_sandbox(&PodSpec::unique("auth", &store.dir.path().join("logs")))
-        .unwrap();
-    let spec = ContainerSpec::new("probe", image).command(&["python3", "-c", "print(6*7)"]);
-    let e = run(cri, &pod, &spec);
-    assert_eq!(
-        (e.exit_code, e.output.stdout.as_str()),
-        (0, "42\n"),
-        "{}",
-        e.output.stderr
-    );
-    cri.remove_pod(&pod.id).unwrap();
+    strata_tests::cri::prints_42(cri, image, "auth", &store.dir.path().join("logs"), String::new);
 }
 
 /// The `WARN` lines of strata's log that say containerd fetches a layer.

@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use std::process::Output;
 use std::time::{Duration, Instant};
 
-use strata_bench_cri::Cri;
+use strata_bench_cri::{ContainerSpec, Cri, PodSpec};
 
 use crate::serve::unmount_under;
 use crate::{registry, TestStore};
@@ -299,4 +299,23 @@ fn leased_view(cd: &CriContainerd, key: &str, parent: &str) -> String {
         }
     }
     panic!("containerd's GC took the View {key} three times before it was labelled");
+}
+
+/// Runs `python3 -c 'print(6*7)'` from `image` in a new pod (named after
+/// `name`, logs below `logs`), which then goes; panics unless it prints
+/// 42, with `context()` (e.g. strata's log) in the message.
+pub fn prints_42(cri: &mut Cri, image: &str, name: &str, logs: &Path, context: impl FnOnce() -> String) {
+    let pod = cri.run_pod_sandbox(&PodSpec::unique(name, logs)).unwrap();
+    let spec = ContainerSpec::new("probe", image).command(&["python3", "-c", "print(6*7)"]);
+    let e = cri.run(&pod, &spec, Duration::from_secs(180)).unwrap().exited;
+    if (e.exit_code, e.output.stdout.as_str()) != (0, "42\n") {
+        panic!(
+            "{name}: exited {} printing {:?}: {}\n{}",
+            e.exit_code,
+            e.output.stdout,
+            e.output.stderr,
+            context()
+        );
+    }
+    cri.remove_pod(&pod.id).unwrap();
 }
