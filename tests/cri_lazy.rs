@@ -117,6 +117,8 @@ fn a_cri_container_starts_before_its_files_arrive() {
         let proxy = RangeProxy::start(Mode::Pass);
         // Bytes are counted per open: no prefetch.
         let node = Node::start(&proxy, "prefetch = false");
+        let version = node.store.ok(&["version"]);
+        assert!(version.contains("CRI pulls: lazy where"), "{version}");
         let reference = pushed(proxy.addr(), format);
         let (layers, compressed) = layer_sizes(&pushed(&registry(), format));
         let mut cri = node.cd.cri();

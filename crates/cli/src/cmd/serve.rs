@@ -112,7 +112,7 @@ fn lazy_cri_pulls(config: &Config, store: &strata_store::Store) -> bool {
     let mode = config.pull.policy(None).mode;
     if mode != strata_image::PartialPulls::Toc {
         tracing::warn!(
-            "lazy.cri is on, but pull.partial_pulls is {mode:?}: CRI pulls fetch every layer before it is committed"
+            "lazy.cri is on, but pull.partial_pulls is \"{mode}\": CRI pulls fetch every layer before it is committed"
         );
         return false;
     }

@@ -35,6 +35,7 @@ pub fn run(config: &Config, _args: Args) -> anyhow::Result<()> {
         Err(e) => println!("kernel offers: unknown ({e:#})"),
     }
     println!("lazy pulls: {}", lazy_text(config));
+    println!("CRI pulls: {}", cri_text(config));
     // How a size label is enforced in each place a scratch may go.
     match config.scratch_policy() {
         Ok(policy) => {
@@ -71,6 +72,23 @@ fn offered_text(offered: &strata_mount::Offered, verity_probed: bool) -> String 
         verity,
     ]
     .join(" ")
+}
+
+/// How containerd's remote-snapshot fast path imports layers with a TOC.
+fn cri_text(config: &Config) -> String {
+    if !config.serve.fetch_layers {
+        return "containerd fetches and unpacks every layer (serve.fetch_layers = false)".to_owned();
+    }
+    let mode = config.pull.policy(None).mode;
+    match (config.lazy.cri, mode) {
+        (false, _) => format!("strata fetches each layer before it is committed (partial pulls: {mode}; lazy.cri off)"),
+        (true, strata_image::PartialPulls::Toc) => {
+            "lazy where a layer has a TOC and LAZY is served (lazy.cri), else fetched before it is committed".to_owned()
+        }
+        (true, _) => format!(
+            "strata fetches each layer before it is committed (lazy.cri needs partial_pulls = \"toc\", not \"{mode}\")"
+        ),
+    }
 }
 
 /// Whether `strata pull --lazy` pulls lazily here, and how prefetch runs.
