@@ -26,7 +26,7 @@ use strata_tree::{merge_layer, Content, Digest, FileData, Stat, Tree};
 
 use crate::layer::EntryBudget;
 use crate::partial::fetch::{Got, Shell};
-use crate::partial::plan::{self, Batch, Plan, Wanted, CALL_BYTES, MERGE_GAP};
+use crate::partial::plan::{self, Batch, Plan, Wanted, CALL_BYTES};
 use crate::partial::{read_toc, tree, PartialError};
 use crate::source::{resolve, BlobSource};
 use crate::toc::estargz::PREFETCH_LANDMARK;
@@ -40,6 +40,11 @@ pub use recipe::Recipe;
 
 /// Calls of small contents a layer's lazy import makes at once.
 const SMALL_CALLS_AT_ONCE: usize = 4;
+/// Small contents' ranges are merged across gaps up to this size: they
+/// sit between larger files, and a round trip costs more than 16 KiB
+/// (python's eStargz: 1.5 MB read at pull instead of 0.7 MB, the small
+/// contents' fetch 60 ms instead of 143 ms here).
+const SMALL_MERGE_GAP: u64 = 16 << 10;
 
 #[derive(Clone, Debug)]
 pub struct LazyPullOptions {
@@ -262,11 +267,13 @@ fn lazy_layer(
         source: Box::new(e),
     };
     let limits = &options.limits;
+    let started = std::time::Instant::now();
     let Some((toc, _)) = read_toc(source, desc, limits).map_err(|e| failed(e.into()))? else {
         return Err(LazyPullError::NoToc {
             layer: desc.digest.clone(),
         });
     };
+    let toc_read = started.elapsed();
     let inline_max = strata_erofs::INLINE_MAX as u64;
     let mut lookup_error = None;
     let planned = plan::plan(&toc, inline_max, limits.max_layer_bytes, |digests| {
@@ -300,10 +307,12 @@ fn lazy_layer(
     };
     // Each call is one request of many small ranges: latency, not
     // bandwidth, so more at once than a partial pull's.
+    let planned_at = started.elapsed();
     let mut contents = shell
         .fetch(&small_plan, &stager, SMALL_CALLS_AT_ONCE)
         .map_err(failed)?
         .contents;
+    let small_at = started.elapsed();
     let inline_fetched = contents.len() as u64;
     for (digest, object) in &planned.have {
         contents.insert(*digest, tree::had(*object));
@@ -335,6 +344,16 @@ fn lazy_layer(
     }
     let stager = stager.into_inner().expect("fetch workers are done");
     let import = tree::build(&toc, &desc.digest, &contents, stager, limits, progress, budget).map_err(failed)?;
+    tracing::debug!(
+        layer = desc.digest,
+        entries = toc.entries.len(),
+        small = small_plan.batches.len(),
+        toc_ms = toc_read.as_millis(),
+        plan_ms = (planned_at - toc_read).as_millis(),
+        small_ms = (small_at - planned_at).as_millis(),
+        tree_ms = (started.elapsed() - small_at).as_millis(),
+        "lazy layer import"
+    );
     Ok(LazyLayer {
         import,
         recipes,
@@ -395,7 +414,7 @@ fn ranges_of(wanted: &Wanted) -> impl Iterator<Item = ByteRange> + '_ {
 }
 
 fn batch(contents: Vec<Wanted>) -> Batch {
-    let ranges = plan::merge(contents.iter().flat_map(ranges_of), MERGE_GAP);
+    let ranges = plan::merge(contents.iter().flat_map(ranges_of), SMALL_MERGE_GAP);
     Batch {
         contents,
         calls: vec![ranges],
