@@ -229,6 +229,12 @@ fn containers_keep_opening_missing_files_when_serve_is_killed() {
     let serve = node.cleanup.serve.take().expect("serve runs");
     let (socket, log) = (serve.socket.clone(), serve.log_text());
     assert!(!serve.kill9().success(), "SIGKILL ended serve");
+    // It goes once no serve runs and no overlay holds LAZY: not while
+    // the container runs.
+    assert!(
+        !lazy_daemons(node.store.dir.path()).is_empty(),
+        "a LAZY daemon outlived serve"
+    );
     let exited = cri.wait_exited(&pod, &id, Duration::from_secs(120)).unwrap();
     assert_eq!(
         (exited.exit_code, exited.output.stdout.as_str()),
@@ -237,8 +243,6 @@ fn containers_keep_opening_missing_files_when_serve_is_killed() {
         exited.output.stderr
     );
     cri.remove_pod(&pod.id).unwrap();
-    let fetching: Vec<u32> = lazy_daemons(node.store.dir.path());
-    assert!(!fetching.is_empty(), "a LAZY daemon outlived serve");
 
     // A new serve (and its own LAZY) runs new containers.
     let serve = strata_tests::serve::Serve::start(

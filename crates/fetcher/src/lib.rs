@@ -71,7 +71,28 @@ pub struct Fetcher {
     totals: Arc<Progress>,
     /// Set: layers with a TOC are imported from the TOC alone, their
     /// missing files left to LAZY (docs/lazy-pulls.md), while it answers.
-    lazy: Option<Box<LazyCheck>>,
+    lazy: Option<Arc<LazyGate>>,
+}
+
+/// The LAZY check, and what it answered last (for one log line per change).
+struct LazyGate {
+    served: Box<LazyCheck>,
+    was_served: std::sync::atomic::AtomicBool,
+}
+
+impl LazyGate {
+    /// Asked by the import itself, just before it starts.
+    fn open(&self) -> bool {
+        let now = (self.served)();
+        if self.was_served.swap(now, std::sync::atomic::Ordering::Relaxed) != now {
+            if now {
+                tracing::info!("LAZY serves the store again: layers with a TOC are imported lazily");
+            } else {
+                tracing::warn!("no LAZY serves the store: layers are fetched now, not lazily");
+            }
+        }
+        now
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -102,7 +123,10 @@ impl Fetcher {
     /// Imports layers with a TOC lazily while `served` says LAZY serves
     /// the store.
     pub fn with_lazy(mut self, served: Box<LazyCheck>) -> Fetcher {
-        self.lazy = Some(served);
+        self.lazy = Some(Arc::new(LazyGate {
+            served,
+            was_served: std::sync::atomic::AtomicBool::new(true),
+        }));
         self
     }
 
@@ -160,26 +184,15 @@ impl Fetcher {
         let limits = self.options.limits.clone();
         let chain_id = layer.chain_id.clone();
         let totals = Arc::clone(&self.totals);
-        let how = How {
-            partial: self.options.partial,
-            lazy: self.lazy_now().then(|| image.source_ref.clone()),
-        };
+        let partial = self.options.partial;
+        let lazy = self.lazy.clone().map(|gate| (gate, image.source_ref.clone()));
         self.jobs.submit(group, &chain_id, first, move || {
+            let how = How {
+                partial,
+                lazy: lazy.filter(|(gate, _)| gate.open()).map(|(_, source_ref)| source_ref),
+            };
             import(&store, source.as_ref(), layer, &limits, &how, &totals)
         });
-    }
-}
-
-impl Fetcher {
-    fn lazy_now(&self) -> bool {
-        let Some(served) = &self.lazy else {
-            return false;
-        };
-        let now = served();
-        if !now {
-            tracing::warn!("no LAZY serves the store: fetching the layer now, not lazily");
-        }
-        now
     }
 }
 

@@ -47,6 +47,7 @@ pub use error::StoreError;
 pub use fsck::{FsckProblem, FsckReport};
 pub use gc::GcReport;
 pub use hashing::{hash_file, hash_files, hash_opened};
+pub use lazy_rows::MAX_LAZY_NEEDS;
 pub use lock::{ExclusiveGuard, ImportSlot, NoServe, ServePresence, SharedGuard};
 pub use objects::{AdoptSource, HashedBytes, ObjectStager, StagedObject};
 pub use prehash::{Prehash, Prehashed};

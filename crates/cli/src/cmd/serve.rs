@@ -20,6 +20,9 @@ pub fn run(config: &Config, config_path: Option<&Path>, args: Args) -> anyhow::R
         path: args.address.unwrap_or_else(|| config.serve.socket.clone()),
         group: config.serve.socket_group.as_deref().map(group_id).transpose()?,
     };
+    if config.serve.fetch_layers {
+        super::lazy_daemon::warm_up_network();
+    }
     let policy = config.scratch_policy()?;
     let store = config.open_store()?;
     let kernel = crate::kernel::mounter(config, &store)?;
@@ -35,7 +38,6 @@ pub fn run(config: &Config, config_path: Option<&Path>, args: Args) -> anyhow::R
         metrics
     });
     if config.serve.fetch_layers {
-        super::lazy_daemon::warm_up_network();
         let received = Arc::new(strata_image::Received::default());
         let lazy = lazy_cri_pulls(config, &store);
         let mut fetcher = fetcher(config, store.clone(), Arc::clone(&received))?;
@@ -102,9 +104,9 @@ fn fetcher(
     strata_fetcher::Fetcher::new(store, Box::new(sources), options).context("starting the layer fetch workers")
 }
 
-/// Whether CRI pulls import layers lazily: `[lazy] cri`, where LAZY is
-/// served and the trust model allows it (a lazy layer's diff_id cannot be
-/// checked, as in `partial_pulls = "toc"`).
+/// Whether CRI pulls may import layers lazily: `[lazy] cri`, where the
+/// trust model allows it (a lazy layer's diff_id cannot be checked, as in
+/// `partial_pulls = "toc"`); each import then asks whether LAZY serves.
 fn lazy_cri_pulls(config: &Config, store: &strata_store::Store) -> bool {
     if !config.lazy.cri {
         return false;
@@ -116,11 +118,11 @@ fn lazy_cri_pulls(config: &Config, store: &strata_store::Store) -> bool {
         );
         return false;
     }
-    if !super::lazy::is_served(&store.lazy_path()) {
-        tracing::warn!("lazy.cri is on, but no LAZY is served on this store (see above): CRI pulls fetch every layer before it is committed");
-        return false;
+    if super::lazy::is_served(&store.lazy_path()) {
+        tracing::info!("CRI pulls import layers with a TOC lazily");
+    } else {
+        tracing::warn!("lazy.cri is on, but no LAZY is served on this store yet (see above): CRI pulls fetch every layer before it is committed until one is");
     }
-    tracing::info!("CRI pulls import layers with a TOC lazily");
     true
 }
 

@@ -153,7 +153,10 @@ pub fn pass(
     // roots, not names: fetched too, but not rewritten, since the
     // snapshotter's records name them.
     let mut snapshots = Vec::new();
-    for (id, needs) in store.live_lazy_images()? {
+    let live = store.live_lazy_images()?;
+    // An image id removed and made again (content digests) starts over.
+    settled.retain(|id| live.iter().any(|(live, _)| live == id));
+    for (id, needs) in live {
         if !images.contains(&id) && !settled.contains(&id) {
             order.extend(needs.iter().filter(|name| seen.insert(**name)));
             snapshots.push((id, needs));

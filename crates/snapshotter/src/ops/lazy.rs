@@ -70,9 +70,15 @@ pub(super) fn settle_missing(
             }
         }
     }
+    let earlier = match parent {
+        Some(image) => store.lazy_needs(image)?.unwrap_or_default(),
+        None => Vec::new(),
+    };
     // A SHA-256 name that is also a stored object's fs-verity name would
-    // be served from OBJECTS: only a hostile TOC can name one.
-    for name in &still {
+    // be served from OBJECTS: only a hostile TOC can name one. The
+    // parent's names were checked when it was committed.
+    let inherited: HashSet<&Digest> = earlier.iter().collect();
+    for name in still.iter().filter(|name| !inherited.contains(name)) {
         if store.has_object(name)? {
             return Err(SnapshotError::BadRecord {
                 key: name.to_hex(),
@@ -80,10 +86,16 @@ pub(super) fn settle_missing(
             });
         }
     }
-    let earlier = match parent {
-        Some(image) => store.lazy_needs(image)?.unwrap_or_default(),
-        None => Vec::new(),
-    };
+    if still.len() > strata_store::MAX_LAZY_NEEDS {
+        return Err(SnapshotError::BadRecord {
+            key: "lazy".into(),
+            reason: format!(
+                "the snapshot would miss {} contents, over the limit of {}",
+                still.len(),
+                strata_store::MAX_LAZY_NEEDS
+            ),
+        });
+    }
     let mut rest: Vec<Digest> = still.iter().copied().collect();
     rest.sort_unstable();
     let mut seen = HashSet::with_capacity(still.len());
