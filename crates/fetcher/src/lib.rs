@@ -229,6 +229,7 @@ fn import(
                 tracing::debug!(
                     layer = layer.desc.digest,
                     missing = lazy.recipes.len(),
+                    small_fetched = lazy.inline_fetched,
                     "layer imported from its TOC; missing files are fetched on open"
                 );
                 return Ok(FetchedLayer {

@@ -295,7 +295,7 @@ impl Snapshotter {
 
     fn mounts_of(&self, record: &Record) -> Result<Vec<Mount>, SnapshotError> {
         let lower = match self.parent_image(record)? {
-            Some(image) => Some((self.mount_image_of(&image)?, lazy::more_lowers(&self.store, &image)?)),
+            Some(image) => Some((self.mount_image_of(&image)?, self.store.lazy_lowers(&image)?)),
             None => None,
         };
         Ok(self.overlay_mounts(record, lower))

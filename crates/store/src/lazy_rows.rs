@@ -81,6 +81,16 @@ impl Store {
             .transpose()
     }
 
+    /// The data-only lowers a mount over image `image` needs after the
+    /// objects dir: ALIASES and LAZY while it names missing contents,
+    /// none once it misses nothing.
+    pub fn lazy_lowers(&self, image: &Digest) -> Result<Vec<std::path::PathBuf>, StoreError> {
+        if self.lazy_needs(image)?.is_none_or(|names| names.is_empty()) {
+            return Ok(Vec::new());
+        }
+        Ok(vec![self.aliases_path()?, self.lazy_path()])
+    }
+
     /// The recipe recorded for content `sha`.
     pub fn lazy_recipe(&self, sha: &Digest) -> Result<Option<Vec<u8>>, StoreError> {
         self.record(LAZY_CONTENTS, &sha.to_hex())

@@ -143,7 +143,8 @@ pub fn is_served(dir: &Path) -> bool {
 /// The lowers after OBJECTS for image `id`: `[ALIASES, LAZY]` if it was
 /// pulled lazily, none if it is complete. Refused without a served LAZY.
 pub fn lowers_for(store: &Store, id: &Digest) -> anyhow::Result<Option<Vec<PathBuf>>> {
-    if store.lazy_needs(id)?.is_none_or(|needs| needs.is_empty()) {
+    let lowers = store.lazy_lowers(id)?;
+    if lowers.is_empty() {
         return Ok(None);
     }
     let lazy = lazy_dir(store);
@@ -153,7 +154,7 @@ pub fn lowers_for(store: &Store, id: &Digest) -> anyhow::Result<Option<Vec<PathB
             lazy.display()
         );
     }
-    Ok(Some(vec![store.aliases_path()?, lazy]))
+    Ok(Some(lowers))
 }
 
 /// What `strata pull --lazy --json` prints.

@@ -244,7 +244,7 @@ pub fn import_layer_lazily(
 }
 
 /// The missing contents the merged tree still names, with their sizes.
-pub fn missing_in(tree: &Tree) -> HashMap<Digest, u64> {
+fn missing_in(tree: &Tree) -> HashMap<Digest, u64> {
     tree.leaves
         .iter()
         .filter_map(|leaf| match &leaf.content {

@@ -2,7 +2,8 @@
 //! the background, and completing each image once it misses nothing.
 //!
 //! One thread polls the store: every named image with a lazy row is
-//! incomplete (and so is every snapshot's image with one), and its row lists its SHA-256 names in prefetch order
+//! incomplete (so is every live snapshot image with a row), and its row
+//! lists its SHA-256 names in prefetch order
 //! (eStargz's prioritized files, those before `.prefetch.landmark`,
 //! first; then TOC order, layer by layer). Names the store lacks are
 //! planned into batches of one layer each ([`super::fetch::plan`]) and
@@ -125,7 +126,7 @@ impl Drop for Prefetcher {
 
 /// One pass: fetch what named incomplete images miss, then complete those
 /// that miss nothing. `settled`: snapshots' images found to miss nothing
-/// by earlier passes (their rows stay, and are not read again).
+/// by earlier passes, still live (their names are not looked up again).
 pub fn pass(
     store: &Store,
     config: &PrefetchConfig,
@@ -155,7 +156,8 @@ pub fn pass(
     let mut snapshots = Vec::new();
     let live = store.live_lazy_images()?;
     // An image id removed and made again (content digests) starts over.
-    settled.retain(|id| live.iter().any(|(live, _)| live == id));
+    let live_ids: HashSet<Digest> = live.iter().map(|(id, _)| *id).collect();
+    settled.retain(|id| live_ids.contains(id));
     for (id, needs) in live {
         if !images.contains(&id) && !settled.contains(&id) {
             order.extend(needs.iter().filter(|name| seen.insert(**name)));

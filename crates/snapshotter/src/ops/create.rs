@@ -85,10 +85,7 @@ impl Snapshotter {
         let lower = match &parent {
             Some((name, record)) => {
                 let image = super::image_id(name, record)?;
-                Some((
-                    self.mount_image_of(&image)?,
-                    super::lazy::more_lowers(&self.store, &image)?,
-                ))
+                Some((self.mount_image_of(&image)?, self.store.lazy_lowers(&image)?))
             }
             None => None,
         };

@@ -2,11 +2,11 @@
 //! snapshot's flattened image may name contents by SHA-256 that the store
 //! does not hold yet. Its lazy row lists them, so gc keeps what they need,
 //! LAZY serves them and prefetch fetches them, and mounts over it add
-//! ALIASES and LAZY after the objects dir. A snapshot over such a parent
-//! inherits the names it still shows.
+//! ALIASES and LAZY after the objects dir (`Store::lazy_lowers`, which
+//! `strata mount` uses too). A snapshot over such a parent inherits the
+//! names it still shows.
 
 use std::collections::{HashMap, HashSet};
-use std::path::PathBuf;
 
 use strata_store::Store;
 use strata_tree::{Content, Digest, FileData, Tree};
@@ -107,15 +107,6 @@ pub(super) fn settle_missing(
         .collect())
 }
 
-/// The data-only lowers after the objects dir for a snapshot over image
-/// `image`: ALIASES and LAZY where it names missing contents.
-pub(super) fn more_lowers(store: &Store, image: &Digest) -> Result<Vec<PathBuf>, SnapshotError> {
-    if store.lazy_needs(image)?.is_none_or(|names| names.is_empty()) {
-        return Ok(Vec::new());
-    }
-    Ok(vec![store.aliases_path()?, store.lazy_path()])
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -158,8 +149,8 @@ mod tests {
             back.leaves[1].content,
             Content::File(FileData::Object { digest: d(7), size: 5 })
         );
-        assert!(more_lowers(&store, &d(0xaa)).unwrap().is_empty());
-        assert_eq!(more_lowers(&store, &parent).unwrap().len(), 2);
+        assert!(store.lazy_lowers(&d(0xaa)).unwrap().is_empty());
+        assert_eq!(store.lazy_lowers(&parent).unwrap().len(), 2);
     }
 
     #[test]
