@@ -3,6 +3,7 @@
 
 use std::ffi::OsStr;
 use std::fs::File;
+use std::os::fd::OwnedFd;
 use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, UNIX_EPOCH};
@@ -17,6 +18,7 @@ use strata_tree::Digest;
 use crate::counters::{bump, Counters, Counts, COUNTERS_XATTR};
 use crate::fetch::{FetchError, ObjectFetcher};
 use crate::flights::{Flights, GaveUp, Landing};
+use crate::journal::{Journal, Record, Replayed};
 use crate::table::{dir_ino, file_name, parse_dir_name, parse_file_name, Node, Table, ROOT_INO};
 
 /// Directories never change, so the kernel may keep them long.
@@ -36,15 +38,59 @@ pub(crate) struct Shared {
     pub counters: Counters,
     passthrough: AtomicU8,
     entry_ttl: Duration,
+    /// The session's /dev/fuse (a duplicate of fuser's fd), for backing
+    /// ids registered here, whose numbers the journal records.
+    device: OwnedFd,
+    journal: Option<Journal>,
 }
 
 impl Shared {
-    pub fn new(entry_ttl: Duration) -> Self {
+    pub fn new(entry_ttl: Duration, device: OwnedFd, journal: Option<Journal>) -> Self {
         Self {
             table: Mutex::new(Table::default()),
             counters: Counters::default(),
             passthrough: AtomicU8::new(Passthrough::NotYetKnown as u8),
             entry_ttl,
+            device,
+            journal,
+        }
+    }
+
+    /// Takes over the inodes and backing ids a predecessor's journal
+    /// lists, and the passthrough it negotiated.
+    pub fn restore(&self, replayed: &Replayed) {
+        let offered = replayed
+            .session
+            .is_some_and(|(_, _, flags)| InitFlags::from_bits_retain(flags).contains(InitFlags::FUSE_PASSTHROUGH));
+        let state = if offered {
+            Passthrough::Offered
+        } else {
+            Passthrough::Missing
+        };
+        self.passthrough.store(state as u8, Ordering::Release);
+        let mut table = self.table();
+        for (&ino, inode) in &replayed.inodes {
+            table.restore(ino, inode.name, inode.size, inode.backing);
+        }
+    }
+
+    fn record(&self, record: Record) {
+        if let Some(journal) = &self.journal {
+            journal.append(record);
+        }
+    }
+
+    /// Registers `file` as the backing of `ino`, recorded before the reply.
+    fn register_backing(&self, ino: u64, reply: &ReplyOpen, file: &File) -> Option<BackingId> {
+        match BackingId::create_raw(&self.device, file) {
+            Ok(id) => {
+                self.record(Record::Backing { ino, id });
+                Some(strata_sys::adopt_fuse_backing(reply, id))
+            }
+            Err(e) => {
+                tracing::warn!("lazy: registering inode {ino}'s object as a passthrough backing file: {e}");
+                None
+            }
         }
     }
 
@@ -168,12 +214,8 @@ impl Landing<OpenWaiter, Outcome> for Answerer {
         };
         let mut table = self.shared.table();
         for waiter in waiters {
-            let backing = table.keep_backing(waiter.ino, || match waiter.reply.open_backing(&file) {
-                Ok(id) => Some(id),
-                Err(e) => {
-                    tracing::warn!("lazy: registering {name} as a passthrough backing file: {e}");
-                    None
-                }
+            let backing = table.keep_backing(waiter.ino, || {
+                self.shared.register_backing(waiter.ino, &waiter.reply, &file)
             });
             match backing {
                 Some(backing) => {
@@ -212,6 +254,12 @@ impl Filesystem for LazyFs {
             Passthrough::Missing
         };
         self.shared.passthrough.store(state as u8, Ordering::Release);
+        let abi = config.kernel_abi();
+        self.shared.record(Record::Session {
+            major: abi.0,
+            minor: abi.1,
+            flags: config.capabilities().bits(),
+        });
         if !offered {
             return Err(std::io::Error::new(
                 std::io::ErrorKind::Unsupported,
@@ -240,7 +288,7 @@ impl Filesystem for LazyFs {
                 bump(&self.shared.counters.lookups, 1);
                 let found = parse_file_name(dir, name).and_then(|digest| {
                     let listed = self.shared.table().lookup(&digest);
-                    let (ino, size) = match listed {
+                    let found = match listed {
                         Some(found) => found,
                         None => {
                             let size = self.fetcher.unlisted_size(&digest)?;
@@ -249,6 +297,14 @@ impl Filesystem for LazyFs {
                             table.lookup(&digest)?
                         }
                     };
+                    let (ino, size) = (found.ino, found.size);
+                    if found.first_reference {
+                        self.shared.record(Record::Known {
+                            ino,
+                            size,
+                            name: digest,
+                        });
+                    }
                     Some((ino, Node::File { name: digest, size }))
                 });
                 match found {
@@ -284,9 +340,15 @@ impl Filesystem for LazyFs {
     }
 
     fn forget(&self, _req: &Request, ino: INodeNo, nlookup: u64) {
-        let released = self.shared.table().forget(ino.0, nlookup);
+        let forgot = self.shared.table().forget(ino.0, nlookup);
+        if forgot.backing.is_some() {
+            self.shared.record(Record::BackingClosed { ino: ino.0 });
+        }
+        if forgot.evicted {
+            self.shared.record(Record::Forgotten { ino: ino.0 });
+        }
         // The backing is closed (an ioctl) outside the table's lock.
-        drop(released);
+        drop(forgot.backing);
     }
 
     fn getattr(&self, _req: &Request, ino: INodeNo, _fh: Option<FileHandle>, reply: ReplyAttr) {
@@ -311,7 +373,15 @@ impl Filesystem for LazyFs {
             return reply.error(Errno::EIO);
         }
         {
-            let table = self.shared.table();
+            let mut table = self.shared.table();
+            if table.backing(ino.0).is_none() {
+                if let Some(id) = table.take_restored_backing(ino.0) {
+                    // A predecessor's backing, still registered: the kernel
+                    // refuses a second one while its files are open.
+                    let adopted = strata_sys::adopt_fuse_backing(&reply, id);
+                    table.keep_backing(ino.0, || Some(adopted));
+                }
+            }
             if let Some(backing) = table.backing(ino.0) {
                 bump(&self.shared.counters.opens_passthrough, 1);
                 return reply_passthrough(reply, ino.0, backing);

@@ -22,9 +22,11 @@ mod counters;
 mod fetch;
 mod flights;
 mod fs;
+mod journal;
 mod mount;
 mod table;
 
 pub use counters::{Counts, COUNTERS_XATTR};
 pub use fetch::{FetchError, ObjectFetcher};
-pub use mount::{LazyConfig, LazyError, LazyHandle, LazyMount, SUBTYPE};
+pub use journal::{create_journal, JournalError, MAX_JOURNAL_BYTES};
+pub use mount::{LazyConfig, LazyDevice, LazyError, LazyHandle, LazyMount, SUBTYPE};

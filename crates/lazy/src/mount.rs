@@ -1,14 +1,18 @@
 //! Mounting LAZY: strata opens /dev/fuse and mounts it itself (no
-//! fusermount, no libfuse), so it holds the device fd and can later hand it
-//! over; fuser then serves the session from that fd (`Session::from_fd`).
+//! fusermount, no libfuse), so it holds the device fd ([`LazyDevice`]) and
+//! can hand it over; fuser then serves the session from that fd, answering
+//! the kernel's INIT (`Session::from_fd`) or, for a successor of a killed
+//! server, taking the initialized session over
+//! (`Session::from_fd_initialized`, the journal's inodes, and a resend of
+//! the requests the dead server had read but not answered).
 
 use std::fs::OpenOptions;
-use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use fuser::{BackgroundSession, Session, SessionACL};
+use fuser::{BackgroundSession, InitFlags, Session, SessionACL, Version};
 use rustix::fs::{statx, AtFlags, StatxFlags, CWD};
 use strata_sys::{mount_fs, unmount, FsOption, MountError, MountFlags};
 use strata_tree::Digest;
@@ -16,6 +20,7 @@ use strata_tree::Digest;
 use crate::counters::Counts;
 use crate::fetch::ObjectFetcher;
 use crate::fs::{LazyFs, Passthrough, Shared};
+use crate::journal::{Journal, JournalError};
 
 /// The filesystem type LAZY shows in mountinfo (`fuse.strata-lazy`).
 pub const SUBTYPE: &str = "strata-lazy";
@@ -68,6 +73,10 @@ pub enum LazyError {
     },
     #[error("starting the FUSE session's threads: {0}")]
     Thread(#[source] std::io::Error),
+    #[error("duplicating the /dev/fuse fd: {0}")]
+    Duplicate(#[source] std::io::Error),
+    #[error(transparent)]
+    Journal(#[from] JournalError),
     #[error("the FUSE session of {} ended with an error: {source}", target.display())]
     Session {
         target: PathBuf,
@@ -137,54 +146,76 @@ pub struct LazyMount {
 
 impl LazyMount {
     /// Mounts an empty LAZY on `target` (an existing directory) and serves
-    /// it, asking `fetcher` for missing objects. Fails with
+    /// it in this process, asking `fetcher` for missing objects. Fails with
     /// [`LazyError::NoPassthrough`] where the kernel lacks passthrough.
     pub fn mount(target: &Path, fetcher: Arc<dyn ObjectFetcher>, config: &LazyConfig) -> Result<Self, LazyError> {
-        let device: OwnedFd = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .open("/dev/fuse")
-            .map_err(LazyError::Device)?
-            .into();
-        let flags = MountFlags {
-            read_only: true,
-            nodev: true,
+        Self::serve(LazyDevice::mount(target)?, None, fetcher, config)
+    }
+
+    /// Serves `device`'s session. With a `journal` (see
+    /// [`create_journal`](crate::create_journal)) every fact a successor
+    /// needs is recorded; a journal that a predecessor already wrote makes
+    /// this a take-over of its initialized session. A fresh session that
+    /// fails to start is unmounted; a take-over leaves the mount alone.
+    pub fn serve(
+        device: LazyDevice,
+        journal: Option<OwnedFd>,
+        fetcher: Arc<dyn ObjectFetcher>,
+        config: &LazyConfig,
+    ) -> Result<Self, LazyError> {
+        let LazyDevice { fd, connection, target } = device;
+        let (journal, replayed) = match journal {
+            Some(fd) => {
+                let (journal, replayed) = Journal::open(fd)?;
+                (Some(journal), Some(replayed))
+            }
+            None => (None, None),
         };
-        mount_fs("fuse", &mount_options(device.as_raw_fd()), flags, target)?;
+        let taken_over = replayed.as_ref().and_then(|r| r.session);
         let unmount_on_error = |error: LazyError| {
-            if let Err(e) = unmount(target, true) {
-                tracing::warn!("lazy: unmounting {} after a failed start: {e}", target.display());
+            if taken_over.is_none() {
+                if let Err(e) = unmount(&target, true) {
+                    tracing::warn!("lazy: unmounting {} after a failed start: {e}", target.display());
+                }
             }
             error
         };
-        // Any request to LAZY waits for the handshake below, so this stat
-        // must not ask the server: DONT_SYNC takes the root's attributes
-        // as the mount set them.
-        let connection = statx(CWD, target, AtFlags::STATX_DONT_SYNC, StatxFlags::BASIC_STATS)
-            .map(|st| st.stx_dev_minor)
-            .map_err(|e| {
-                unmount_on_error(LazyError::Connection {
-                    target: target.to_owned(),
-                    source: e.into(),
-                })
-            })?;
-        let shared = Arc::new(Shared::new(config.entry_ttl));
+        let duplicate = fd.try_clone().map_err(|e| unmount_on_error(LazyError::Duplicate(e)))?;
+        let shared = Arc::new(Shared::new(config.entry_ttl, duplicate, journal));
         let fs = LazyFs::new(shared.clone(), fetcher, config.fetch_timeout);
         let mut session_config = fuser::Config::default();
         session_config.acl = SessionACL::All;
         session_config.n_threads = Some(config.threads.max(1));
-        let session = Session::from_fd(fs, device, SessionACL::All, session_config).map_err(|source| {
-            unmount_on_error(match shared.passthrough() {
-                Passthrough::Missing => LazyError::NoPassthrough,
-                _ => LazyError::Handshake {
-                    target: target.to_owned(),
-                    source,
-                },
-            })
-        })?;
-        let session = session.spawn().map_err(|e| unmount_on_error(LazyError::Thread(e)))?;
+        let session = match (taken_over, &replayed) {
+            (Some((major, minor, flags)), Some(replayed)) => {
+                shared.restore(replayed);
+                let resend = fd.try_clone().map_err(LazyError::Duplicate)?;
+                let session =
+                    Session::from_fd_initialized(fs, fd, SessionACL::All, session_config, Version(major, minor));
+                let session = session.spawn().map_err(LazyError::Thread)?;
+                tracing::info!(
+                    "lazy: took the session of {} over ({} inodes restored)",
+                    target.display(),
+                    replayed.inodes.len()
+                );
+                ask_for_resend(resend.as_fd(), flags);
+                session
+            }
+            _ => {
+                let session = Session::from_fd(fs, fd, SessionACL::All, session_config).map_err(|source| {
+                    unmount_on_error(match shared.passthrough() {
+                        Passthrough::Missing => LazyError::NoPassthrough,
+                        _ => LazyError::Handshake {
+                            target: target.clone(),
+                            source,
+                        },
+                    })
+                })?;
+                session.spawn().map_err(|e| unmount_on_error(LazyError::Thread(e)))?
+            }
+        };
         Ok(Self {
-            target: target.to_owned(),
+            target,
             handle: LazyHandle { shared },
             session: Some(session),
             connection,
@@ -244,6 +275,93 @@ impl Drop for LazyMount {
         if let Err(e) = self.teardown() {
             tracing::warn!("lazy: {e}");
         }
+    }
+}
+
+/// A mounted LAZY's FUSE connection: the /dev/fuse fd that serves it, and
+/// its number under /sys/fs/fuse/connections. Whoever holds the fd keeps
+/// the connection alive, served or not.
+#[derive(Debug)]
+pub struct LazyDevice {
+    fd: OwnedFd,
+    connection: u32,
+    target: PathBuf,
+}
+
+impl LazyDevice {
+    /// Opens /dev/fuse and mounts it on `target` (an existing directory).
+    /// No request is answered until a [`LazyMount::serve`] of it.
+    pub fn mount(target: &Path) -> Result<Self, LazyError> {
+        let fd: OwnedFd = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open("/dev/fuse")
+            .map_err(LazyError::Device)?
+            .into();
+        let flags = MountFlags {
+            read_only: true,
+            nodev: true,
+        };
+        mount_fs("fuse", &mount_options(fd.as_raw_fd()), flags, target)?;
+        // Any request to LAZY waits for a server, so this stat must not ask
+        // one: DONT_SYNC takes the root's attributes as the mount set them.
+        let connection = statx(CWD, target, AtFlags::STATX_DONT_SYNC, StatxFlags::BASIC_STATS)
+            .map(|st| st.stx_dev_minor)
+            .map_err(|e| {
+                if let Err(e) = unmount(target, true) {
+                    tracing::warn!("lazy: unmounting {} after a failed start: {e}", target.display());
+                }
+                LazyError::Connection {
+                    target: target.to_owned(),
+                    source: e.into(),
+                }
+            })?;
+        Ok(Self {
+            fd,
+            connection,
+            target: target.to_owned(),
+        })
+    }
+
+    /// A device another process mounted and passed on (its fd inherited).
+    pub fn from_parts(fd: OwnedFd, connection: u32, target: PathBuf) -> Self {
+        Self { fd, connection, target }
+    }
+
+    pub fn fd(&self) -> BorrowedFd<'_> {
+        self.fd.as_fd()
+    }
+
+    pub fn connection(&self) -> u32 {
+        self.connection
+    }
+
+    pub fn try_clone(&self) -> Result<Self, LazyError> {
+        Ok(Self {
+            fd: self.fd.try_clone().map_err(LazyError::Duplicate)?,
+            connection: self.connection,
+            target: self.target.clone(),
+        })
+    }
+}
+
+/// `FUSE_NOTIFY_RESEND`: the kernel puts the requests a dead server read
+/// but never answered back in the queue (Linux 6.9+, `FUSE_HAS_RESEND`).
+const FUSE_NOTIFY_RESEND: i32 = 7;
+
+/// Asks the kernel to send again what the predecessor left unanswered,
+/// where the kernel can (else those callers wait until LAZY unmounts).
+fn ask_for_resend(device: BorrowedFd<'_>, kernel_flags: u64) {
+    if !InitFlags::from_bits_retain(kernel_flags).contains(InitFlags::FUSE_HAS_RESEND) {
+        tracing::warn!("lazy: this kernel cannot resend requests; opens the killed server left unanswered wait until LAZY unmounts");
+        return;
+    }
+    let mut header = [0u8; 16];
+    header[..4].copy_from_slice(&16u32.to_le_bytes());
+    header[4..8].copy_from_slice(&FUSE_NOTIFY_RESEND.to_le_bytes());
+    match rustix::io::write(device, &header) {
+        Ok(_) => tracing::debug!("lazy: asked the kernel to resend unanswered requests"),
+        Err(e) => tracing::warn!("lazy: asking the kernel to resend unanswered requests: {e}"),
     }
 }
 

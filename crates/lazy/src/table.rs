@@ -35,6 +35,29 @@ struct FileInode<B> {
     /// The passthrough backing of the inode (one per inode, as the kernel
     /// requires while any of its files is open), kept until FORGET.
     backing: Option<B>,
+    /// Restored from a predecessor's journal: the kernel's count is not
+    /// known, so the inode is kept for the session's life.
+    pinned: bool,
+    /// A backing id the predecessor registered, not yet adopted.
+    restored_backing: Option<u32>,
+}
+
+/// A LOOKUP's answer.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct Found {
+    pub ino: u64,
+    pub size: u64,
+    /// The kernel held no reference before: a fact for the journal.
+    pub first_reference: bool,
+}
+
+/// What a FORGET released.
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) struct Forgot<B> {
+    /// The backing to close: the kernel evicted the inode.
+    pub backing: Option<B>,
+    /// The kernel holds no reference any more.
+    pub evicted: bool,
 }
 
 /// Listed names and known inodes. `B` is the backing handle type (fuser's
@@ -75,6 +98,8 @@ impl<B> Table<B> {
                 listed: true,
                 lookups: 0,
                 backing: None,
+                pinned: false,
+                restored_backing: None,
             },
         );
         true
@@ -89,7 +114,7 @@ impl<B> Table<B> {
         };
         let file = self.files.get_mut(&ino).expect("by_name and files agree");
         let was_listed = std::mem::replace(&mut file.listed, false);
-        if file.lookups == 0 {
+        if file.lookups == 0 && !file.pinned {
             self.drop_inode(ino);
         }
         was_listed
@@ -123,30 +148,70 @@ impl<B> Table<B> {
     /// holds its inode: that LOOKUP revalidates a dentry the kernel cached
     /// (its entry TTL passed), and an ENOENT would make an overlay that
     /// found a file's data here answer ESTALE for that file.
-    pub fn lookup(&mut self, name: &Digest) -> Option<(u64, u64)> {
+    pub fn lookup(&mut self, name: &Digest) -> Option<Found> {
         let ino = *self.by_name.get(name)?;
         let file = self.files.get_mut(&ino).expect("by_name and files agree");
-        if !file.listed && file.lookups == 0 {
+        if !file.listed && file.lookups == 0 && !file.pinned {
             return None;
         }
         file.lookups += 1;
-        Some((ino, file.size))
+        Some(Found {
+            ino,
+            size: file.size,
+            first_reference: file.lookups == 1 && !file.pinned,
+        })
+    }
+
+    /// An inode a predecessor handed the kernel (its journal says so):
+    /// kept for the session's life, unlisted until listed again.
+    pub fn restore(&mut self, ino: u64, name: Digest, size: u64, backing: Option<u32>) {
+        if ino < FIRST_FILE_INO {
+            return;
+        }
+        self.next_ino = self.next_ino.max(ino + 1);
+        // The newest inode of a name is the one new lookups get.
+        if self.by_name.get(&name).is_none_or(|&known| known < ino) {
+            self.by_name.insert(name, ino);
+        }
+        self.files.insert(
+            ino,
+            FileInode {
+                name,
+                size,
+                listed: false,
+                lookups: 0,
+                backing: None,
+                pinned: true,
+                restored_backing: backing,
+            },
+        );
+    }
+
+    /// The predecessor's backing id of `ino`, once: the caller adopts it.
+    pub fn take_restored_backing(&mut self, ino: u64) -> Option<u32> {
+        self.files.get_mut(&ino)?.restored_backing.take()
     }
 
     /// A FORGET of `count` references. Returns the backing to release once
     /// the kernel holds none (it has evicted the inode, so no file of it is
     /// open).
-    pub fn forget(&mut self, ino: u64, count: u64) -> Option<B> {
-        let file = self.files.get_mut(&ino)?;
+    pub fn forget(&mut self, ino: u64, count: u64) -> Forgot<B> {
+        let kept = Forgot {
+            backing: None,
+            evicted: false,
+        };
+        let Some(file) = self.files.get_mut(&ino) else {
+            return kept;
+        };
         file.lookups = file.lookups.saturating_sub(count);
-        if file.lookups > 0 {
-            return None;
+        if file.lookups > 0 || file.pinned {
+            return kept;
         }
         let backing = file.backing.take();
         if !file.listed {
             self.drop_inode(ino);
         }
-        backing
+        Forgot { backing, evicted: true }
     }
 
     pub fn backing(&self, ino: u64) -> Option<&B> {
@@ -177,7 +242,9 @@ impl<B> Table<B> {
 
     fn drop_inode(&mut self, ino: u64) {
         if let Some(file) = self.files.remove(&ino) {
-            self.by_name.remove(&file.name);
+            if self.by_name.get(&file.name) == Some(&ino) {
+                self.by_name.remove(&file.name);
+            }
         }
     }
 }
@@ -237,8 +304,13 @@ mod tests {
         let name = digest(1, 1);
         assert!(table.insert(name, 100));
         assert!(!table.insert(name, 100));
-        let (ino, size) = table.lookup(&name).unwrap();
+        let Found {
+            ino,
+            size,
+            first_reference,
+        } = table.lookup(&name).unwrap();
         assert_eq!(size, 100);
+        assert!(first_reference);
         assert_eq!(table.keep_backing(ino, || Some("b1")), Some(&"b1"));
         assert_eq!(
             table.keep_backing(ino, || Some("b2")),
@@ -255,12 +327,22 @@ mod tests {
         );
         assert_eq!(
             table.lookup(&name),
-            Some((ino, 100)),
+            Some(Found {
+                ino,
+                size: 100,
+                first_reference: false
+            }),
             "held by the kernel: a revalidating lookup finds it"
         );
         assert_eq!(table.dir_entries(1), vec![], "but it is not listed");
-        assert_eq!(table.forget(ino, 1), None);
-        assert_eq!(table.forget(ino, 1), Some("b1"));
+        assert_eq!(table.forget(ino, 1).backing, None);
+        assert_eq!(
+            table.forget(ino, 1),
+            Forgot {
+                backing: Some("b1"),
+                evicted: true
+            }
+        );
         assert_eq!(table.node(ino), None, "forgotten and unlisted: gone");
         assert!(table.lookup(&name).is_none(), "unlisted and not held: not found");
     }
@@ -270,13 +352,44 @@ mod tests {
         let mut table: Table<u32> = Table::default();
         let name = digest(2, 2);
         table.insert(name, 1);
-        let (ino, _) = table.lookup(&name).unwrap();
-        table.lookup(&name).unwrap();
+        let ino = table.lookup(&name).unwrap().ino;
+        assert!(!table.lookup(&name).unwrap().first_reference);
         table.keep_backing(ino, || Some(9));
-        assert_eq!(table.forget(ino, 1), None);
+        assert!(!table.forget(ino, 1).evicted);
         assert_eq!(table.backing(ino), Some(&9));
-        assert_eq!(table.forget(ino, 1), Some(9));
+        assert_eq!(table.forget(ino, 1).backing, Some(9));
         assert_eq!(table.node(ino), Some(Node::File { name, size: 1 }), "still listed");
+    }
+
+    #[test]
+    fn restored_inodes_keep_their_numbers_and_outlive_forgets() {
+        let mut table: Table<u32> = Table::default();
+        let name = digest(3, 3);
+        let restored = FIRST_FILE_INO + 40;
+        table.restore(restored, name, 7, Some(12));
+        table.restore(5, digest(9, 9), 1, None);
+        assert_eq!(
+            table.node(5),
+            Some(Node::Dir(3)),
+            "a directory's number is never a file's"
+        );
+        assert_eq!(table.node(restored), Some(Node::File { name, size: 7 }));
+        assert!(!table.is_listed(&name));
+        let found = table.lookup(&name).expect("the kernel may hold it: found unlisted");
+        assert_eq!((found.ino, found.first_reference), (restored, false));
+        assert!(table.insert(name, 7), "listed again, under the same inode");
+        assert_eq!(table.lookup(&name).unwrap().ino, restored);
+        assert_eq!(table.take_restored_backing(restored), Some(12));
+        assert_eq!(table.take_restored_backing(restored), None, "adopted once");
+        assert!(!table.forget(restored, u64::MAX).evicted, "pinned");
+        assert!(table.remove(&name));
+        assert_eq!(table.node(restored), Some(Node::File { name, size: 7 }));
+        table.insert(digest(4, 4), 1);
+        assert_eq!(
+            table.lookup(&digest(4, 4)).unwrap().ino,
+            restored + 1,
+            "new inodes come after"
+        );
     }
 
     #[test]

@@ -1,45 +1,69 @@
-//! kill -9 of the process serving LAZY: files a container already opened
-//! keep reading (passthrough reads never reach the server); new opens fail
-//! with ENOTCONN, of missing files and of fetched ones alike. The test runs
-//! its own binary again as the server.
+//! kill -9 of the process serving LAZY, and the hand-over to a successor.
+//!
+//! The test process is the keeper: it mounts LAZY, creates the session
+//! journal and holds both fds, so the kernel keeps the connection when the
+//! server dies. It runs its own binary again as the server, passing the
+//! fds down. A killed server's successor takes the session over: files
+//! opened before the kill read on, an open that was waiting for a fetch
+//! when the server died completes (the kernel resends it), and new opens
+//! of fetched and missing files work.
 
 mod common;
 
 use std::fs::File;
 use std::io::{BufRead, BufReader, Read};
-use std::path::PathBuf;
-use std::process::{Command, Stdio};
-use std::time::Duration;
+use std::os::fd::{AsFd, AsRawFd, OwnedFd};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
 
-use common::{bounded, Fixture, Lowers, Server, TestFetcher, TestFile};
-use strata_lazy::{LazyConfig, LazyMount};
+use common::{bounded, sha256, Fault, Fixture, Lowers, Server, TestFetcher, TestFile};
+use strata_lazy::{create_journal, LazyConfig, LazyDevice, LazyMount, COUNTERS_XATTR};
 
 /// Set in the child: the fixture's directory.
 const SERVE_ENV: &str = "STRATA_LAZY_TEST_SERVE";
-const THIS_TEST: &str = "open_files_keep_reading_after_the_server_is_killed";
-const ENOTCONN: i32 = 107;
+/// Set in the child: `FUSE_FD,JOURNAL_FD,CONNECTION`.
+const FDS_ENV: &str = "STRATA_LAZY_TEST_FDS";
+/// Set in the first child only: its fetch of `slow` never ends.
+const STUCK_ENV: &str = "STRATA_LAZY_TEST_STUCK";
+const THIS_TEST: &str = "a_successor_takes_the_session_over_after_kill_9";
 
 fn files() -> Vec<(&'static str, TestFile)> {
     vec![
         ("opened", TestFile::new(21, 2 << 20)),
         ("never-opened", TestFile::new(22, 100_000)),
+        ("slow", TestFile::new(23, 300_000)),
     ]
 }
 
-#[test]
-fn open_files_keep_reading_after_the_server_is_killed() {
-    if let Some(dir) = std::env::var_os(SERVE_ENV) {
-        return serve(PathBuf::from(dir));
-    }
-    let files = files();
-    let lazy: Vec<(&str, &TestFile)> = files.iter().map(|(n, f)| (*n, f)).collect();
-    let fx = Fixture::build(&[], &lazy, Lowers::Append, |lazy_dir, _| {
-        let mut child = Command::new(std::env::current_exe().unwrap())
+/// What the keeper holds: LAZY's connection and the journal.
+struct Keeper {
+    device: LazyDevice,
+    journal: OwnedFd,
+}
+
+impl Keeper {
+    /// Starts a server process and waits until it says it serves.
+    fn start_server(&self, dir: &Path, stuck: bool) -> Child {
+        for fd in [self.device.fd(), self.journal.as_fd()] {
+            rustix::io::fcntl_setfd(fd, rustix::io::FdFlags::empty()).expect("pass the fd on");
+        }
+        let fds = format!(
+            "{},{},{}",
+            self.device.fd().as_raw_fd(),
+            self.journal.as_raw_fd(),
+            self.device.connection()
+        );
+        let mut command = Command::new(std::env::current_exe().unwrap());
+        command
             .args(["--exact", THIS_TEST, "--nocapture", "--test-threads=1"])
-            .env(SERVE_ENV, lazy_dir.parent().unwrap())
-            .stdout(Stdio::piped())
-            .spawn()
-            .expect("start the server process");
+            .env(SERVE_ENV, dir)
+            .env(FDS_ENV, fds)
+            .stdout(Stdio::piped());
+        if stuck {
+            command.env(STUCK_ENV, "1");
+        }
+        let mut child = command.spawn().expect("start the server process");
         let stdout = child.stdout.take().unwrap();
         let ready = bounded(Duration::from_secs(30), move || {
             BufReader::new(stdout)
@@ -48,59 +72,146 @@ fn open_files_keep_reading_after_the_server_is_killed() {
                 .any(|line| line.ends_with("lazy server ready"))
         });
         assert!(ready, "the server process did not start");
+        child
+    }
+}
+
+fn kill_9(child: &mut Child) {
+    let killed = Command::new("kill")
+        .args(["-9", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(killed.success());
+    child.wait().unwrap();
+}
+
+/// One of LAZY's counters, read as another process would.
+fn counter(lazy_dir: &Path, name: &str) -> u64 {
+    let dir = lazy_dir.to_owned();
+    let text = bounded(Duration::from_secs(10), move || {
+        let mut buf = vec![0u8; 4096];
+        let n = rustix::fs::getxattr(&dir, COUNTERS_XATTR, &mut buf).expect("LAZY's counters");
+        String::from_utf8(buf[..n].to_vec()).unwrap()
+    });
+    text.lines()
+        .find_map(|line| line.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
+        .unwrap_or_else(|| panic!("no counter {name} in {text:?}"))
+}
+
+#[test]
+fn a_successor_takes_the_session_over_after_kill_9() {
+    if let Some(dir) = std::env::var_os(SERVE_ENV) {
+        return serve(PathBuf::from(dir));
+    }
+    let files = files();
+    let lazy: Vec<(&str, &TestFile)> = files.iter().map(|(n, f)| (*n, f)).collect();
+    let mut keeper = None;
+    let mut fx = Fixture::build(&[], &lazy, Lowers::Append, |lazy_dir, _| {
+        let device = LazyDevice::mount(lazy_dir).expect("mount LAZY");
+        let held = Keeper {
+            device,
+            journal: create_journal().expect("journal"),
+        };
+        let child = held.start_server(lazy_dir.parent().unwrap(), true);
+        keeper = Some(held);
         Server::Child(child)
     });
-    let opened = &files[0].1;
+    let keeper = keeper.unwrap();
+    let (opened, slow, never) = (&files[0].1, &files[2].1, &files[1].1);
 
     let path = fx.merged.join("opened");
     let half = opened.bytes.len() / 2;
     let (file, mut first) = bounded(Duration::from_secs(20), move || {
-        let mut file = File::open(path).expect("open through the child's LAZY");
+        let mut file = File::open(path).expect("open through the first server");
         let mut first = vec![0; half];
         file.read_exact(&mut first).unwrap();
         (file, first)
     });
 
-    let server = fx.child.as_ref().map(|c| c.id()).expect("a server process");
-    let killed = Command::new("kill").args(["-9", &server.to_string()]).status().unwrap();
-    assert!(killed.success());
-    // Let the kernel see the server's /dev/fuse close (the connection aborts).
-    std::thread::sleep(Duration::from_millis(200));
+    // An open that waits for a fetch the first server never finishes.
+    let slow_path = fx.merged.join("slow");
+    let (tell, waited) = std::sync::mpsc::channel();
+    std::thread::spawn(move || tell.send(std::fs::read(slow_path)));
+    let waiting = Instant::now();
+    while counter(&fx.lazy_dir, "opens") < 2 {
+        assert!(
+            waiting.elapsed() < Duration::from_secs(20),
+            "the open of slow never reached LAZY"
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
 
-    let mut rest = bounded(Duration::from_secs(20), move || {
+    let mut first_server = fx.child.take().expect("a server process");
+    kill_9(&mut first_server);
+    std::thread::sleep(Duration::from_millis(200));
+    assert!(
+        waited.try_recv().is_err(),
+        "the waiting open is still waiting, not failed, while no server runs"
+    );
+
+    let mut successor = keeper.start_server(fx.dir.path(), false);
+    let slow_read = waited
+        .recv_timeout(Duration::from_secs(20))
+        .expect("the open the dead server left is answered by its successor")
+        .expect("and it succeeds");
+    assert_eq!(sha256(&slow_read), slow.sha256, "slow: the right bytes");
+
+    let (file, rest) = bounded(Duration::from_secs(20), move || {
         let mut file = file;
         let mut rest = Vec::new();
-        file.read_to_end(&mut rest).map(|_| rest)
-    })
-    .expect("an open file reads on after its server died");
-    first.append(&mut rest);
+        let read = file.read_to_end(&mut rest).map(|_| rest);
+        (file, read)
+    });
+    first.append(&mut rest.expect("an open file reads on across the hand-over"));
     assert_eq!(first, opened.bytes);
 
+    // While the first server's open of "opened" is still open, a new open:
+    // the successor must answer with the first server's backing id (from
+    // the journal), as the kernel refuses a second backing for an inode
+    // with open files.
     let reopened = fx.merged.join("opened");
-    let reopen = bounded(Duration::from_secs(20), move || {
-        std::fs::read(reopened).map(|b| b.len())
-    });
-    eprintln!("after kill -9 of the server: a new open of the fetched file: {reopen:?}");
-    // overlayfs keeps the data dentry it found in LAZY for as long as its
-    // inode lives, so even a fetched file needs a server for new opens:
-    // what the restart handover is for (docs/lazy-pulls.md).
-    assert_eq!(reopen.unwrap_err().raw_os_error(), Some(ENOTCONN));
+    let again = bounded(Duration::from_secs(20), move || std::fs::read(reopened)).expect("reopen after the hand-over");
+    assert_eq!(sha256(&again), opened.sha256);
+    drop(file);
 
-    let never = fx.merged.join("never-opened");
-    let err = bounded(Duration::from_secs(20), move || std::fs::read(never)).expect_err("no server to fetch it");
-    eprintln!("after kill -9 of the server: the open file read on; a new open of a missing file: {err}");
-    assert_eq!(err.raw_os_error(), Some(ENOTCONN), "{err}");
+    let never_path = fx.merged.join("never-opened");
+    let bytes = bounded(Duration::from_secs(20), move || std::fs::read(never_path)).expect("a missing file opens");
+    assert_eq!(sha256(&bytes), never.sha256);
+
+    let (reads, fetches, failed) = (
+        counter(&fx.lazy_dir, "reads"),
+        counter(&fx.lazy_dir, "fetches_started"),
+        counter(&fx.lazy_dir, "opens_failed"),
+    );
+    eprintln!("successor: {fetches} fetches, {reads} READs, {failed} failed opens");
+    assert_eq!(reads, 0, "passthrough after the hand-over too");
+    assert_eq!(fetches, 2, "slow and never-opened fetched by the successor");
+    assert_eq!(failed, 0);
+
+    kill_9(&mut successor);
+    drop(keeper);
     fx.unmount();
 }
 
-/// The child: serves LAZY on `dir`'s lazy dir until killed (at most 60 s).
+/// The child: serves LAZY's session from the inherited fds until killed
+/// (at most 60 s), as a fresh session or a take-over, whichever the
+/// journal says.
 fn serve(dir: PathBuf) {
     let files = files();
     let fetcher = TestFetcher::new(&dir.join("objects"), &dir.join("aliases"), files.iter().map(|(_, f)| f));
-    let mount = LazyMount::mount(&dir.join("lazy"), fetcher, &LazyConfig::default()).expect("mount LAZY");
+    if std::env::var_os(STUCK_ENV).is_some() {
+        fetcher.set_fault(files[2].1.sha256, Fault::Stuck);
+    }
+    let fds = std::env::var(FDS_ENV).expect("fds");
+    let [fuse, journal, connection]: [&str; 3] = fds.split(',').collect::<Vec<_>>().try_into().unwrap();
+    let fuse = strata_sys::take_inherited_fd(fuse.parse().unwrap()).expect("the /dev/fuse fd");
+    let journal = strata_sys::take_inherited_fd(journal.parse().unwrap()).expect("the journal fd");
+    let device = LazyDevice::from_parts(fuse, connection.parse().unwrap(), dir.join("lazy"));
+    let mount = LazyMount::serve(device, Some(journal), fetcher, &LazyConfig::default()).expect("serve LAZY");
     for (_, file) in &files {
         mount.handle().insert(file.sha256, file.bytes.len() as u64);
     }
     println!("lazy server ready");
     std::thread::sleep(Duration::from_secs(60));
+    std::mem::forget(mount);
 }

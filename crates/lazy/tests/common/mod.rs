@@ -91,6 +91,10 @@ impl TestFetcher {
         Ok(object)
     }
 
+    pub fn set_fault(&self, name: Digest, fault: Fault) {
+        self.faults.lock().unwrap().insert(name, fault);
+    }
+
     fn release_stuck(&self) {
         *self.released.0.lock().unwrap() = true;
         self.released.1.notify_all();
@@ -329,7 +333,7 @@ impl Fixture {
     }
 
     pub fn set_fault(&self, name: Digest, fault: Fault) {
-        self.fetcher.faults.lock().unwrap().insert(name, fault);
+        self.fetcher.set_fault(name, fault);
     }
 
     pub fn before_fetch(&self, hook: impl Fn() + Send + Sync + 'static) {
