@@ -14,9 +14,11 @@
 //! - With prefetch on: the node fetches the rest by itself; then reading
 //!   every file and a second container add no lookup at LAZY and no byte
 //!   from the registry.
-//! - Faults: `strata serve` killed with SIGKILL while a container runs:
-//!   the container still opens missing files (python starts only after
-//!   the kill) and prints 42; a serve started again runs new containers.
+//! - Faults: `strata serve` killed with SIGKILL while a container runs,
+//!   then LAZY's server (`strata lazy-server`) too: the container still
+//!   opens missing files (python starts only after both kills: the
+//!   keeper's successor server took the session over) and prints 42; a
+//!   serve started again runs new containers.
 //!   The registry gone before a container starts: its missing files get
 //!   EIO within the fetch timeout, the container fails instead of
 //!   hanging, and strata keeps serving.
@@ -210,7 +212,7 @@ fn prefetch_completes_a_cri_image_and_lookups_stop() {
 }
 
 #[test]
-fn containers_keep_opening_missing_files_when_serve_is_killed() {
+fn containers_keep_opening_missing_files_when_serve_and_the_lazy_server_are_killed() {
     fixture();
     let proxy = RangeProxy::start(Mode::Pass);
     let mut node = Node::start(&proxy, "prefetch = false");
@@ -234,6 +236,21 @@ fn containers_keep_opening_missing_files_when_serve_is_killed() {
     assert!(
         !lazy_daemons(node.store.dir.path()).is_empty(),
         "a LAZY daemon outlived serve"
+    );
+    // And LAZY's server: its keeper starts a successor, which takes the
+    // session over before python3 opens its first missing file.
+    let servers = lazy_servers(node.store.dir.path());
+    assert_eq!(servers.len(), 1, "{servers:?}");
+    let killed = std::process::Command::new("kill")
+        .args(["-9", &servers[0].to_string()])
+        .status()
+        .unwrap();
+    assert!(killed.success());
+    assert!(
+        wait_until(Duration::from_secs(5), || lazy_servers(node.store.dir.path())
+            .iter()
+            .any(|p| *p != servers[0])),
+        "no successor LAZY server"
     );
     let exited = cri.wait_exited(&pod, &id, Duration::from_secs(120)).unwrap();
     assert_eq!(

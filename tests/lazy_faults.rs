@@ -9,6 +9,14 @@
 //! bytes. The daemons then go away by themselves once their overlays are
 //! unmounted and no serve runs: no process and no mount is left behind.
 //!
+//! **A killed LAZY server.** LAZY's keeper (`strata lazy-daemon`) holds
+//! the FUSE connection and the session journal; `strata lazy-server`
+//! serves it. A `kill -9` of the server while python3 holds a half-read
+//! missing file: the keeper starts a successor that takes the session
+//! over, the held file reads on, a file the dead server fetched opens
+//! again, and missing files open. A SIGTERM of the server is replaced the
+//! same way.
+//!
 //! **Disk full.** With the store on a small filesystem filled up, an open
 //! of a missing file gets EIO at once (no retries: the registry is not at
 //! fault), the log says why, nothing is staged or aliased, fsck is clean;
@@ -215,6 +223,84 @@ fn a_lazy_container_opens_missing_files_while_serve_is_killed_and_restarted() {
     store.ok(&["umount", fresh.to_str().unwrap()]);
     wait_for("the second lazy-daemon to exit", Duration::from_secs(10), || {
         !alive(second[0])
+    });
+    assert!(!lazy_mounted(&root.join("lazy")));
+    assert!(strata_sys::mounts_under(store.dir.path()).is_empty());
+    store.fsck_clean();
+}
+
+#[test]
+fn a_lazy_container_opens_missing_files_after_its_lazy_server_is_killed() {
+    fixture();
+    let store = TestStore::new();
+    store.set_config(CONFIG);
+    let root = store.root();
+    let _cleanup = Cleanup {
+        dir: store.dir.path().to_owned(),
+        serve: None,
+    };
+    let serve = serve_on(&store, &root);
+    let keeper = lazy_daemons(&root);
+    assert_eq!(keeper.len(), 1, "one keeper: {keeper:?}\n{}", serve.log_text());
+    let first = lazy_servers(&root);
+    assert_eq!(first.len(), 1, "one server: {first:?}");
+
+    store.ok(&["pull", "--lazy", &image()]);
+    let mounted = store.mount(&image());
+    let expected = expected_tree("python", store.dir.path());
+    let mut container = Container::start(&mounted);
+    let files = missing_files(&expected, &root, 4);
+    let (held, read_before, read_after, read_upgraded) = (&files[0], &files[1], &files[2], &files[3]);
+    assert_eq!(container.ask(&format!("read {}", read_before.0)), read_before.1);
+    assert_eq!(container.ask(&format!("hold {}", held.0)), "held");
+
+    // kill -9 of the server: the keeper starts a successor, which takes
+    // the session over.
+    let killed = Command::new("kill")
+        .args(["-9", &first[0].to_string()])
+        .status()
+        .unwrap();
+    assert!(killed.success());
+    wait_for("a successor LAZY server", Duration::from_secs(20), || {
+        lazy_servers(&root).iter().any(|p| *p != first[0])
+    });
+    assert!(alive(keeper[0]), "the keeper outlives its server");
+    assert_eq!(container.ask("rest"), held.1, "the held file reads on");
+    assert_eq!(
+        container.ask(&format!("read {}", read_before.0)),
+        read_before.1,
+        "a file the dead server fetched opens again"
+    );
+    assert!(!alias(&root, &read_after.1).exists());
+    assert_eq!(
+        container.ask(&format!("read {}", read_after.0)),
+        read_after.1,
+        "a missing file opens through the successor"
+    );
+    assert!(alias(&root, &read_after.1).exists(), "fetched and stored as an object");
+
+    // SIGTERM of the server (how a new binary takes over): replaced too.
+    let second = lazy_servers(&root);
+    assert_eq!(second.len(), 1, "{second:?}");
+    assert!(Command::new("kill")
+        .arg(second[0].to_string())
+        .status()
+        .unwrap()
+        .success());
+    wait_for("a third LAZY server", Duration::from_secs(20), || {
+        lazy_servers(&root).iter().any(|p| *p != second[0])
+    });
+    assert_eq!(container.ask(&format!("read {}", read_upgraded.0)), read_upgraded.1);
+    let log = serve.log_text();
+    assert_eq!(log.matches("a successor takes its session over").count(), 2, "{log}");
+
+    // Nothing left: the overlay's unmount ends the session; the keeper and
+    // its server exit once no serve runs either.
+    drop(container);
+    store.ok(&["umount", mounted.to_str().unwrap()]);
+    assert!(serve.stop().success());
+    wait_for("the keeper and its server to exit", Duration::from_secs(10), || {
+        lazy_daemons(&root).is_empty() && lazy_servers(&root).is_empty()
     });
     assert!(!lazy_mounted(&root.join("lazy")));
     assert!(strata_sys::mounts_under(store.dir.path()).is_empty());

@@ -84,8 +84,18 @@ impl Drop for Cleanup {
     }
 }
 
-/// pids of the `strata lazy-daemon`s serving a store below `dir`.
+/// pids of the `strata lazy-daemon`s (LAZY's keepers) of a store below `dir`.
 pub fn lazy_daemons(dir: &Path) -> Vec<u32> {
+    strata_processes(dir, b"lazy-daemon")
+}
+
+/// pids of the `strata lazy-server`s serving LAZY for a store below `dir`.
+pub fn lazy_servers(dir: &Path) -> Vec<u32> {
+    strata_processes(dir, b"lazy-server")
+}
+
+/// pids of the `strata VERB` processes whose arguments name a path below `dir`.
+fn strata_processes(dir: &Path, verb: &[u8]) -> Vec<u32> {
     let mut pids = Vec::new();
     for entry in std::fs::read_dir("/proc").unwrap().flatten() {
         let Ok(pid) = entry.file_name().to_string_lossy().parse::<u32>() else {
@@ -96,7 +106,7 @@ pub fn lazy_daemons(dir: &Path) -> Vec<u32> {
         };
         let args: Vec<&[u8]> = cmdline.split(|b| *b == 0).collect();
         let under = |a: &&[u8]| Path::new(std::ffi::OsStr::from_bytes(a)).starts_with(dir);
-        if args.contains(&b"lazy-daemon".as_slice()) && args.iter().any(under) {
+        if args.contains(&verb) && args.iter().any(under) {
             pids.push(pid);
         }
     }

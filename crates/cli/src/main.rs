@@ -55,9 +55,12 @@ enum Command {
     Fsck(cmd::fsck::Args),
     /// Show version and the kernel features in use.
     Version(cmd::version::Args),
-    /// Serve LAZY (the missing files of lazily pulled images); started by `strata serve`.
+    /// Keep LAZY (the missing files of lazily pulled images) mounted and served; started by `strata serve`.
     #[command(hide = true)]
     LazyDaemon,
+    /// Serve LAZY's session; started by `strata lazy-daemon`.
+    #[command(hide = true)]
+    LazyServer(cmd::lazy_server::Args),
 }
 
 /// Exit code of a usage error (bad flags, a malformed reference, a bad config).
@@ -102,7 +105,8 @@ fn main() -> ExitCode {
         Command::Gc(args) => cmd::gc::run(&config, args),
         Command::Fsck(args) => cmd::fsck::run(&config, args),
         Command::Version(args) => cmd::version::run(&config, args),
-        Command::LazyDaemon => cmd::lazy_daemon::run(&config),
+        Command::LazyDaemon => cmd::lazy_daemon::run(&config, cli.config.as_deref()),
+        Command::LazyServer(args) => cmd::lazy_server::run(&config, args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

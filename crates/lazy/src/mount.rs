@@ -253,10 +253,7 @@ impl LazyMount {
         // The unmount ends the connection, unless an overlay still holds
         // LAZY's superblock: then abort the connection.
         if !wait_until(SESSION_END_WAIT, || session.guard.is_finished()) {
-            let abort = format!("/sys/fs/fuse/connections/{}/abort", self.connection);
-            if let Err(e) = std::fs::write(&abort, "1") {
-                tracing::warn!("lazy: aborting the FUSE connection through {abort}: {e}");
-            }
+            abort_connection(self.connection);
             if !wait_until(SESSION_END_WAIT, || session.guard.is_finished()) {
                 return Err(LazyError::SessionStuck {
                     target: self.target.clone(),
@@ -336,12 +333,28 @@ impl LazyDevice {
         self.connection
     }
 
+    /// Ends the connection at once, served or not: every request waiting
+    /// and every later one fails (ENOTCONN), so nothing waits on a server
+    /// that will not come.
+    pub fn abort(&self) {
+        abort_connection(self.connection);
+    }
+
     pub fn try_clone(&self) -> Result<Self, LazyError> {
         Ok(Self {
             fd: self.fd.try_clone().map_err(LazyError::Duplicate)?,
             connection: self.connection,
             target: self.target.clone(),
         })
+    }
+}
+
+/// Aborts FUSE connection `connection` through fusectl (where it is
+/// mounted, as systemd does).
+fn abort_connection(connection: u32) {
+    let abort = format!("/sys/fs/fuse/connections/{connection}/abort");
+    if let Err(e) = std::fs::write(&abort, "1") {
+        tracing::warn!("lazy: aborting the FUSE connection through {abort}: {e}");
     }
 }
 

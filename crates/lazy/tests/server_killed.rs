@@ -46,7 +46,7 @@ impl Keeper {
     /// Starts a server process and waits until it says it serves.
     fn start_server(&self, dir: &Path, stuck: bool) -> Child {
         for fd in [self.device.fd(), self.journal.as_fd()] {
-            rustix::io::fcntl_setfd(fd, rustix::io::FdFlags::empty()).expect("pass the fd on");
+            strata_sys::keep_across_exec(fd).expect("pass the fd on");
         }
         let fds = format!(
             "{},{},{}",

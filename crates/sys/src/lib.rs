@@ -1,7 +1,8 @@
 //! The system-call seam. Everything strata asks of the kernel beyond plain
 //! file I/O goes through here: the new mount API, unmounting, mount-table
 //! lookups, starting writeback, project quotas and btrfs qgroups (quota.rs),
-//! FUSE backing ids handed over between LAZY servers (fuse.rs).
+//! FUSE backing ids and fds handed over between LAZY servers (fuse.rs,
+//! inherit.rs).
 //! errno values are turned into typed errors once, here.
 //!
 //! This is the one crate allowed `unsafe` (for ioctls that safe crates lack);
@@ -10,6 +11,7 @@
 mod at;
 mod beneath;
 mod fuse;
+mod inherit;
 mod mountapi;
 mod mountinfo;
 pub mod quota;
@@ -18,7 +20,8 @@ mod writeback;
 
 pub use at::{chmod_nofollow, get_xattr_at, list_xattrs_at, xattrs_at_available};
 pub use beneath::{open_beneath, open_regular, proc_path, reopen_regular, Opened};
-pub use fuse::{adopt_fuse_backing, take_inherited_fd};
+pub use fuse::adopt_fuse_backing;
+pub use inherit::{keep_across_exec, take_inherited_fd};
 pub use mountapi::{mount_fs, unmount, FsOption, MountError, MountFlags};
 pub use mountinfo::{is_mountpoint, mounts_under};
 pub use verity::enable_verity;

@@ -11,6 +11,7 @@
 //! a plain `strata pull` of an incomplete image completes it too.
 
 use std::fs::File;
+use std::os::fd::OwnedFd;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -23,7 +24,7 @@ use strata_image::lazy::{
 };
 use strata_image::source::{LayoutSource, RegistrySource};
 use strata_image::{BlobSource, ImageRef, Progress, PullOptions, Received};
-use strata_lazy::{FetchError, LazyConfig, LazyHandle, LazyMount, ObjectFetcher, SUBTYPE};
+use strata_lazy::{FetchError, LazyConfig, LazyDevice, LazyHandle, LazyMount, ObjectFetcher, SUBTYPE};
 use strata_store::{ImageRecord, Store};
 use strata_tree::Digest;
 
@@ -303,32 +304,32 @@ impl ObjectFetcher for StoreFetcher {
     }
 }
 
-/// LAZY as `strata lazy-daemon` runs it, with the watcher that unmounts
-/// it if the daemon dies without unmounting it (SIGKILL), so no dead FUSE
-/// mount stays on the store. Fields drop in order: the prefetch first, then LAZY,
-/// then the watcher.
+/// LAZY's session as a `strata lazy-server` serves it. Fields drop in
+/// order: the prefetch first, then the session. The server never unmounts
+/// LAZY: its keeper owns the mount point (`cmd/lazy_daemon.rs`).
 pub struct ServedLazy {
     /// First: its workers use LAZY's handle, and stop before LAZY goes.
     _prefetch: Option<Prefetcher>,
-    _mount: LazyMount,
-    _watcher: Option<Watcher>,
+    mount: std::mem::ManuallyDrop<LazyMount>,
 }
 
 impl ServedLazy {
     /// Whether the kernel ended LAZY's session (`cmd/lazy_daemon.rs`).
     pub fn session_ended(&self) -> bool {
-        self._mount.session_ended()
+        self.mount.session_ended()
     }
 }
 
-/// `sh` waiting for EOF on a pipe only the LAZY server holds; when that
-/// is gone it unmounts LAZY, unless a live LAZY (a newer one) answers there.
-struct Watcher {
+/// `sh` waiting for EOF on a pipe only LAZY's keeper holds; when that is
+/// gone it unmounts LAZY, unless a live LAZY answers there (the keeper's
+/// server, still running, or a newer one). So no dead FUSE mount stays on
+/// the store.
+pub struct Watcher {
     child: std::process::Child,
 }
 
 impl Watcher {
-    fn start(dir: &Path) -> std::io::Result<Watcher> {
+    pub fn start(dir: &Path) -> std::io::Result<Watcher> {
         let child = std::process::Command::new("sh")
             .args([
                 "-c",
@@ -346,17 +347,17 @@ impl Watcher {
 
 impl Drop for Watcher {
     fn drop(&mut self) {
-        // EOF: LAZY is unmounted already, so the watcher finds a plain dir.
+        // EOF: the watcher checks the mount point, and leaves a live LAZY.
         drop(self.child.stdin.take());
         let _ = self.child.wait();
     }
 }
 
-/// Mounts LAZY at `STORE/lazy` for `strata lazy-daemon` and lists what
-/// the store's lazily pulled images still miss. None where LAZY cannot be
-/// mounted (no FUSE passthrough, no /dev/fuse, ...): serve goes on
-/// without it, and lazy pulls then pull whole.
-pub fn serve(config: &Config, store: &Store) -> anyhow::Result<Option<ServedLazy>> {
+/// Mounts LAZY at `STORE/lazy` for `strata lazy-daemon` (its keeper),
+/// unserved until a server takes the device. None where LAZY cannot be
+/// mounted (no /dev/fuse, no fuse filesystem, ...): serve goes on without
+/// it, and lazy pulls then pull whole.
+pub fn mount_device(store: &Store) -> anyhow::Result<Option<LazyDevice>> {
     let dir = lazy_dir(store);
     // A LAZY left by a server that died (its connection gone); the dead
     // server's watcher may be detaching it at the same time.
@@ -374,27 +375,34 @@ pub fn serve(config: &Config, store: &Store) -> anyhow::Result<Option<ServedLazy
         tracing::warn!("no lazy pulls: creating {}: {e}", dir.display());
         return Ok(None);
     }
-    let timeout = fetch_timeout(config);
-    let shared = Arc::new(store_fetcher(config, store)?);
-    let fetcher = Arc::new(StoreFetcher(shared.clone()));
-    let lazy_config = LazyConfig {
-        fetch_timeout: timeout,
-        ..LazyConfig::default()
-    };
-    let mount = match LazyMount::mount(&dir, fetcher.clone(), &lazy_config) {
-        Ok(mount) => mount,
+    match LazyDevice::mount(&dir) {
+        Ok(device) => Ok(Some(device)),
         Err(e) if e.is_unsupported() => {
             tracing::info!("no lazy pulls on this kernel ({e}); `strata pull --lazy` pulls whole");
-            return Ok(None);
+            Ok(None)
         }
         Err(e) => {
             tracing::warn!("no lazy pulls: mounting LAZY at {}: {e}", dir.display());
-            return Ok(None);
+            Ok(None)
         }
+    }
+}
+
+/// Serves LAZY's session on `device` for `strata lazy-server`: fresh, or
+/// taken over from a killed server (the `journal` says which), and lists
+/// what the store's lazily pulled images still miss.
+pub fn serve(config: &Config, store: &Store, device: LazyDevice, journal: OwnedFd) -> anyhow::Result<ServedLazy> {
+    let dir = lazy_dir(store);
+    let shared = Arc::new(store_fetcher(config, store)?);
+    let fetcher = Arc::new(StoreFetcher(shared.clone()));
+    let lazy_config = LazyConfig {
+        fetch_timeout: fetch_timeout(config),
+        ..LazyConfig::default()
     };
-    let watcher = Watcher::start(&dir)
-        .map_err(|e| tracing::warn!("starting the LAZY watcher: {e}; a killed serve leaves a dead mount"))
-        .ok();
+    let mount = LazyMount::serve(device, Some(journal), fetcher.clone(), &lazy_config)
+        .with_context(|| format!("serving LAZY at {}", dir.display()))?;
+    // From here on nothing unmounts LAZY, on error too.
+    let mount = std::mem::ManuallyDrop::new(mount);
     let handle = mount.handle();
     let mut listed = 0;
     for (_, needs) in store.lazy_images()? {
@@ -410,11 +418,10 @@ pub fn serve(config: &Config, store: &Store) -> anyhow::Result<Option<ServedLazy
         dir.display()
     );
     let prefetch = start_prefetch(config, store, shared, &handle);
-    Ok(Some(ServedLazy {
+    Ok(ServedLazy {
         _prefetch: prefetch,
-        _mount: mount,
-        _watcher: watcher,
-    }))
+        mount,
+    })
 }
 
 /// The background prefetch of LAZY (docs/lazy-pulls.md, "Prefetch"): in

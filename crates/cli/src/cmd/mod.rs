@@ -7,6 +7,7 @@ pub mod gc;
 pub mod images;
 pub mod lazy;
 pub mod lazy_daemon;
+pub mod lazy_server;
 pub mod mount;
 pub mod pull;
 pub mod rmi;
