@@ -177,7 +177,8 @@ pub fn run(config: &Config, config_path: Option<&Path>) -> anyhow::Result<()> {
             }
             () = stop.recv() => {
                 detach(&dir);
-                return anyhow::Ok(stop_now(&device, &servers.stopping, ended).await);
+                stop_now(&device, &servers.stopping, ended).await;
+                return anyhow::Ok(());
             }
             _ = &mut ended => return anyhow::Ok(()),
         }
