@@ -193,7 +193,10 @@ fn a_lazy_container_opens_missing_files_while_serve_is_killed_and_restarted() {
         read_down.1,
         "a missing file opens while no serve runs"
     );
-    assert!(alias(&root, &read_down.1).exists(), "fetched and stored as an object");
+    // Stored behind the read (an open is answered before the publish).
+    wait_for("the fetched file stored as an object", Duration::from_secs(10), || {
+        alias(&root, &read_down.1).exists()
+    });
 
     // A new serve mounts a new LAZY; the old daemon keeps the overlay's.
     let serve = serve_on(&store, &root);
@@ -277,7 +280,10 @@ fn a_lazy_container_opens_missing_files_after_its_lazy_server_is_killed() {
         read_after.1,
         "a missing file opens through the successor"
     );
-    assert!(alias(&root, &read_after.1).exists(), "fetched and stored as an object");
+    // Stored behind the read (an open is answered before the publish).
+    wait_for("the fetched file stored as an object", Duration::from_secs(10), || {
+        alias(&root, &read_after.1).exists()
+    });
 
     // SIGTERM of the server (how a new binary takes over): replaced too.
     let second = lazy_servers(&root);
@@ -418,7 +424,9 @@ fn a_full_disk_fails_the_open_with_eio_and_keeps_the_store_consistent() {
     std::fs::remove_file(&filler).unwrap();
     let bytes = std::fs::read(mounted.join(&path)).unwrap();
     assert_eq!(sha256_hex(&bytes), sha);
-    assert!(alias(&root, &sha).exists());
+    wait_for("the file stored as an object", Duration::from_secs(10), || {
+        alias(&root, &sha).exists()
+    });
     let out = strata(&["umount", mounted.to_str().unwrap()]);
     assert!(out.status.success(), "{out:?}");
     let fsck = strata(&["fsck"]);

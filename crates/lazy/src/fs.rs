@@ -69,23 +69,29 @@ impl Shared {
         };
         self.passthrough.store(state as u8, Ordering::Release);
         let mut table = self.table();
+        table.number_past(replayed.highest_ino);
         for (&ino, inode) in &replayed.inodes {
             table.restore(ino, inode.name, inode.size, inode.backing);
         }
     }
 
-    fn record(&self, record: Record) {
-        if let Some(journal) = &self.journal {
-            journal.append(record);
-        }
+    /// Appends `record` to the journal, if there is one; false if it
+    /// could not be written.
+    fn record(&self, record: Record) -> bool {
+        self.journal.as_ref().is_none_or(|journal| journal.append(record))
     }
 
     /// Registers `file` as the backing of `ino`, recorded before the reply.
     fn register_backing(&self, ino: u64, reply: &ReplyOpen, file: &File) -> Option<BackingId> {
         match BackingId::create_raw(&self.device, file) {
             Ok(id) => {
-                self.record(Record::Backing { ino, id });
-                Some(strata_sys::adopt_fuse_backing(reply, id))
+                let backing = strata_sys::adopt_fuse_backing(reply, id);
+                if !self.record(Record::Backing { ino, id }) {
+                    // A successor would not know it: closed (on drop), and
+                    // the open gets EIO.
+                    return None;
+                }
+                Some(backing)
             }
             Err(e) => {
                 tracing::warn!("lazy: registering inode {ino}'s object as a passthrough backing file: {e}");
@@ -153,6 +159,40 @@ impl LazyFs {
             blksize: 4096,
             flags: 0,
         }
+    }
+
+    /// A LOOKUP of file `digest`, listed or known to the store's rows:
+    /// its inode, recorded in the journal (under the table's lock, so the
+    /// journal's order is the table's) before the kernel learns it. EIO
+    /// where it cannot be recorded: a successor would not know it.
+    fn look_up_file(&self, digest: Digest) -> Result<Option<(u64, Node)>, Errno> {
+        let mut table = self.shared.table();
+        let mut found = table.lookup(&digest);
+        if found.is_none() {
+            // A DB read: not under the table's lock.
+            drop(table);
+            let Some(size) = self.fetcher.unlisted_size(&digest) else {
+                return Ok(None);
+            };
+            table = self.shared.table();
+            table.insert(digest, size);
+            found = table.lookup(&digest);
+        }
+        let Some(found) = found else {
+            return Ok(None);
+        };
+        let (ino, size) = (found.ino, found.size);
+        if found.first_reference
+            && !self.shared.record(Record::Known {
+                ino,
+                size,
+                name: digest,
+            })
+        {
+            let _unreferenced = table.forget(ino, 1);
+            return Err(Errno::EIO);
+        }
+        Ok(Some((ino, Node::File { name: digest, size })))
     }
 
     fn ttl(&self, node: Node) -> Duration {
@@ -255,7 +295,7 @@ impl Filesystem for LazyFs {
         };
         self.shared.passthrough.store(state as u8, Ordering::Release);
         let abi = config.kernel_abi();
-        self.shared.record(Record::Session {
+        let _recorded = self.shared.record(Record::Session {
             major: abi.0,
             minor: abi.1,
             flags: config.capabilities().bits(),
@@ -286,33 +326,17 @@ impl Filesystem for LazyFs {
             },
             Some(Node::Dir(dir)) => {
                 bump(&self.shared.counters.lookups, 1);
-                let found = parse_file_name(dir, name).and_then(|digest| {
-                    let listed = self.shared.table().lookup(&digest);
-                    let found = match listed {
-                        Some(found) => found,
-                        None => {
-                            let size = self.fetcher.unlisted_size(&digest)?;
-                            let mut table = self.shared.table();
-                            table.insert(digest, size);
-                            table.lookup(&digest)?
-                        }
-                    };
-                    let (ino, size) = (found.ino, found.size);
-                    if found.first_reference {
-                        self.shared.record(Record::Known {
-                            ino,
-                            size,
-                            name: digest,
-                        });
-                    }
-                    Some((ino, Node::File { name: digest, size }))
-                });
+                let found = match parse_file_name(dir, name) {
+                    Some(digest) => self.look_up_file(digest),
+                    None => Ok(None),
+                };
                 match found {
-                    Some((ino, node)) => reply.entry(&self.ttl(node), &self.attr(ino, node), Generation(0)),
-                    None => {
+                    Ok(Some((ino, node))) => reply.entry(&self.ttl(node), &self.attr(ino, node), Generation(0)),
+                    Ok(None) => {
                         bump(&self.shared.counters.lookups_unknown, 1);
                         reply.error(Errno::ENOENT);
                     }
+                    Err(errno) => reply.error(errno),
                 }
             }
             Some(Node::File { .. }) => reply.error(Errno::ENOTDIR),
@@ -340,15 +364,20 @@ impl Filesystem for LazyFs {
     }
 
     fn forget(&self, _req: &Request, ino: INodeNo, nlookup: u64) {
-        let forgot = self.shared.table().forget(ino.0, nlookup);
-        if forgot.backing.is_some() {
-            self.shared.record(Record::BackingClosed { ino: ino.0 });
-        }
-        if forgot.evicted {
-            self.shared.record(Record::Forgotten { ino: ino.0 });
-        }
+        let backing = {
+            let mut table = self.shared.table();
+            let forgot = table.forget(ino.0, nlookup);
+            // Under the table's lock: the journal's order is the table's.
+            if forgot.backing.is_some() {
+                self.shared.record(Record::BackingClosed { ino: ino.0 });
+            }
+            if forgot.evicted {
+                self.shared.record(Record::Forgotten { ino: ino.0 });
+            }
+            forgot.backing
+        };
         // The backing is closed (an ioctl) outside the table's lock.
-        drop(forgot.backing);
+        drop(backing);
     }
 
     fn getattr(&self, _req: &Request, ino: INodeNo, _fh: Option<FileHandle>, reply: ReplyAttr) {

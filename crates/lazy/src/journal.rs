@@ -121,6 +121,9 @@ pub(crate) struct Replayed {
     /// The INIT answered; None if no server got that far.
     pub session: Option<(u32, u32, u64)>,
     pub inodes: BTreeMap<u64, RestoredInode>,
+    /// The highest inode number ever recorded, forgotten or not: the
+    /// successor hands out only higher ones.
+    pub highest_ino: u64,
     /// Bytes of whole records: where the successor appends.
     pub len: u64,
 }
@@ -133,6 +136,9 @@ pub(crate) fn replay(bytes: &[u8]) -> Replayed {
             break;
         };
         replayed.len += RECORD as u64;
+        if let Record::Known { ino, .. } = record {
+            replayed.highest_ino = replayed.highest_ino.max(ino);
+        }
         let inodes = &mut replayed.inodes;
         match record {
             Record::Session { major, minor, flags } => replayed.session = Some((major, minor, flags)),
@@ -209,23 +215,32 @@ impl Journal {
         Ok((journal, replayed))
     }
 
-    /// Appends `record`. A failure is logged (the session goes on; only a
-    /// later hand-over loses that fact).
-    pub fn append(&self, record: Record) {
+    /// Appends `record`; false (logged) if it could not: the caller does
+    /// not hand the kernel what a successor would not know.
+    pub fn append(&self, record: Record) -> bool {
         let mut len = self.len.lock().unwrap_or_else(PoisonError::into_inner);
         if *len + RECORD as u64 > MAX_JOURNAL_BYTES {
             if !self.full.swap(true, Ordering::Relaxed) {
                 tracing::warn!(
-                    "lazy: the session journal is full ({MAX_JOURNAL_BYTES} bytes); inodes handed out from now on are not restored by a successor"
+                    "lazy: the session journal is full ({MAX_JOURNAL_BYTES} bytes); lookups of names LAZY has not handed out yet get EIO"
                 );
             }
-            return;
+            return false;
         }
         let block = record.encode();
         match rustix::io::pwrite(&self.file, &block, *len) {
-            Ok(RECORD) => *len += RECORD as u64,
-            Ok(n) => tracing::warn!("lazy: a short write ({n} of {RECORD} bytes) to the session journal"),
-            Err(e) => tracing::warn!("lazy: writing the session journal: {e}"),
+            Ok(RECORD) => {
+                *len += RECORD as u64;
+                true
+            }
+            Ok(n) => {
+                tracing::warn!("lazy: a short write ({n} of {RECORD} bytes) to the session journal");
+                false
+            }
+            Err(e) => {
+                tracing::warn!("lazy: writing the session journal: {e}");
+                false
+            }
         }
     }
 }
@@ -308,6 +323,7 @@ mod tests {
         assert_eq!(replayed.len, bytes.len() as u64);
         let inodes: Vec<_> = replayed.inodes.iter().map(|(i, r)| (*i, r.size, r.backing)).collect();
         assert_eq!(inodes, [(300, 10, None), (301, 20, Some(5))]);
+        assert_eq!(replayed.highest_ino, 302, "a forgotten number is not handed out again");
     }
 
     #[test]
@@ -337,17 +353,17 @@ mod tests {
         let fd = create_journal().expect("memfd");
         let (journal, replayed) = Journal::open(fd.try_clone().unwrap()).unwrap();
         assert_eq!(replayed, Replayed::default());
-        journal.append(Record::Known {
+        assert!(journal.append(Record::Known {
             ino: 400,
             size: 7,
             name: name(4),
-        });
-        journal.append(Record::Backing { ino: 400, id: 2 });
+        }));
+        assert!(journal.append(Record::Backing { ino: 400, id: 2 }));
         drop(journal);
         let (again, replayed) = Journal::open(fd).unwrap();
         assert_eq!(replayed.len, 2 * RECORD as u64);
         assert_eq!(replayed.inodes[&400].backing, Some(2));
-        again.append(Record::BackingClosed { ino: 400 });
+        assert!(again.append(Record::BackingClosed { ino: 400 }));
         assert_eq!(*again.len.lock().unwrap(), 3 * RECORD as u64);
     }
 }

@@ -149,14 +149,18 @@ impl LazyMount {
     /// it in this process, asking `fetcher` for missing objects. Fails with
     /// [`LazyError::NoPassthrough`] where the kernel lacks passthrough.
     pub fn mount(target: &Path, fetcher: Arc<dyn ObjectFetcher>, config: &LazyConfig) -> Result<Self, LazyError> {
-        Self::serve(LazyDevice::mount(target)?, None, fetcher, config)
+        Self::serve(LazyDevice::mount(target)?, None, fetcher, config).inspect_err(|_| {
+            if let Err(e) = unmount(target, true) {
+                tracing::warn!("lazy: unmounting {} after a failed start: {e}", target.display());
+            }
+        })
     }
 
     /// Serves `device`'s session. With a `journal` (see
     /// [`create_journal`](crate::create_journal)) every fact a successor
     /// needs is recorded; a journal that a predecessor already wrote makes
-    /// this a take-over of its initialized session. A fresh session that
-    /// fails to start is unmounted; a take-over leaves the mount alone.
+    /// this a take-over of its initialized session. It never unmounts: the
+    /// device's owner does.
     pub fn serve(
         device: LazyDevice,
         journal: Option<OwnedFd>,
@@ -172,15 +176,7 @@ impl LazyMount {
             None => (None, None),
         };
         let taken_over = replayed.as_ref().and_then(|r| r.session);
-        let unmount_on_error = |error: LazyError| {
-            if taken_over.is_none() {
-                if let Err(e) = unmount(&target, true) {
-                    tracing::warn!("lazy: unmounting {} after a failed start: {e}", target.display());
-                }
-            }
-            error
-        };
-        let duplicate = fd.try_clone().map_err(|e| unmount_on_error(LazyError::Duplicate(e)))?;
+        let duplicate = fd.try_clone().map_err(LazyError::Duplicate)?;
         let shared = Arc::new(Shared::new(config.entry_ttl, duplicate, journal));
         let fs = LazyFs::new(shared.clone(), fetcher, config.fetch_timeout);
         let mut session_config = fuser::Config::default();
@@ -189,7 +185,9 @@ impl LazyMount {
         let session = match (taken_over, &replayed) {
             (Some((major, minor, flags)), Some(replayed)) => {
                 shared.restore(replayed);
-                let resend = fd.try_clone().map_err(LazyError::Duplicate)?;
+                // Before this server reads any request: the queue then
+                // holds only what the predecessor read and left.
+                ask_for_resend(fd.as_fd(), flags);
                 let session =
                     Session::from_fd_initialized(fs, fd, SessionACL::All, session_config, Version(major, minor));
                 let session = session.spawn().map_err(LazyError::Thread)?;
@@ -198,20 +196,20 @@ impl LazyMount {
                     target.display(),
                     replayed.inodes.len()
                 );
-                ask_for_resend(resend.as_fd(), flags);
                 session
             }
             _ => {
-                let session = Session::from_fd(fs, fd, SessionACL::All, session_config).map_err(|source| {
-                    unmount_on_error(match shared.passthrough() {
-                        Passthrough::Missing => LazyError::NoPassthrough,
-                        _ => LazyError::Handshake {
-                            target: target.clone(),
-                            source,
-                        },
-                    })
-                })?;
-                session.spawn().map_err(|e| unmount_on_error(LazyError::Thread(e)))?
+                let session =
+                    Session::from_fd(fs, fd, SessionACL::All, session_config).map_err(|source| {
+                        match shared.passthrough() {
+                            Passthrough::Missing => LazyError::NoPassthrough,
+                            _ => LazyError::Handshake {
+                                target: target.clone(),
+                                source,
+                            },
+                        }
+                    })?;
+                session.spawn().map_err(LazyError::Thread)?
             }
         };
         Ok(Self {

@@ -187,6 +187,12 @@ impl<B> Table<B> {
         );
     }
 
+    /// Hands out only inode numbers above `ino` (the highest a
+    /// predecessor ever handed out).
+    pub fn number_past(&mut self, ino: u64) {
+        self.next_ino = self.next_ino.max(ino.saturating_add(1));
+    }
+
     /// The predecessor's backing id of `ino`, once: the caller adopts it.
     pub fn take_restored_backing(&mut self, ino: u64) -> Option<u32> {
         self.files.get_mut(&ino)?.restored_backing.take()

@@ -275,6 +275,17 @@ impl ObjectStager {
         })
     }
 
+    /// Content `digest`, which this stager finished or the store holds,
+    /// opened read-only: before [`publish`](Self::publish), the staged file
+    /// (the very inode that becomes the object), so its bytes can be used
+    /// while the sync and rename are still to come.
+    pub fn open_staged(&self, digest: &Digest) -> Result<std::fs::File, StoreError> {
+        match self.pending.iter().find(|(_, d)| d == digest) {
+            Some((name, _)) => self.dir.open_read(name),
+            None => self.store.inner.objects.open_read(&digest.object_path()),
+        }
+    }
+
     /// Takes a regular file that already exists below a directory the
     /// caller does not trust (a snapshot's upper dir) and was hashed where
     /// it lies. On the store's filesystem a new content is left in place and

@@ -292,8 +292,10 @@ impl ObjectFetcher for StoreFetcher {
         self.0.open_stored(name).map_err(|e| seam_error(name, e))
     }
 
+    /// An open waits: it gets the verified bytes before they are synced
+    /// (`LazyFetcher::fetch_for_open`).
     fn fetch(&self, name: &Digest) -> Result<File, FetchError> {
-        self.0.fetch(name).map_err(|e| seam_error(name, e))
+        self.0.fetch_for_open(name).map_err(|e| seam_error(name, e))
     }
 
     fn unlisted_size(&self, name: &Digest) -> Option<u64> {

@@ -249,7 +249,7 @@ fn keep_serving(mut command: Command, device: &LazyDevice, journal: &OwnedFd, st
         .arg("--connection")
         .arg(device.connection().to_string());
     let mut restarts = VecDeque::new();
-    loop {
+    while !stopping.load(Ordering::SeqCst) {
         let mut child = match command.spawn() {
             Ok(child) => child,
             Err(e) => {
@@ -259,7 +259,7 @@ fn keep_serving(mut command: Command, device: &LazyDevice, journal: &OwnedFd, st
         };
         let pid = child.id();
         tracing::info!("LAZY served by strata lazy-server (pid {pid})");
-        let status = match child.wait() {
+        let status = match wait_or_stop(&mut child, stopping) {
             Ok(status) => status,
             Err(e) => {
                 tracing::error!("waiting for strata lazy-server (pid {pid}): {e}; LAZY's session ends");
@@ -285,6 +285,22 @@ fn keep_serving(mut command: Command, device: &LazyDevice, journal: &OwnedFd, st
         restarts.push_back(Instant::now());
         tracing::warn!("strata lazy-server (pid {pid}) died ({status}); a successor takes its session over");
         std::thread::sleep(RESTART_DELAY);
+    }
+}
+
+/// Waits for the server to exit; kills it once the keeper stops, so that
+/// the last /dev/fuse fd goes with the keeper and the kernel ends the
+/// connection (even where fusectl is not mounted to abort it).
+fn wait_or_stop(child: &mut std::process::Child, stopping: &AtomicBool) -> std::io::Result<std::process::ExitStatus> {
+    loop {
+        if let Some(status) = child.try_wait()? {
+            return Ok(status);
+        }
+        if stopping.load(Ordering::SeqCst) {
+            let _ = child.kill();
+            return child.wait();
+        }
+        std::thread::sleep(Duration::from_millis(20));
     }
 }
 

@@ -28,6 +28,20 @@ pub struct Args {
 }
 
 pub fn run(config: &Config, args: Args) -> anyhow::Result<()> {
+    // A panic on any thread ends the process by a signal, which the keeper
+    // answers with a successor: a FUSE thread that died alone would leave
+    // its request unanswered, and fuser's session would end as if LAZY
+    // had been unmounted.
+    let report = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        report(info);
+        std::process::abort();
+    }));
+    anyhow::ensure!(
+        args.fuse_fd != args.journal_fd,
+        "--fuse-fd and --journal-fd name the same fd ({})",
+        args.fuse_fd
+    );
     let fuse = strata_sys::take_inherited_fd(args.fuse_fd).context("the keeper's /dev/fuse fd")?;
     let journal = strata_sys::take_inherited_fd(args.journal_fd).context("the keeper's session journal")?;
     let store = config.open_store()?;

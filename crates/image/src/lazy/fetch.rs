@@ -20,7 +20,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use sha2::{Digest as _, Sha256};
-use strata_store::{ObjectRef, Store, StoreError};
+use strata_store::{ObjectRef, ObjectStager, SharedGuard, Store, StoreError};
 use strata_tree::Digest;
 
 use super::recipe::{Recipe, RecipeError};
@@ -143,22 +143,78 @@ impl LazyFetcher {
     /// If a batch (prefetch) is fetching it, waits for that batch and
     /// takes what it stored; fetches it here only if the batch did not.
     pub fn fetch(&self, sha256: &Digest) -> Result<File, LazyFetchError> {
-        let _claim = loop {
+        let claim = match self.claim(sha256)? {
+            Claimed::Stored(file) => return Ok(file),
+            Claimed::Ours(claim) => claim,
+        };
+        let verified = self.fetch_claimed(sha256)?;
+        verified
+            .publish(&self.store, sha256)
+            .map_err(|e| self.store_error(sha256, e))?;
+        drop(claim);
+        self.store
+            .open_alias(sha256)
+            .map_err(|e| self.store_error(sha256, e))?
+            .ok_or_else(|| {
+                self.store_error(
+                    sha256,
+                    StoreError::BadRecord {
+                        key: sha256.to_hex(),
+                        reason: "its alias vanished right after it was linked".into(),
+                    },
+                )
+            })
+    }
+
+    /// [`fetch`](Self::fetch) for an open that waits on it (LAZY): answers
+    /// as soon as the content is verified, with the staged file, which is
+    /// the object's inode to be, so the reader shares the object's page
+    /// cache. Publishing (the syncs, the rename, the index row, the alias)
+    /// goes on in the background with the name claimed: another fetch of
+    /// it waits, then finds it stored. If publishing fails the reader
+    /// still has the verified bytes; the name is fetched again later.
+    pub fn fetch_for_open(&self, sha256: &Digest) -> Result<File, LazyFetchError> {
+        let claim = match self.claim(sha256)? {
+            Claimed::Stored(file) => return Ok(file),
+            Claimed::Ours(claim) => claim,
+        };
+        let verified = self.fetch_claimed(sha256)?;
+        let file = verified
+            .stager
+            .open_staged(&verified.object.digest)
+            .map_err(|e| self.store_error(sha256, e))?;
+        let (store, name) = (self.store.clone(), *sha256);
+        let publish = move || {
+            if let Err(e) = verified.publish(&store, &name) {
+                tracing::warn!(sha256 = %name, "lazy: storing a fetched content: {e}; it is fetched again when next needed");
+            }
+            drop(claim);
+        };
+        if let Err(e) = std::thread::Builder::new().name("lazy-publish".into()).spawn(publish) {
+            // The reader keeps its verified bytes; the content is not kept.
+            tracing::warn!(%sha256, "lazy: no thread to store a fetched content: {e}; it is fetched again when next needed");
+        }
+        Ok(file)
+    }
+
+    /// Claims `sha256` for a fetch here, or waits for the fetch or batch
+    /// that has it and takes what it stored.
+    fn claim(&self, sha256: &Digest) -> Result<Claimed, LazyFetchError> {
+        loop {
             match self.claims.claim(sha256) {
-                Ok(claim) => break claim,
+                Ok(claim) => return Ok(Claimed::Ours(claim)),
                 Err(busy) => {
                     busy.wait();
                     if let Some(file) = self.open_stored(sha256)? {
-                        return Ok(file);
+                        return Ok(Claimed::Stored(file));
                     }
                 }
             }
-        };
-        self.fetch_claimed(sha256)
+        }
     }
 
-    /// [`fetch`](Self::fetch), the name claimed by the caller.
-    fn fetch_claimed(&self, sha256: &Digest) -> Result<File, LazyFetchError> {
+    /// Fetches and verifies `sha256`, the name claimed by the caller.
+    fn fetch_claimed(&self, sha256: &Digest) -> Result<Verified, LazyFetchError> {
         let recipe = self
             .recipe(sha256)?
             .ok_or(LazyFetchError::Unknown { sha256: *sha256 })?;
@@ -249,7 +305,7 @@ impl LazyFetcher {
         recipe: &Recipe,
         format: TocFormat,
         chunks: &[Chunk],
-    ) -> Result<File, Attempt> {
+    ) -> Result<Verified, Attempt> {
         let store_err = |e| Attempt::Failed(self.store_error(sha256, e));
         let mismatch = |reason: String| {
             Attempt::Failed(LazyFetchError::Mismatch {
@@ -257,10 +313,10 @@ impl LazyFetcher {
                 reason,
             })
         };
+        let started = Instant::now();
         let source = self.source(&recipe.source).map_err(Attempt::Source)?;
         let desc = recipe.layer();
-        // Held until the object, its row and its alias are in: gc waits.
-        let _lock = self.store.lock_shared().map_err(store_err)?;
+        let lock = self.store.lock_shared().map_err(store_err)?;
         let mut stager = self.store.stager().map_err(store_err)?;
         let mut writer = stager.writer().map_err(store_err)?;
         let mut sha = Sha256::new();
@@ -285,23 +341,55 @@ impl LazyFetcher {
             return Err(mismatch(format!("{written} bytes hashing to {actual}")));
         }
         let staged = stager.finish(writer).map_err(store_err)?;
-        stager.publish().map_err(store_err)?;
-        let object = ObjectRef {
-            digest: staged.digest,
-            size: staged.size,
-        };
-        self.store.record_sha256(&[(sha256.0, object)]).map_err(store_err)?;
-        self.store.add_alias(sha256, &object.digest).map_err(store_err)?;
-        let file = self.store.open_alias(sha256).map_err(store_err)?;
-        file.ok_or_else(|| {
-            Attempt::Failed(self.store_error(
-                sha256,
-                StoreError::BadRecord {
-                    key: sha256.to_hex(),
-                    reason: "its alias vanished right after it was linked".into(),
-                },
-            ))
+        Ok(Verified {
+            stager,
+            _lock: lock,
+            object: ObjectRef {
+                digest: staged.digest,
+                size: staged.size,
+            },
+            started,
         })
+    }
+}
+
+/// Why a caller of [`LazyFetcher::claim`] need not fetch, or may.
+enum Claimed {
+    /// Another fetch stored it meanwhile.
+    Stored(File),
+    Ours(batch::ClaimGuard),
+}
+
+/// A content fetched and verified against its SHA-256, staged but not
+/// yet an object.
+struct Verified {
+    stager: ObjectStager,
+    /// Held until the object, its row and its alias are in: gc waits.
+    _lock: SharedGuard,
+    object: ObjectRef,
+    started: Instant,
+}
+
+impl Verified {
+    /// Makes it an object: synced and renamed, its SHA-256 index row, its
+    /// alias.
+    fn publish(self, store: &Store, sha256: &Digest) -> Result<(), StoreError> {
+        let verified = self.started.elapsed();
+        self.stager.publish()?;
+        let published = self.started.elapsed();
+        store.record_sha256(&[(sha256.0, self.object)])?;
+        let recorded = self.started.elapsed();
+        store.add_alias(sha256, &self.object.digest)?;
+        tracing::debug!(
+            %sha256,
+            bytes = self.object.size,
+            ?verified,
+            ?published,
+            ?recorded,
+            aliased = ?self.started.elapsed(),
+            "lazy fetch stored"
+        );
+        Ok(())
     }
 }
 

@@ -277,7 +277,7 @@ fn failed_name(e: &LazyFetchError) -> Option<&Digest> {
 /// The names a fetch or a batch of this fetcher is fetching.
 #[derive(Default)]
 pub(super) struct Claims {
-    held: Mutex<HashMap<Digest, Arc<Claim>>>,
+    held: Arc<Mutex<HashMap<Digest, Arc<Claim>>>>,
 }
 
 /// One name's claim; its waiters wake when it is released.
@@ -286,16 +286,16 @@ pub(super) struct Claim {
     wake: Condvar,
 }
 
-/// Releases its claim on drop.
-pub(super) struct ClaimGuard<'a> {
-    claims: &'a Claims,
+/// Releases its claim on drop (on another thread, if it is moved there).
+pub(super) struct ClaimGuard {
+    held: Arc<Mutex<HashMap<Digest, Arc<Claim>>>>,
     name: Digest,
     claim: Arc<Claim>,
 }
 
 impl Claims {
     /// Claims `name`, or gives the claim that holds it.
-    pub(super) fn claim(&self, name: &Digest) -> Result<ClaimGuard<'_>, Arc<Claim>> {
+    pub(super) fn claim(&self, name: &Digest) -> Result<ClaimGuard, Arc<Claim>> {
         let mut held = lock(&self.held);
         if let Some(claim) = held.get(name) {
             return Err(claim.clone());
@@ -306,14 +306,14 @@ impl Claims {
         });
         held.insert(*name, claim.clone());
         Ok(ClaimGuard {
-            claims: self,
+            held: self.held.clone(),
             name: *name,
             claim,
         })
     }
 
     /// Claims `name` unless it is held.
-    fn try_claim(&self, name: &Digest) -> Option<ClaimGuard<'_>> {
+    fn try_claim(&self, name: &Digest) -> Option<ClaimGuard> {
         self.claim(name).ok()
     }
 }
@@ -329,9 +329,9 @@ impl Claim {
     }
 }
 
-impl Drop for ClaimGuard<'_> {
+impl Drop for ClaimGuard {
     fn drop(&mut self) {
-        lock(&self.claims.held).remove(&self.name);
+        lock(&self.held).remove(&self.name);
         *lock(&self.claim.released) = true;
         self.claim.wake.notify_all();
     }

@@ -230,3 +230,61 @@ fn a_claimed_name_is_fetched_once() {
         "the waiting fetch read nothing"
     );
 }
+
+/// An open's fetch answers with the verified staged file before it is
+/// stored; the store gets the object (the same inode), its row and its
+/// alias in the background, and a second fetch meanwhile waits for them.
+#[test]
+fn an_opens_fetch_answers_before_the_content_is_stored() {
+    use std::os::unix::fs::MetadataExt;
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path()).unwrap();
+    let body: Vec<u8> = (0..70_000u32).map(|i| (i % 251) as u8).collect();
+    let member = gz(&body);
+    let name = sha256(&body);
+    let desc = layer(member.len() as u64);
+    let chunk = Chunk {
+        file_offset: 0,
+        size: body.len() as u64,
+        compressed: ByteRange {
+            start: 0,
+            end: member.len() as u64,
+        },
+        inner_offset: 0,
+        digest: None,
+        zeros: false,
+    };
+    let recipe = Recipe::new("mem/x:y", &desc, TocFormat::Estargz, chunk.size, &[chunk]);
+    let txn = store.begin().unwrap();
+    txn.put_lazy_content(&name, &recipe.encode()).unwrap();
+    txn.commit().unwrap();
+    let source = Arc::new(MemSource {
+        blob: member,
+        calls: AtomicUsize::new(0),
+    });
+    let fetcher = fetcher(&store, &source);
+
+    let mut file = fetcher.fetch_for_open(&name).unwrap();
+    let mut read = Vec::new();
+    std::io::Read::read_to_end(&mut file, &mut read).unwrap();
+    assert_eq!(read, body, "the verified bytes");
+    // Waits for the background publish (the claim), then finds it stored.
+    let stored = fetcher.fetch(&name).unwrap();
+    assert_eq!(source.calls.load(Ordering::Relaxed), 1, "fetched once");
+    let object = Digest::of(&body);
+    assert!(store.has_object(&object).unwrap());
+    assert_eq!(
+        store.objects_by_sha256(&[name.0]).unwrap(),
+        vec![Some(ObjectRef {
+            digest: object,
+            size: body.len() as u64
+        })]
+    );
+    let (first, alias) = (file.metadata().unwrap(), stored.metadata().unwrap());
+    assert_eq!(
+        (first.dev(), first.ino()),
+        (alias.dev(), alias.ino()),
+        "the open's file is the object: one page cache"
+    );
+    assert!(!store.tmp_has_garbage().unwrap(), "nothing staged is left");
+}
