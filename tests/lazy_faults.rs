@@ -152,32 +152,64 @@ fn missing_files(expected: &Path, root: &Path, count: usize) -> Vec<(String, Str
     out
 }
 
-#[test]
-fn a_lazy_container_opens_missing_files_while_serve_is_killed_and_restarted() {
+/// serve running on a fresh store with the lazily pulled eStargz `python`
+/// mounted and python3 running in it; a missing file read (files[1]) and
+/// another held half read (files[0]); files[2] and files[3] still missing.
+struct HeldFile {
+    store: TestStore,
+    root: PathBuf,
+    cleanup: Cleanup,
+    serve: Serve,
+    mounted: PathBuf,
+    container: Container,
+    files: Vec<(String, String)>,
+}
+
+fn hold_a_missing_file() -> HeldFile {
     fixture();
     let store = TestStore::new();
     store.set_config(CONFIG);
     let root = store.root();
-    let _cleanup = Cleanup {
+    let cleanup = Cleanup {
         dir: store.dir.path().to_owned(),
         serve: None,
     };
     let serve = serve_on(&store, &root);
-    let first = lazy_daemons(&root);
-    assert_eq!(first.len(), 1, "one lazy-daemon: {first:?}\n{}", serve.log_text());
-    let version = store.ok(&["version"]);
-    assert!(version.contains("lazy pulls: on (LAZY served at"), "{version}");
-
+    let keepers = lazy_daemons(&root);
+    assert_eq!(keepers.len(), 1, "one keeper: {keepers:?}\n{}", serve.log_text());
     store.ok(&["pull", "--lazy", &image()]);
     let mounted = store.mount(&image());
     let expected = expected_tree("python", store.dir.path());
     let mut container = Container::start(&mounted);
     let files = missing_files(&expected, &root, 4);
-    let (held, read_before, read_down, read_after) = (&files[0], &files[1], &files[2], &files[3]);
+    assert_eq!(container.ask(&format!("read {}", files[1].0)), files[1].1);
+    assert_eq!(container.ask(&format!("hold {}", files[0].0)), "held");
+    HeldFile {
+        store,
+        root,
+        cleanup,
+        serve,
+        mounted,
+        container,
+        files,
+    }
+}
 
-    // serve running: a missing file opens; another is held half read.
-    assert_eq!(container.ask(&format!("read {}", read_before.0)), read_before.1);
-    assert_eq!(container.ask(&format!("hold {}", held.0)), "held");
+#[test]
+fn a_lazy_container_opens_missing_files_while_serve_is_killed_and_restarted() {
+    let HeldFile {
+        store,
+        root,
+        cleanup: _cleanup,
+        serve,
+        mounted,
+        mut container,
+        files,
+    } = hold_a_missing_file();
+    let first = lazy_daemons(&root);
+    let version = store.ok(&["version"]);
+    assert!(version.contains("lazy pulls: on (LAZY served at"), "{version}");
+    let (held, read_down, read_after) = (&files[0], &files[2], &files[3]);
 
     let status = serve.kill9();
     assert!(!status.success(), "serve was killed");
@@ -234,28 +266,19 @@ fn a_lazy_container_opens_missing_files_while_serve_is_killed_and_restarted() {
 
 #[test]
 fn a_lazy_container_opens_missing_files_after_its_lazy_server_is_killed() {
-    fixture();
-    let store = TestStore::new();
-    store.set_config(CONFIG);
-    let root = store.root();
-    let _cleanup = Cleanup {
-        dir: store.dir.path().to_owned(),
-        serve: None,
-    };
-    let serve = serve_on(&store, &root);
+    let HeldFile {
+        store,
+        root,
+        cleanup: _cleanup,
+        serve,
+        mounted,
+        mut container,
+        files,
+    } = hold_a_missing_file();
     let keeper = lazy_daemons(&root);
-    assert_eq!(keeper.len(), 1, "one keeper: {keeper:?}\n{}", serve.log_text());
     let first = lazy_servers(&root);
     assert_eq!(first.len(), 1, "one server: {first:?}");
-
-    store.ok(&["pull", "--lazy", &image()]);
-    let mounted = store.mount(&image());
-    let expected = expected_tree("python", store.dir.path());
-    let mut container = Container::start(&mounted);
-    let files = missing_files(&expected, &root, 4);
     let (held, read_before, read_after, read_upgraded) = (&files[0], &files[1], &files[2], &files[3]);
-    assert_eq!(container.ask(&format!("read {}", read_before.0)), read_before.1);
-    assert_eq!(container.ask(&format!("hold {}", held.0)), "held");
 
     // kill -9 of the server: the keeper starts a successor, which takes
     // the session over.

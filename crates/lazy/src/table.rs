@@ -42,6 +42,21 @@ struct FileInode<B> {
     restored_backing: Option<u32>,
 }
 
+impl<B> FileInode<B> {
+    /// A listed name the kernel does not know yet.
+    fn new(name: Digest, size: u64) -> Self {
+        Self {
+            name,
+            size,
+            listed: true,
+            lookups: 0,
+            backing: None,
+            pinned: false,
+            restored_backing: None,
+        }
+    }
+}
+
 /// A LOOKUP's answer.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) struct Found {
@@ -90,18 +105,7 @@ impl<B> Table<B> {
         let ino = self.next_ino;
         self.next_ino += 1;
         self.by_name.insert(name, ino);
-        self.files.insert(
-            ino,
-            FileInode {
-                name,
-                size,
-                listed: true,
-                lookups: 0,
-                backing: None,
-                pinned: false,
-                restored_backing: None,
-            },
-        );
+        self.files.insert(ino, FileInode::new(name, size));
         true
     }
 
@@ -173,18 +177,13 @@ impl<B> Table<B> {
         if self.by_name.get(&name).is_none_or(|&known| known < ino) {
             self.by_name.insert(name, ino);
         }
-        self.files.insert(
-            ino,
-            FileInode {
-                name,
-                size,
-                listed: false,
-                lookups: 0,
-                backing: None,
-                pinned: true,
-                restored_backing: backing,
-            },
-        );
+        let restored = FileInode {
+            listed: false,
+            pinned: true,
+            restored_backing: backing,
+            ..FileInode::new(name, size)
+        };
+        self.files.insert(ino, restored);
     }
 
     /// Hands out only inode numbers above `ino` (the highest a

@@ -65,6 +65,26 @@ fn layer(size: u64) -> Descriptor {
     }
 }
 
+/// A layer of one gzip member holding `body`: the blob, the content's
+/// SHA-256 and its recipe.
+fn one_member(body: &[u8]) -> (Vec<u8>, Digest, Recipe) {
+    let member = gz(body);
+    let desc = layer(member.len() as u64);
+    let chunk = Chunk {
+        file_offset: 0,
+        size: body.len() as u64,
+        compressed: ByteRange {
+            start: 0,
+            end: member.len() as u64,
+        },
+        inner_offset: 0,
+        digest: None,
+        zeros: false,
+    };
+    let recipe = Recipe::new("mem/x:y", &desc, TocFormat::Estargz, chunk.size, &[chunk]);
+    (member, sha256(body), recipe)
+}
+
 /// A fetcher over `source` that never retries.
 fn fetcher(store: &Store, source: &Arc<MemSource>) -> LazyFetcher {
     let source = source.clone();
@@ -179,21 +199,7 @@ fn a_claimed_name_is_fetched_once() {
     let dir = tempfile::tempdir().unwrap();
     let store = Store::open(dir.path()).unwrap();
     let body = vec![9u8; 5000];
-    let member = gz(&body);
-    let name = sha256(&body);
-    let desc = layer(member.len() as u64);
-    let chunk = Chunk {
-        file_offset: 0,
-        size: body.len() as u64,
-        compressed: ByteRange {
-            start: 0,
-            end: member.len() as u64,
-        },
-        inner_offset: 0,
-        digest: None,
-        zeros: false,
-    };
-    let recipe = Recipe::new("mem/x:y", &desc, TocFormat::Estargz, chunk.size, &[chunk]);
+    let (member, name, recipe) = one_member(&body);
     let (batches, _) = plan_batches(vec![(name, recipe)], BatchLimits::for_bandwidth(0));
     let source = Arc::new(MemSource {
         blob: member,
@@ -240,21 +246,7 @@ fn an_opens_fetch_answers_before_the_content_is_stored() {
     let dir = tempfile::tempdir().unwrap();
     let store = Store::open(dir.path()).unwrap();
     let body: Vec<u8> = (0..70_000u32).map(|i| (i % 251) as u8).collect();
-    let member = gz(&body);
-    let name = sha256(&body);
-    let desc = layer(member.len() as u64);
-    let chunk = Chunk {
-        file_offset: 0,
-        size: body.len() as u64,
-        compressed: ByteRange {
-            start: 0,
-            end: member.len() as u64,
-        },
-        inner_offset: 0,
-        digest: None,
-        zeros: false,
-    };
-    let recipe = Recipe::new("mem/x:y", &desc, TocFormat::Estargz, chunk.size, &[chunk]);
+    let (member, name, recipe) = one_member(&body);
     let txn = store.begin().unwrap();
     txn.put_lazy_content(&name, &recipe.encode()).unwrap();
     txn.commit().unwrap();
