@@ -109,11 +109,15 @@ def on_fresh_fs(work, run):
         return run(os.path.join(fs, "strata"))
 
 
-def measure_format(strata, config, registry, work, out, fmt, repeats, plain_s, empty=True):
-    """The timed pulls of one format; the bytes and "lacking" from the first
-    (`empty`: also the pull into an empty store, goal 3)."""
+def measure_format(strata, config, registry, work, out, fmt, repeats, plain_ref=None):
+    """The timed pulls of one format; the bytes and "lacking" from the first.
+    With `plain_ref` (goal 3), each repeat also pulls the converted image
+    into an empty store and `plain_ref` (the unconverted image) into
+    another, side by side, in alternating order, so drift during the run
+    falls on both."""
+    empty = plain_ref is not None
     refs = {tag: converted_ref(registry, tag, fmt) for tag in PRESENT + [TARGET]}
-    m = {"partial_s": [], "off_s": [], "empty_s": [], "fetched_bytes": [], "off_fetched_bytes": []}
+    m = {"partial_s": [], "off_s": [], "empty_s": [], "plain_s": [], "fetched_bytes": [], "off_fetched_bytes": []}
 
     def with_present(partial):
         def run(root):
@@ -127,7 +131,7 @@ def measure_format(strata, config, registry, work, out, fmt, repeats, plain_s, e
             return pull(strata, root, config, refs[TARGET], *flags)
         return run
 
-    for _ in range(repeats):
+    for repeat in range(repeats):
         report, seconds = on_fresh_fs(work, with_present(True))
         m["partial_s"].append(seconds)
         m["fetched_bytes"].append(report["fetched_bytes"])
@@ -137,15 +141,18 @@ def measure_format(strata, config, registry, work, out, fmt, repeats, plain_s, e
         m["off_s"].append(seconds)
         m["off_fetched_bytes"].append(report["fetched_bytes"])
         if empty:
-            _, seconds = on_fresh_fs(work, lambda root: pull(strata, root, config, refs[TARGET]))
-            m["empty_s"].append(seconds)
+            pairs = [("empty_s", refs[TARGET]), ("plain_s", plain_ref)]
+            for key, ref in pairs if repeat % 2 == 0 else reversed(pairs):
+                _, seconds = on_fresh_fs(work, lambda root, ref=ref: pull(strata, root, config, ref))
+                m[key].append(seconds)
     lacking = m["lacking"]
     fetched = max(m["fetched_bytes"])
     limit = BYTES_FACTOR * lacking["lacking_bytes"] + lacking["toc_bytes"]
-    m["samples_s"] = {k: m.pop(k) for k in ("partial_s", "off_s", "empty_s")}
+    m["samples_s"] = {k: m.pop(k) for k in ("partial_s", "off_s", "empty_s", "plain_s")}
     m["fetched_over_limit"] = round(fetched / limit, 3)
     partial_s, off_s = (statistics.median(m["samples_s"][k]) for k in ("partial_s", "off_s"))
     empty_s = statistics.median(m["samples_s"]["empty_s"]) if empty else None
+    plain_s = statistics.median(m["samples_s"]["plain_s"]) if empty else None
     m.update(partial_s=partial_s, off_s=off_s, empty_s=empty_s, plain_s=plain_s)
     rows = [
         {"goal": f"bytes fetched for {TARGET} with {' and '.join(PRESENT)} present", "format": fmt,
@@ -174,11 +181,9 @@ def measure(strata, family, registry, work, tags, repeats):
     with open(config, "w") as fh:
         fh.write('[pull]\npartial_pulls = "toc"\n')
     plain_ref = f"{registry}/strata/{TARGET}:latest"
-    plain_samples = [on_fresh_fs(work, lambda root: pull(strata, root, config, plain_ref))[1] for _ in range(repeats)]
-    plain_s = statistics.median(plain_samples)
-    section = {"repeats": repeats, "converted_tags": tags, "formats": {}, "goals": [], "plain_samples_s": plain_samples}
+    section = {"repeats": repeats, "converted_tags": tags, "formats": {}, "goals": []}
     for fmt in FORMATS:
-        measured, rows = measure_format(strata, config, registry, work, out, fmt, repeats, plain_s)
+        measured, rows = measure_format(strata, config, registry, work, out, fmt, repeats, plain_ref)
         section["formats"][fmt] = measured
         section["goals"] += rows
     mb = lambda n, s: round(n / 1e6 / s, 1) if s else None  # noqa: E731
@@ -228,6 +233,8 @@ def main():
     parser.add_argument("--strata", default=os.path.join(REPO, "target", "release", "strata"))
     parser.add_argument("--registry", default="127.0.0.1:" + os.environ.get("STRATA_TEST_REGISTRY_PORT", "5000"))
     parser.add_argument("--formats", default=",".join(FORMATS))
+    parser.add_argument("--empty", action="store_true",
+                        help="also goal 3: empty-store pulls beside plain pulls of the unconverted image")
     args = parser.parse_args()
     family = os.path.join(sh("bash", os.path.join(FIX, "build-images.sh"), capture=True).strip(), "oci")
     os.makedirs(args.work, exist_ok=True)
@@ -240,8 +247,9 @@ def main():
         fh.write('[pull]\npartial_pulls = "toc"\n')
     rows = []
     for fmt in args.formats.split(","):
+        plain_ref = f"{args.registry}/strata/{TARGET}:latest" if args.empty else None
         measured, goal_rows = measure_format(args.strata, config, args.registry, args.work, out, fmt,
-                                             args.repeats, None, empty=False)
+                                             args.repeats, plain_ref)
         print(json.dumps({fmt: measured}), file=sys.stderr)
         rows += goal_rows
     for line in markdown({"repeats": args.repeats, "goals": rows}):
