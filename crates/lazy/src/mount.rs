@@ -199,6 +199,15 @@ impl LazyMount {
                 session
             }
             _ => {
+                if replayed.is_some() {
+                    // A keeper's session with no INIT recorded: a server
+                    // killed after reading the INIT left it unanswered, so
+                    // have it sent again (nothing pending: no effect; a
+                    // kernel without resend refuses, which is fine).
+                    if let Err(e) = write_resend(fd.as_fd()) {
+                        tracing::debug!("lazy: resend before the handshake: {e}");
+                    }
+                }
                 let session =
                     Session::from_fd(fs, fd, SessionACL::All, session_config).map_err(|source| {
                         match shared.passthrough() {
@@ -367,13 +376,19 @@ fn ask_for_resend(device: BorrowedFd<'_>, kernel_flags: u64) {
         tracing::warn!("lazy: this kernel cannot resend requests; opens the killed server left unanswered wait until LAZY unmounts");
         return;
     }
+    match write_resend(device) {
+        Ok(()) => tracing::debug!("lazy: asked the kernel to resend unanswered requests"),
+        Err(e) => tracing::warn!("lazy: asking the kernel to resend unanswered requests: {e}"),
+    }
+}
+
+/// The 16-byte `FUSE_NOTIFY_RESEND` notification (unique 0, no payload).
+fn write_resend(device: BorrowedFd<'_>) -> std::io::Result<()> {
     let mut header = [0u8; 16];
     header[..4].copy_from_slice(&16u32.to_le_bytes());
     header[4..8].copy_from_slice(&FUSE_NOTIFY_RESEND.to_le_bytes());
-    match rustix::io::write(device, &header) {
-        Ok(_) => tracing::debug!("lazy: asked the kernel to resend unanswered requests"),
-        Err(e) => tracing::warn!("lazy: asking the kernel to resend unanswered requests: {e}"),
-    }
+    rustix::io::write(device, &header)?;
+    Ok(())
 }
 
 /// The kernel's FUSE mount options for a session on device fd `fd` that

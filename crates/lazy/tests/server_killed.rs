@@ -24,8 +24,8 @@ use strata_lazy::{create_journal, LazyConfig, LazyDevice, LazyMount, COUNTERS_XA
 const SERVE_ENV: &str = "STRATA_LAZY_TEST_SERVE";
 /// Set in the child: `FUSE_FD,JOURNAL_FD,CONNECTION`.
 const FDS_ENV: &str = "STRATA_LAZY_TEST_FDS";
-/// Set in the first child only: its fetch of `slow` never ends.
-const STUCK_ENV: &str = "STRATA_LAZY_TEST_STUCK";
+/// Set in the child: what it does (see [`Role`]).
+const ROLE_ENV: &str = "STRATA_LAZY_TEST_ROLE";
 const THIS_TEST: &str = "a_successor_takes_the_session_over_after_kill_9";
 
 fn files() -> Vec<(&'static str, TestFile)> {
@@ -36,6 +36,34 @@ fn files() -> Vec<(&'static str, TestFile)> {
     ]
 }
 
+/// What a child started by the keeper does.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum Role {
+    /// Serves LAZY.
+    Serve,
+    /// Serves LAZY; its fetch of `slow` never ends.
+    ServeStuck,
+    /// Reads the kernel's INIT and never answers it.
+    ReadInit,
+}
+
+impl Role {
+    fn name(self) -> &'static str {
+        match self {
+            Role::Serve => "serve",
+            Role::ServeStuck => "serve-stuck",
+            Role::ReadInit => "read-init",
+        }
+    }
+
+    fn ready_line(self) -> &'static str {
+        match self {
+            Role::ReadInit => "read the INIT",
+            _ => "lazy server ready",
+        }
+    }
+}
+
 /// What the keeper holds: LAZY's connection and the journal.
 struct Keeper {
     device: LazyDevice,
@@ -44,7 +72,7 @@ struct Keeper {
 
 impl Keeper {
     /// Starts a server process and waits until it says it serves.
-    fn start_server(&self, dir: &Path, stuck: bool) -> Child {
+    fn start_server(&self, dir: &Path, role: Role) -> Child {
         for fd in [self.device.fd(), self.journal.as_fd()] {
             strata_sys::keep_across_exec(fd).expect("pass the fd on");
         }
@@ -59,19 +87,17 @@ impl Keeper {
             .args(["--exact", THIS_TEST, "--nocapture", "--test-threads=1"])
             .env(SERVE_ENV, dir)
             .env(FDS_ENV, fds)
+            .env(ROLE_ENV, role.name())
             .stdout(Stdio::piped());
-        if stuck {
-            command.env(STUCK_ENV, "1");
-        }
         let mut child = command.spawn().expect("start the server process");
         let stdout = child.stdout.take().unwrap();
         let ready = bounded(Duration::from_secs(30), move || {
             BufReader::new(stdout)
                 .lines()
                 .map_while(Result::ok)
-                .any(|line| line.ends_with("lazy server ready"))
+                .any(|line| line.ends_with(role.ready_line()))
         });
-        assert!(ready, "the server process did not start");
+        assert!(ready, "the {role:?} process did not start");
         child
     }
 }
@@ -101,7 +127,11 @@ fn counter(lazy_dir: &Path, name: &str) -> u64 {
 #[test]
 fn a_successor_takes_the_session_over_after_kill_9() {
     if let Some(dir) = std::env::var_os(SERVE_ENV) {
-        return serve(PathBuf::from(dir));
+        return match std::env::var(ROLE_ENV).as_deref() {
+            Ok("read-init") => read_init(),
+            Ok(role) => serve(PathBuf::from(dir), role == "serve-stuck"),
+            Err(e) => panic!("{ROLE_ENV}: {e}"),
+        };
     }
     let files = files();
     let lazy: Vec<(&str, &TestFile)> = files.iter().map(|(n, f)| (*n, f)).collect();
@@ -112,7 +142,7 @@ fn a_successor_takes_the_session_over_after_kill_9() {
             device,
             journal: create_journal().expect("journal"),
         };
-        let child = held.start_server(lazy_dir.parent().unwrap(), true);
+        let child = held.start_server(lazy_dir.parent().unwrap(), Role::ServeStuck);
         keeper = Some(held);
         Server::Child(child)
     });
@@ -149,7 +179,7 @@ fn a_successor_takes_the_session_over_after_kill_9() {
         "the waiting open is still waiting, not failed, while no server runs"
     );
 
-    let mut successor = keeper.start_server(fx.dir.path(), false);
+    let mut successor = keeper.start_server(fx.dir.path(), Role::Serve);
     let slow_read = waited
         .recv_timeout(Duration::from_secs(20))
         .expect("the open the dead server left is answered by its successor")
@@ -196,17 +226,14 @@ fn a_successor_takes_the_session_over_after_kill_9() {
 /// The child: serves LAZY's session from the inherited fds until killed
 /// (at most 60 s), as a fresh session or a take-over, whichever the
 /// journal says.
-fn serve(dir: PathBuf) {
+fn serve(dir: PathBuf, stuck: bool) {
     let files = files();
     let fetcher = TestFetcher::new(&dir.join("objects"), &dir.join("aliases"), files.iter().map(|(_, f)| f));
-    if std::env::var_os(STUCK_ENV).is_some() {
+    if stuck {
         fetcher.set_fault(files[2].1.sha256, Fault::Stuck);
     }
-    let fds = std::env::var(FDS_ENV).expect("fds");
-    let [fuse, journal, connection]: [&str; 3] = fds.split(',').collect::<Vec<_>>().try_into().unwrap();
-    let fuse = strata_sys::take_inherited_fd(fuse.parse().unwrap()).expect("the /dev/fuse fd");
-    let journal = strata_sys::take_inherited_fd(journal.parse().unwrap()).expect("the journal fd");
-    let device = LazyDevice::from_parts(fuse, connection.parse().unwrap(), dir.join("lazy"));
+    let (fuse, journal, connection) = inherited();
+    let device = LazyDevice::from_parts(fuse, connection, dir.join("lazy"));
     let mount = LazyMount::serve(device, Some(journal), fetcher, &LazyConfig::default()).expect("serve LAZY");
     for (_, file) in &files {
         mount.handle().insert(file.sha256, file.bytes.len() as u64);
@@ -214,4 +241,53 @@ fn serve(dir: PathBuf) {
     println!("lazy server ready");
     std::thread::sleep(Duration::from_secs(60));
     std::mem::forget(mount);
+}
+
+/// The fds the keeper passed down: /dev/fuse, the journal, the connection.
+fn inherited() -> (OwnedFd, OwnedFd, u32) {
+    let fds = std::env::var(FDS_ENV).expect("fds");
+    let [fuse, journal, connection]: [&str; 3] = fds.split(',').collect::<Vec<_>>().try_into().unwrap();
+    let fuse = strata_sys::take_inherited_fd(fuse.parse().unwrap()).expect("the /dev/fuse fd");
+    let journal = strata_sys::take_inherited_fd(journal.parse().unwrap()).expect("the journal fd");
+    (fuse, journal, connection.parse().unwrap())
+}
+
+/// The child that dies at the worst moment of a start: it reads the
+/// kernel's INIT and never answers it (it waits to be killed).
+fn read_init() {
+    let (fuse, _journal, _) = inherited();
+    let mut request = vec![0u8; 1 << 20];
+    let n = rustix::io::read(&fuse, &mut request).expect("read the INIT");
+    // fuse_in_header: len u32, opcode u32 (FUSE_INIT is 26).
+    let opcode = u32::from_le_bytes(request[4..8].try_into().unwrap());
+    assert_eq!(opcode, 26, "{n} bytes, opcode {opcode}");
+    println!("read the INIT");
+    std::thread::sleep(Duration::from_secs(60));
+}
+
+/// A server killed after reading the INIT and before answering it: its
+/// successor finds no session in the journal, has the kernel send the
+/// INIT again, and serves.
+#[test]
+fn a_server_killed_before_answering_init_is_replaced() {
+    let files = files();
+    let lazy: Vec<(&str, &TestFile)> = files.iter().map(|(n, f)| (*n, f)).collect();
+    let mut keeper = None;
+    let fx = Fixture::build(&[], &lazy, Lowers::Append, |lazy_dir, _| {
+        let held = Keeper {
+            device: LazyDevice::mount(lazy_dir).expect("mount LAZY"),
+            journal: create_journal().expect("journal"),
+        };
+        let dir = lazy_dir.parent().unwrap();
+        let mut first = held.start_server(dir, Role::ReadInit);
+        kill_9(&mut first);
+        let successor = held.start_server(dir, Role::Serve);
+        keeper = Some(held);
+        Server::Child(successor)
+    });
+    let never = fx.merged.join("never-opened");
+    let bytes = bounded(Duration::from_secs(20), move || std::fs::read(never)).expect("a missing file opens");
+    assert_eq!(sha256(&bytes), files[1].1.sha256);
+    drop(keeper);
+    fx.unmount();
 }
