@@ -30,21 +30,35 @@ struct Batch {
 pub(super) type FileSum = (Sha256Digest, u64);
 
 pub(super) struct FileHasher {
-    tx: SyncSender<Batch>,
-    thread: JoinHandle<Vec<FileSum>>,
+    sink: Sink,
     pending: Batch,
+}
+
+/// Where full batches go.
+enum Sink {
+    Thread {
+        tx: SyncSender<Batch>,
+        thread: JoinHandle<Vec<FileSum>>,
+    },
+    /// No thread could be started: hashed on the caller's thread.
+    Inline(Summer),
 }
 
 impl FileHasher {
     pub(super) fn spawn() -> FileHasher {
         let (tx, rx) = sync_channel(BATCHES);
-        let thread = std::thread::Builder::new()
+        let started = std::thread::Builder::new()
             .name("strata-filehash".into())
-            .spawn(move || hash_batches(rx))
-            .expect("spawning a thread");
+            .spawn(move || hash_batches(rx));
+        let sink = match started {
+            Ok(thread) => Sink::Thread { tx, thread },
+            Err(e) => {
+                tracing::warn!("no thread for the per-file SHA-256 ({e}); hashing on the import's own thread");
+                Sink::Inline(Summer::default())
+            }
+        };
         FileHasher {
-            tx,
-            thread,
+            sink,
             pending: empty_batch(),
         }
     }
@@ -68,8 +82,13 @@ impl FileHasher {
     /// Every file's sum, in the order the files ended.
     pub(super) fn finish(mut self) -> Vec<FileSum> {
         self.hand_over();
-        drop(self.tx);
-        self.thread.join().expect("hashing does not panic")
+        match self.sink {
+            Sink::Thread { tx, thread } => {
+                drop(tx);
+                thread.join().expect("hashing does not panic")
+            }
+            Sink::Inline(summer) => summer.sums,
+        }
     }
 
     fn hand_over(&mut self) {
@@ -77,8 +96,11 @@ impl FileHasher {
             return;
         }
         let batch = std::mem::replace(&mut self.pending, empty_batch());
-        // The thread ends only when this sender is dropped.
-        self.tx.send(batch).expect("the hashing thread runs until finish");
+        match &mut self.sink {
+            // The thread ends only when this sender is dropped.
+            Sink::Thread { tx, .. } => tx.send(batch).expect("the hashing thread runs until finish"),
+            Sink::Inline(summer) => summer.add(&batch),
+        }
     }
 }
 
@@ -135,7 +157,23 @@ mod tests {
             vec![2; BATCH - 1],
             vec![3; 3],
         ];
-        let mut hasher = FileHasher::spawn();
+        let expected: Vec<FileSum> = files
+            .iter()
+            .map(|f| (Sha256Digest(Sha256::digest(f).into()), f.len() as u64))
+            .collect();
+        let inline = || FileHasher {
+            sink: Sink::Inline(Summer::default()),
+            pending: empty_batch(),
+        };
+        for hasher in [FileHasher::spawn(), inline()] {
+            assert_eq!(feed(hasher, &files), expected);
+        }
+        assert!(FileHasher::spawn().finish().is_empty());
+        assert!(inline().finish().is_empty());
+    }
+
+    /// Hands `files` to `hasher` as an import would; their sums.
+    fn feed(mut hasher: FileHasher, files: &[Vec<u8>]) -> Vec<FileSum> {
         for (i, file) in files.iter().enumerate() {
             if i == 2 {
                 // One slice of several batches, as a large body in memory.
@@ -148,12 +186,6 @@ mod tests {
             }
             hasher.end_file();
         }
-        let sums = hasher.finish();
-        let expected: Vec<FileSum> = files
-            .iter()
-            .map(|f| (Sha256Digest(Sha256::digest(f).into()), f.len() as u64))
-            .collect();
-        assert_eq!(sums, expected);
-        assert!(FileHasher::spawn().finish().is_empty());
+        hasher.finish()
     }
 }
