@@ -231,6 +231,16 @@ fn scratch_fail_points_recover() {
 /// stay journaled where they are, and the next change moves them.
 #[test]
 fn a_commit_whose_files_cannot_move_succeeds_and_the_next_change_moves_them() {
+    commit_whose_files_cannot_move("ns/1/a");
+}
+
+/// The same for an unpack, whose moves run after Commit's reply.
+#[test]
+fn an_unpack_whose_files_cannot_move_after_the_reply_is_moved_by_the_next_change() {
+    commit_whose_files_cannot_move(&format!("ns/1/extract-1-aaaa sha256:{}", "e".repeat(64)));
+}
+
+fn commit_whose_files_cannot_move(key: &str) {
     let node = Node {
         store: TestStore::new(),
     };
@@ -243,8 +253,8 @@ fn a_commit_whose_files_cannot_move_succeeds_and_the_next_change_moves_them() {
         &[("STRATA_FAILPOINTS", "commit.before_adopt=error")],
     );
     let mut c = serve.client();
-    write_into(&mut c, "ns/1/a", "", &dir, files);
-    c.commit("ns/2/base", "ns/1/a").unwrap();
+    write_into(&mut c, key, "", &dir, files);
+    c.commit("ns/2/base", key).unwrap();
     let missing = node.store.objects().len();
     // The next change (this view's Prepare) moves them first.
     view_shows(&mut c, "ns/2/base", &dir, files);

@@ -222,8 +222,10 @@ pub(crate) fn choose(model: &mut Model, rng: &mut Rng) -> Op {
             } else {
                 rng.pick(&committed).clone()
             };
+            // Half are unpack keys, whose commits finish after the reply.
+            let kind = if rng.one_in(2) { "extract-a" } else { "a" };
             Op::Prepare {
-                key: model.fresh("a"),
+                key: model.fresh(kind),
                 parent,
             }
         }

@@ -136,6 +136,7 @@ pub(crate) fn layer_from_upper(
         hash_ms = (started.elapsed() - walked).as_millis(),
         hashed = to_hash.len(),
         prehashed = bodies.len() - to_hash.len(),
+        early_flushes = prehashed.early_flushes,
         "read upper dir"
     );
     let mut hashed = hashed.into_iter();

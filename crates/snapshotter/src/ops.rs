@@ -42,7 +42,10 @@ pub struct Snapshotter {
     sweep_asked: std::sync::atomic::AtomicBool,
     /// Set when a commit could not move its new files into the store past
     /// its commit point: the next change retries the journaled moves.
-    adoptions_left: std::sync::atomic::AtomicBool,
+    adoptions_left: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    /// An unpack's commit finishing after its reply (commit.rs); every
+    /// change waits for it under the lock.
+    settling: Mutex<Option<std::thread::JoinHandle<()>>>,
     /// Fetches layers for containerd's remote-snapshot labels.
     fetcher: Option<std::sync::Arc<dyn crate::LayerFetcher>>,
     /// Images whose later layers containerd fetches itself.
@@ -51,6 +54,13 @@ pub struct Snapshotter {
     mounter: std::sync::Arc<dyn Mounter + Send + Sync>,
     /// Held for the snapshotter's life: one snapshotter per store.
     _owner: std::fs::File,
+}
+
+impl Drop for Snapshotter {
+    /// A commit finishing after its reply is done before the store closes.
+    fn drop(&mut self) {
+        self.settle();
+    }
 }
 
 pub(crate) fn root_name(id: u64) -> String {
@@ -84,7 +94,8 @@ impl Snapshotter {
             prehashes: Mutex::new(HashMap::new()),
             swept: Mutex::new(None),
             sweep_asked: std::sync::atomic::AtomicBool::new(false),
-            adoptions_left: std::sync::atomic::AtomicBool::new(false),
+            adoptions_left: std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false)),
+            settling: Mutex::new(None),
             fetcher: None,
             fallen_back: crate::remote::FallenBack::new(std::time::Duration::from_secs(600)),
             mounter,
@@ -214,12 +225,29 @@ impl Snapshotter {
         self
     }
 
+    /// The store, once the last commit has finished moving its files.
     pub fn store(&self) -> &Store {
+        self.settle();
         &self.store
     }
 
+    /// The lock every change holds, taken once the last commit's
+    /// finishing work is done.
     fn guard(&self) -> WriteGuard<'_> {
-        self.infos.lock(&self.lock, &self.store)
+        let guard = self.infos.lock(&self.lock, &self.store);
+        self.settle();
+        guard
+    }
+
+    /// Waits for a commit finishing after its reply.
+    fn settle(&self) {
+        let pending = self.settling.lock().unwrap_or_else(|e| e.into_inner()).take();
+        if let Some(finishing) = pending {
+            if finishing.join().is_err() {
+                // Its moves stay journaled; the next change retries them.
+                self.adoptions_left.store(true, std::sync::atomic::Ordering::SeqCst);
+            }
+        }
     }
 
     fn snap_dir(&self, id: u64) -> PathBuf {

@@ -14,6 +14,11 @@
 //! before its watch was added) are simply absent: the caller hashes those
 //! itself. If the kernel drops events (queue overflow) or a watch cannot be
 //! added, every digest is dropped.
+//!
+//! Each hashed file's writeback is started at once, and every
+//! [`FLUSH_EVERY_BYTES`] hashed a `syncfs` runs on a thread of its own (one
+//! at a time): the unpack's data then reaches the disk while the writer is
+//! still decompressing, and the sync Commit must make finds little left.
 
 use std::collections::HashMap;
 use std::ffi::OsStr;
@@ -37,6 +42,8 @@ use crate::hashing::hash_open_file;
 #[derive(Debug, Default)]
 pub struct Prehashed {
     digests: HashMap<(u64, u64), (Digest, u64)>,
+    /// `syncfs` calls made during the watch.
+    pub early_flushes: usize,
 }
 
 impl Prehashed {
@@ -74,7 +81,6 @@ pub struct Prehash {
     wake: Arc<OwnedFd>,
     finishing: Arc<AtomicBool>,
     abort: Arc<AtomicBool>,
-    reader: Option<JoinHandle<()>>,
     hasher: Option<JoinHandle<Prehashed>>,
 }
 
@@ -126,15 +132,8 @@ impl Prehash {
         if watches.lost {
             return Err(std::io::Error::other("cannot watch the directory tree"));
         }
-        let reader = {
-            let wake = Arc::clone(&wake);
-            std::thread::Builder::new()
-                .name("strata-prehash-watch".into())
-                .spawn(move || {
-                    yield_to_the_writer();
-                    watches.run(&wake)
-                })?
-        };
+        // The hasher first: if the reader cannot start, dropping its
+        // `watches` hangs up on the hasher, which then ends.
         let hasher = {
             let (finishing, abort) = (Arc::clone(&finishing), Arc::clone(&abort));
             std::thread::Builder::new()
@@ -144,11 +143,18 @@ impl Prehash {
                     hash_jobs(&root, &queued, &finishing, &abort)
                 })?
         };
+        // Not joined: see `stop`.
+        let woken = Arc::clone(&wake);
+        std::thread::Builder::new()
+            .name("strata-prehash-watch".into())
+            .spawn(move || {
+                yield_to_the_writer();
+                watches.run(&woken)
+            })?;
         Ok(Prehash {
             wake,
             finishing,
             abort,
-            reader: Some(reader),
             hasher: Some(hasher),
         })
     }
@@ -169,11 +175,12 @@ impl Prehash {
         self.hasher.take().and_then(|h| h.join().ok()).unwrap_or_default()
     }
 
+    /// Wakes the reader to read the last events and stop. It is not
+    /// waited for: the hasher ends once the reader has sent its last job,
+    /// and the reader closes the inotify fd after that, which waits for an
+    /// RCU grace period (15 ms here) no one needs to wait for.
     fn stop(&mut self) {
         let _ = rustix::io::write(&*self.wake, &1u64.to_ne_bytes());
-        if let Some(reader) = self.reader.take() {
-            let _ = reader.join();
-        }
     }
 }
 
@@ -209,6 +216,14 @@ impl Watches {
     /// rarely instead of once per write (on two cores that was time taken
     /// from the writer).
     fn run(mut self, wake: &OwnedFd) {
+        self.read_until_woken(wake);
+        // The hasher's last job first, then the watches' teardown.
+        let Watches { inotify, jobs, .. } = self;
+        drop(jobs);
+        drop(inotify);
+    }
+
+    fn read_until_woken(&mut self, wake: &OwnedFd) {
         let mut buf = vec![std::mem::MaybeUninit::<u8>::uninit(); 64 * 1024];
         loop {
             let mut fds = [
@@ -345,6 +360,7 @@ enum Found {
 fn hash_jobs(root: &OwnedFd, queued: &Receiver<Job>, finishing: &AtomicBool, abort: &AtomicBool) -> Prehashed {
     let mut out = Prehashed::default();
     let mut lost = false;
+    let mut flush = EarlyFlush::start(root);
     for job in queued {
         if abort.load(Ordering::Relaxed) {
             return Prehashed::default();
@@ -355,7 +371,12 @@ fn hash_jobs(root: &OwnedFd, queued: &Receiver<Job>, finishing: &AtomicBool, abo
                 out.digests.clear();
             }
             _ if lost => {}
-            Job::Hash(rel) if !finishing.load(Ordering::Relaxed) => hash_one(root, &rel, &mut out),
+            Job::Hash(rel) if !finishing.load(Ordering::Relaxed) => {
+                let hashed = hash_one(root, &rel, &mut out);
+                if let Some(flush) = &mut flush {
+                    flush.add(hashed);
+                }
+            }
             Job::Hash(rel) | Job::Forget(rel) => {
                 if let Ok(stat) = open_beneath(root, &rel, OFlags::PATH).and_then(|fd| Ok(rustix::fs::fstat(fd)?)) {
                     out.digests.remove(&(stat.st_dev, stat.st_ino));
@@ -363,20 +384,68 @@ fn hash_jobs(root: &OwnedFd, queued: &Receiver<Job>, finishing: &AtomicBool, abo
             }
         }
     }
+    out.early_flushes = flush.map_or(0, EarlyFlush::finish);
     out
 }
 
 /// Hashes one regular file below `root`. Anything else there (a symlink,
 /// a device, a fifo, or nothing) is left alone: opening a device could
 /// have side effects, so the file is looked at through an `O_PATH` handle
-/// first.
-fn hash_one(root: &OwnedFd, rel: &Path, out: &mut Prehashed) {
+/// first. Returns the bytes hashed.
+fn hash_one(root: &OwnedFd, rel: &Path, out: &mut Prehashed) -> u64 {
     let Ok(strata_sys::Opened::File(mut file, stat)) = strata_sys::open_regular(root.as_fd(), rel) else {
-        return;
+        return 0;
     };
-    if let Ok(hashed) = hash_open_file(&mut file, rel) {
-        out.digests.insert((stat.st_dev, stat.st_ino), hashed);
-        let _ = strata_sys::start_writeback(file.as_fd());
+    let Ok(hashed) = hash_open_file(&mut file, rel) else {
+        return 0;
+    };
+    out.digests.insert((stat.st_dev, stat.st_ino), hashed);
+    let _ = strata_sys::start_writeback(file.as_fd());
+    hashed.1
+}
+
+/// Bytes hashed between two early `syncfs` calls.
+const FLUSH_EVERY_BYTES: u64 = 32 << 20;
+
+/// `syncfs` of the watched filesystem on a thread of its own, asked for
+/// every [`FLUSH_EVERY_BYTES`] hashed. A request made while one runs is
+/// dropped. Errors are left to the sync Commit makes.
+struct EarlyFlush {
+    requests: std::sync::mpsc::SyncSender<()>,
+    since_last: u64,
+    flusher: JoinHandle<usize>,
+}
+
+impl EarlyFlush {
+    /// `None` if the root cannot be opened for `syncfs` (an `O_PATH` fd
+    /// cannot) or no thread can start: Commit's sync does it all then.
+    fn start(root: &OwnedFd) -> Option<EarlyFlush> {
+        let flags = OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC;
+        let fd = rustix::fs::openat(root, ".", flags, Mode::empty()).ok()?;
+        let (requests, received) = std::sync::mpsc::sync_channel::<()>(0);
+        let flusher = std::thread::Builder::new()
+            .name("strata-prehash-flush".into())
+            .spawn(move || received.iter().filter(|()| rustix::fs::syncfs(&fd).is_ok()).count())
+            .ok()?;
+        Some(EarlyFlush {
+            requests,
+            since_last: 0,
+            flusher,
+        })
+    }
+
+    fn add(&mut self, bytes: u64) {
+        self.since_last = self.since_last.saturating_add(bytes);
+        if self.since_last >= FLUSH_EVERY_BYTES && self.requests.try_send(()).is_ok() {
+            self.since_last = 0;
+        }
+    }
+
+    /// The flushes made. Waits for one still running: the caller's sync
+    /// would wait for it anyway.
+    fn finish(self) -> usize {
+        drop(self.requests);
+        self.flusher.join().unwrap_or(0)
     }
 }
 

@@ -4,12 +4,18 @@
 //! [`apply`](Snapshotter::apply_commit) is the commit point, one DB
 //! transaction; [`finish`](Snapshotter::finish_commit) cannot fail: what it
 //! cannot do is journaled, logged and retried.
+//!
+//! An unpack's finish (its files' moves into `objects/` and the upper dir's
+//! removal) runs after the reply, on a thread of its own: containerd's own
+//! bookkeeping between layers hides it. Every later change waits for it
+//! (`Snapshotter::guard`), and the store's shared lock stays held until it
+//! is done, so gc and repair never see it half done.
 
 use std::collections::BTreeMap;
-use std::path::PathBuf;
-use std::sync::atomic::Ordering;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
 
-use strata_store::ObjectRef;
+use strata_store::{ObjectRef, Recheck, SharedGuard, Store};
 use strata_tree::{Digest, Stat, Tree};
 
 use super::{root_name, start_flush, Phases, Snapshotter};
@@ -44,14 +50,18 @@ impl Snapshotter {
     ) -> Result<(), SnapshotError> {
         let _g = self.guard();
         self.retry_adoptions();
-        let _import = self.store.lock_shared()?;
+        let import = self.store.lock_shared()?;
         let mut phases = Phases::start();
         let plan = self.build_commit(name, key, labels, &mut phases)?;
         self.apply_commit(&plan)?;
         phases.mark("db");
         // Past the commit point only an abort means anything here.
         let _ = strata_failpoint::hit("commit.after_db");
-        self.finish_commit(plan, &mut phases);
+        if strata_scratch::is_unpack_key(key) && plan.active.scratch.is_none() {
+            self.finish_after_reply(plan, phases, import);
+        } else {
+            self.finish_commit(plan, &mut phases);
+        }
         Ok(())
     }
 
@@ -159,24 +169,8 @@ impl Snapshotter {
             adopted,
             ..
         } = plan;
-        // An unpack's upper dir was written by containerd's applier, which
-        // returned before this Commit; a container's may still be written.
-        let recheck = if strata_scratch::is_unpack_key(&key) {
-            strata_store::Recheck::Trust
-        } else {
-            strata_store::Recheck::Rehash
-        };
-        let moved = strata_failpoint::hit("commit.before_adopt")
-            .map_err(SnapshotError::from)
-            .and_then(|()| Ok(self.store.adopt_in_place(&adopted, recheck)?));
-        if let Err(e) = moved {
-            // The files stay where the journal says they are, and so does
-            // the scratch that holds them, until a retry moves them.
-            tracing::warn!(
-                key,
-                "moving new files into the store failed ({e}); they stay journaled and the next change retries"
-            );
-            self.adoptions_left.store(true, Ordering::SeqCst);
+        let dir = self.snap_dir(active.id);
+        if !move_new_files(&self.store, &key, &adopted, &self.adoptions_left) {
             return;
         }
         phases.mark("adopt");
@@ -185,14 +179,46 @@ impl Snapshotter {
         if let Err(e) = self.release_scratch(&active) {
             tracing::warn!(key, "releasing the scratch: {e}; the next start reconciles it");
         }
-        let dir = self.snap_dir(active.id);
-        for sub in ["fs", "work"] {
-            if let Err(e) = self.store.discard(&dir.join(sub)) {
-                tracing::warn!(key, "leaving the old upper dir for the next start: {e}");
-            }
-        }
+        discard_upper(&self.store, &key, &dir);
         phases.mark("discard");
         tracing::debug!(name, key, image = %image.to_hex(), phases = %phases, "committed snapshot");
+    }
+
+    /// [`finish_commit`](Self::finish_commit) for an unpack (which has no
+    /// scratch) on a thread of its own, holding the store's shared lock;
+    /// [`settle`](Snapshotter::settle) waits for it. If no thread starts,
+    /// its moves stay journaled for the next change.
+    fn finish_after_reply(&self, plan: CommitPlan, mut phases: Phases, import: SharedGuard) {
+        let CommitPlan {
+            name,
+            key,
+            active,
+            image,
+            adopted,
+            ..
+        } = plan;
+        let store = self.store.clone();
+        let dir = self.snap_dir(active.id);
+        let left = std::sync::Arc::clone(&self.adoptions_left);
+        let finish = move || {
+            let _import = import;
+            if move_new_files(&store, &key, &adopted, &left) {
+                phases.mark("adopt after reply");
+                discard_upper(&store, &key, &dir);
+                phases.mark("discard");
+            }
+            tracing::debug!(name, key, image = %image.to_hex(), phases = %phases, "committed snapshot");
+        };
+        match std::thread::Builder::new()
+            .name("strata-commit-finish".into())
+            .spawn(finish)
+        {
+            Ok(finishing) => *self.settling.lock().unwrap_or_else(|e| e.into_inner()) = Some(finishing),
+            Err(e) => {
+                tracing::warn!("no thread to finish the commit ({e}); its moves stay journaled for the next change");
+                self.adoptions_left.store(true, Ordering::SeqCst);
+            }
+        }
     }
 
     /// Moves a failed [`finish_commit`](Self::finish_commit) left
@@ -216,6 +242,43 @@ impl Snapshotter {
                 tracing::warn!("moving journaled files into the store failed again: {e}");
                 self.adoptions_left.store(true, Ordering::SeqCst);
             }
+        }
+    }
+}
+
+/// Moves a commit's new files into the store; false, with a warning and
+/// `left` set, if they stay journaled (the next change retries them).
+fn move_new_files(store: &Store, key: &str, adopted: &[(PathBuf, strata_tree::Digest)], left: &AtomicBool) -> bool {
+    // An unpack's upper dir was written by containerd's applier, which
+    // returned before this Commit; a container's may still be written.
+    let recheck = if strata_scratch::is_unpack_key(key) {
+        Recheck::Trust
+    } else {
+        Recheck::Rehash
+    };
+    let moved = strata_failpoint::hit("commit.before_adopt")
+        .map_err(SnapshotError::from)
+        .and_then(|()| Ok(store.adopt_in_place(adopted, recheck)?));
+    match moved {
+        Ok(_) => true,
+        Err(e) => {
+            // The files stay where the journal says they are, and so does
+            // the scratch that holds them, until a retry moves them.
+            tracing::warn!(
+                key,
+                "moving new files into the store failed ({e}); they stay journaled and the next change retries"
+            );
+            left.store(true, Ordering::SeqCst);
+            false
+        }
+    }
+}
+
+/// Discards what is left of a committed snapshot's upper and work dirs.
+fn discard_upper(store: &Store, key: &str, dir: &Path) {
+    for sub in ["fs", "work"] {
+        if let Err(e) = store.discard(&dir.join(sub)) {
+            tracing::warn!(key, "leaving the old upper dir for the next start: {e}");
         }
     }
 }

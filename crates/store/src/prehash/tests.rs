@@ -144,3 +144,24 @@ fn finishing_early_keeps_only_digests_that_are_right() {
         }
     }
 }
+
+#[test]
+fn a_large_unpack_is_flushed_while_it_is_written() {
+    let dir = tempfile::tempdir().unwrap();
+    let watch = Prehash::watch(dir.path()).unwrap();
+    for i in 0..3u8 {
+        std::fs::write(dir.path().join(format!("f{i}")), vec![i; 20 << 20]).unwrap();
+    }
+    let got = watch.finish_queued();
+    assert_eq!(got.len(), 3);
+    assert!(got.early_flushes >= 1, "60 MiB hashed with no early flush");
+}
+
+#[test]
+fn a_small_unpack_leaves_the_flush_to_commit() {
+    let dir = tempfile::tempdir().unwrap();
+    let watch = Prehash::watch(dir.path()).unwrap();
+    std::fs::write(dir.path().join("f"), vec![1u8; 1 << 20]).unwrap();
+    let got = watch.finish_queued();
+    assert_eq!((got.len(), got.early_flushes), (1, 0));
+}
