@@ -71,6 +71,9 @@ pub struct Run {
     pub create: Duration,
     pub start: Duration,
     pub wait: Duration,
+    /// From the CreateContainer call to the exit containerd recorded
+    /// (`finished_at`): free of the 20 ms polling step `wait` has.
+    pub exited_after: Option<Duration>,
 }
 
 /// How long one CRI call may take before the client gives up on it, so
@@ -275,6 +278,7 @@ impl Cri {
     /// Creates and starts a container in `pod` and waits for its end,
     /// timing each step. The container is left for the caller to remove.
     pub fn run(&mut self, pod: &Pod, spec: &ContainerSpec, timeout: Duration) -> Result<Run, Error> {
+        let asked = std::time::SystemTime::now();
         let t = Instant::now();
         let id = self.create_container(pod, spec)?;
         let create = t.elapsed();
@@ -283,11 +287,16 @@ impl Cri {
         let start = t.elapsed();
         let t = Instant::now();
         let exited = self.wait_exited(pod, &id, timeout)?;
+        let wait = t.elapsed();
+        let finished = u64::try_from(exited.status.finished_at).ok().map(Duration::from_nanos);
+        let since_epoch = asked.duration_since(std::time::UNIX_EPOCH).ok();
+        let exited_after = finished.zip(since_epoch).and_then(|(f, a)| f.checked_sub(a));
         Ok(Run {
             exited,
             create,
             start,
-            wait: t.elapsed(),
+            wait,
+            exited_after,
         })
     }
 

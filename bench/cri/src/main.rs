@@ -164,6 +164,9 @@ fn run(
     timings.insert("create_container_s".into(), secs(ran.create).into());
     timings.insert("start_container_s".into(), secs(ran.start).into());
     timings.insert("wait_s".into(), secs(ran.wait).into());
+    if let Some(exited_after) = ran.exited_after {
+        timings.insert("exited_after_create_s".into(), secs(exited_after).into());
+    }
     timings.insert("total_s".into(), secs(total.elapsed()).into());
     Ok(json!({
         "image": image,
