@@ -1,5 +1,5 @@
 //! LAZY: the last data-only lower of a lazily pulled image
-//! (`lowerdir=META::OBJECTS::ALIASES::LAZY`, docs/lazy-pulls.md).
+//! (`lowerdir=META::ALIASES::OBJECTS::LAZY`, docs/lazy-pulls.md).
 //!
 //! A read-only FUSE filesystem, two levels deep like `objects/` (`XX/REST`),
 //! that lists the objects an image still misses, by the names its metadata

@@ -92,8 +92,8 @@ pub fn mount_overlay(m: &dyn Mounter, plan: &OverlayPlan, target: &Path) -> Resu
 /// fsconfig takes a string option of at most this many bytes.
 const FSCONFIG_STRING_MAX: usize = 255;
 
-/// [`mount_overlay`] with further data-only lowers after the object store
-/// (a lazily pulled image's ALIASES and LAZY). On the `::` rung, whose one
+/// [`mount_overlay`] with a lazily pulled image's further data-only
+/// lowers, ALIASES and LAZY (see [`OverlayPlan::fs_options_with_data`]). On the `::` rung, whose one
 /// `lowerdir` string fsconfig caps at 255 bytes, data-only lowers are named
 /// `/proc/self/fd/N` (directories held open until the mount is made) when
 /// their paths would not fit; overlayfs resolves them then, and META keeps
@@ -393,7 +393,7 @@ mod tests {
         let colons = mounter(LowerMode::DoubleColon);
         mount_overlay_with_data(&colons, &short, &["/a".into(), "/l".into()], Path::new("/t")).unwrap();
         assert!(
-            colons.calls.borrow()[0].contains("/m::/o::/a::/l"),
+            colons.calls.borrow()[0].contains("/m::/a::/o::/l"),
             "{:?}",
             colons.calls
         );

@@ -26,9 +26,9 @@ use strata_tree::{Content, Digest, FileData, Leaf, Node, Stat, Tree};
 /// rungs).
 #[derive(Clone, Copy, Debug)]
 pub enum Lowers {
-    /// `lowerdir+=META,datadir+=OBJECTS,datadir+=ALIASES,datadir+=LAZY`
+    /// `lowerdir+=META,datadir+=ALIASES,datadir+=OBJECTS,datadir+=LAZY`
     Append,
-    /// `lowerdir=META::OBJECTS::ALIASES::LAZY`
+    /// `lowerdir=META::ALIASES::OBJECTS::LAZY` (as `strata_mount` orders them)
     DoubleColon,
 }
 
@@ -308,13 +308,13 @@ impl Fixture {
         let mut overlay = match lowers {
             Lowers::Append => vec![
                 s("lowerdir+", &meta_dir),
-                s("datadir+", &objects),
                 s("datadir+", &aliases),
+                s("datadir+", &objects),
                 s("datadir+", &lazy_dir),
             ],
             Lowers::DoubleColon => vec![FsOption::String(
                 "lowerdir".into(),
-                [&meta_dir, &objects, &aliases, &lazy_dir].map(|p| shown(p)).join("::"),
+                [&meta_dir, &aliases, &objects, &lazy_dir].map(|p| shown(p)).join("::"),
             )],
         };
         overlay.push(FsOption::String("metacopy".into(), "on".into()));
