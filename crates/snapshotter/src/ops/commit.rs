@@ -161,27 +161,20 @@ impl Snapshotter {
     /// store, the scratch is released, the rest is discarded. A failure is
     /// logged and left to a retry (moves) or to the next start (the rest).
     fn finish_commit(&self, plan: CommitPlan, phases: &mut Phases) {
-        let CommitPlan {
-            name,
-            key,
-            active,
-            image,
-            adopted,
-            ..
-        } = plan;
-        let dir = self.snap_dir(active.id);
-        if !move_new_files(&self.store, &key, &adopted, &self.adoptions_left) {
+        let key = plan.key.as_str();
+        let dir = self.snap_dir(plan.active.id);
+        if !move_new_files(&self.store, key, &plan.adopted, &self.adoptions_left) {
             return;
         }
         phases.mark("adopt");
         // Only now: a project-quota scratch is on the store's filesystem,
         // so its new files were left in place for the move above.
-        if let Err(e) = self.release_scratch(&active) {
+        if let Err(e) = self.release_scratch(&plan.active) {
             tracing::warn!(key, "releasing the scratch: {e}; the next start reconciles it");
         }
-        discard_upper(&self.store, &key, &dir);
+        discard_upper(&self.store, key, &dir);
         phases.mark("discard");
-        tracing::debug!(name, key, image = %image.to_hex(), phases = %phases, "committed snapshot");
+        plan.log_committed(phases);
     }
 
     /// [`finish_commit`](Self::finish_commit) for an unpack (which has no
@@ -189,25 +182,17 @@ impl Snapshotter {
     /// [`settle`](Snapshotter::settle) waits for it. If no thread starts,
     /// its moves stay journaled for the next change.
     fn finish_after_reply(&self, plan: CommitPlan, mut phases: Phases, import: SharedGuard) {
-        let CommitPlan {
-            name,
-            key,
-            active,
-            image,
-            adopted,
-            ..
-        } = plan;
         let store = self.store.clone();
-        let dir = self.snap_dir(active.id);
+        let dir = self.snap_dir(plan.active.id);
         let left = std::sync::Arc::clone(&self.adoptions_left);
         let finish = move || {
             let _import = import;
-            if move_new_files(&store, &key, &adopted, &left) {
+            if move_new_files(&store, &plan.key, &plan.adopted, &left) {
                 phases.mark("adopt after reply");
-                discard_upper(&store, &key, &dir);
+                discard_upper(&store, &plan.key, &dir);
                 phases.mark("discard");
             }
-            tracing::debug!(name, key, image = %image.to_hex(), phases = %phases, "committed snapshot");
+            plan.log_committed(&phases);
         };
         match std::thread::Builder::new()
             .name("strata-commit-finish".into())
@@ -243,6 +228,13 @@ impl Snapshotter {
                 self.adoptions_left.store(true, Ordering::SeqCst);
             }
         }
+    }
+}
+
+impl CommitPlan {
+    fn log_committed(&self, phases: &Phases) {
+        let (name, key) = (&self.name, &self.key);
+        tracing::debug!(name, key, image = %self.image.to_hex(), phases = %phases, "committed snapshot");
     }
 }
 
