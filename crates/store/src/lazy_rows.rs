@@ -63,12 +63,16 @@ impl StoreTxn<'_> {
         self.put_record(LAZY_CONTENTS, &sha.to_hex(), recipe)
     }
 
-    /// [`put_lazy_content`](Self::put_lazy_content), keeping a recipe
-    /// recorded already: one image's pull never redirects another image's
-    /// fetches to its own registry (either recipe's bytes are checked
-    /// against the same SHA-256).
-    pub fn add_lazy_content(&self, sha: &Digest, recipe: &[u8]) -> Result<(), StoreError> {
-        self.put_record_if_absent(LAZY_CONTENTS, &sha.to_hex(), recipe)
+    /// [`put_lazy_content`](Self::put_lazy_content) for each of
+    /// `contents`, keeping a recipe recorded already: one image's pull
+    /// never redirects another image's fetches to its own registry (either
+    /// recipe's bytes are checked against the same SHA-256).
+    pub fn add_lazy_contents<'r>(
+        &self,
+        contents: impl IntoIterator<Item = (&'r Digest, &'r [u8])>,
+    ) -> Result<(), StoreError> {
+        let rows: Vec<(String, &[u8])> = contents.into_iter().map(|(sha, r)| (sha.to_hex(), r)).collect();
+        self.put_records_if_absent(LAZY_CONTENTS, rows.iter().map(|(k, r)| (k.as_str(), *r)))
             .map(drop)
     }
 }
@@ -255,8 +259,8 @@ mod tests {
         let store = Store::open(dir.path()).unwrap();
         let sha = Digest::of(b"content");
         let txn = store.begin().unwrap();
-        txn.add_lazy_content(&sha, b"first").unwrap();
-        txn.add_lazy_content(&sha, b"second").unwrap();
+        txn.add_lazy_contents([(&sha, b"first".as_slice())]).unwrap();
+        txn.add_lazy_contents([(&sha, b"second".as_slice())]).unwrap();
         let too_many = vec![sha; MAX_LAZY_NEEDS + 1];
         assert!(txn.put_lazy_image(&Digest::of(b"image"), &too_many).is_err());
         txn.commit().unwrap();

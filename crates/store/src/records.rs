@@ -110,15 +110,23 @@ impl StoreTxn<'_> {
         Ok(())
     }
 
-    /// Writes a row unless the table has one for `key` already; whether
-    /// it wrote.
-    pub fn put_record_if_absent(&self, table: RecordTable, key: &str, value: &[u8]) -> Result<bool, StoreError> {
-        let mut rows = self.txn.open_table(table.0)?;
-        if rows.get(key)?.is_some() {
-            return Ok(false);
+    /// Writes each row unless the table has one for its key already, with
+    /// the table opened once (opening it per row cost a layer of 5,000
+    /// rows milliseconds); how many it wrote.
+    pub fn put_records_if_absent<'r>(
+        &self,
+        table: RecordTable,
+        rows: impl IntoIterator<Item = (&'r str, &'r [u8])>,
+    ) -> Result<usize, StoreError> {
+        let mut table = self.txn.open_table(table.0)?;
+        let mut written = 0;
+        for (key, value) in rows {
+            if table.get(key)?.is_none() {
+                table.insert(key, value)?;
+                written += 1;
+            }
         }
-        rows.insert(key, value)?;
-        Ok(true)
+        Ok(written)
     }
 
     /// Whether there was a row to delete.

@@ -173,12 +173,16 @@ pub fn pull_lazy(
     debug_assert_eq!(names.len(), needs.len(), "every missing content is in a layer's order");
     if !names.is_empty() {
         let txn = store.begin()?;
-        for name in &names {
-            let recipe = recipes
-                .get(&Sha256Digest(name.0))
-                .expect("every missing content has a recipe");
-            txn.add_lazy_content(name, &recipe.encode())?;
-        }
+        let encoded: Vec<Vec<u8>> = names
+            .iter()
+            .map(|name| {
+                recipes
+                    .get(&Sha256Digest(name.0))
+                    .expect("every missing content has a recipe")
+                    .encode()
+            })
+            .collect();
+        txn.add_lazy_contents(names.iter().zip(encoded.iter().map(Vec::as_slice)))?;
         txn.put_lazy_image(&erofs, &names)?;
         txn.commit()?;
     }

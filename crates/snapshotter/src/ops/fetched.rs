@@ -175,9 +175,12 @@ impl Snapshotter {
         txn.add_root(&root_name(id), &image_id, &objects)?;
         if !lazy.is_empty() {
             let needed: HashSet<&Digest> = lazy.iter().collect();
-            for (name, recipe) in recipes.iter().filter(|(name, _)| needed.contains(name)) {
-                txn.add_lazy_content(name, recipe)?;
-            }
+            txn.add_lazy_contents(
+                recipes
+                    .iter()
+                    .filter(|(name, _)| needed.contains(name))
+                    .map(|(name, recipe)| (name, recipe.as_slice())),
+            )?;
             txn.put_lazy_image(&image_id, &lazy)?;
         }
         strata_failpoint::hit("fetched.before_db")?;
