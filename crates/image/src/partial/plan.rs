@@ -260,6 +260,38 @@ pub fn merge(ranges: impl Iterator<Item = ByteRange>, gap: u64) -> Vec<ByteRange
     out
 }
 
+/// Sorts `ranges`, merges those that overlap or lie at most [`MERGE_GAP`]
+/// apart, then spends up to `budget` bytes of gaps on the fewest ranges:
+/// the smallest gaps are closed first, while a merged range stays within
+/// [`CALL_BYTES`]. Each range left costs a request or a multipart part,
+/// which a small gap's bytes cost less than.
+pub fn merge_within(ranges: impl Iterator<Item = ByteRange>, budget: u64) -> Vec<ByteRange> {
+    let tight = merge(ranges, MERGE_GAP);
+    let mut gaps: Vec<(u64, usize)> = tight
+        .windows(2)
+        .enumerate()
+        .map(|(i, pair)| (pair[1].start - pair[0].end, i))
+        .collect();
+    gaps.sort_unstable();
+    let mut closed = vec![false; tight.len()];
+    let mut left = budget;
+    for (gap, i) in gaps {
+        if gap > left {
+            break;
+        }
+        left -= gap;
+        closed[i] = true;
+    }
+    let mut out: Vec<ByteRange> = Vec::with_capacity(tight.len());
+    for (i, range) in tight.into_iter().enumerate() {
+        match out.last_mut() {
+            Some(last) if i > 0 && closed[i - 1] && range.end - last.start <= CALL_BYTES => last.end = range.end,
+            _ => out.push(range),
+        }
+    }
+    out
+}
+
 /// Splits merged ranges into calls of about [`CALL_BYTES`].
 pub(crate) fn calls(ranges: Vec<ByteRange>) -> Vec<Vec<ByteRange>> {
     let mut out: Vec<Vec<ByteRange>> = Vec::new();

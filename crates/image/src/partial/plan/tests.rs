@@ -109,6 +109,46 @@ fn one_content_with_two_sizes_is_refused() {
 }
 
 #[test]
+fn a_gap_budget_closes_the_smallest_gaps_first() {
+    // Gaps of 5000, 100 000, 2000 and 50 000 bytes between five ranges.
+    let ranges = [
+        range(0, 10),
+        range(5010, 5020),
+        range(105_020, 105_030),
+        range(107_030, 107_040),
+        range(157_040, 157_050),
+    ];
+    let within = |budget| merge_within(ranges.into_iter(), budget);
+    assert_eq!(within(0), ranges.to_vec());
+    // 7000 closes the two smallest; 6999 only the smallest.
+    assert_eq!(
+        within(7000),
+        vec![range(0, 5020), range(105_020, 107_040), range(157_040, 157_050)]
+    );
+    assert_eq!(
+        within(6999),
+        vec![
+            range(0, 10),
+            range(5010, 5020),
+            range(105_020, 107_040),
+            range(157_040, 157_050)
+        ]
+    );
+    assert_eq!(within(u64::MAX), vec![range(0, 157_050)]);
+    // Small gaps merge whatever the budget, and overlaps always.
+    assert_eq!(
+        merge_within(
+            [range(0, 10), range(5, 20), range(20 + MERGE_GAP, 30 + MERGE_GAP)].into_iter(),
+            0
+        ),
+        vec![range(0, 30 + MERGE_GAP)]
+    );
+    // No merged range grows past a call's bytes.
+    let far = [range(0, 10), range(CALL_BYTES, CALL_BYTES + 10)];
+    assert_eq!(merge_within(far.into_iter(), u64::MAX), far.to_vec());
+}
+
+#[test]
 fn ranges_merge_only_across_small_gaps() {
     let merged = merge(
         [
