@@ -514,9 +514,9 @@ mod tests {
         // (64), less one in 16 where a merged range reaches a call's bytes.
         let count = 5000;
         let (_, ranges, bytes) = reads(spaced(count, 100, 1 << 20));
-        let budget = (LAYER / GAP_SHARE / (1 << 20)) as usize;
+        let budget = LAYER / GAP_SHARE / (1 << 20);
         assert!(bytes <= count * 100 + LAYER / GAP_SHARE, "{bytes} bytes");
-        let closed = count as usize - ranges;
+        let closed = count - ranges as u64;
         assert!(
             closed <= budget && closed >= budget - budget / 15,
             "{closed} gaps closed"
