@@ -31,7 +31,7 @@ use strata_tree::{Content, Digest, Dir, FileData, Leaf, LeafId, Node, Stat, Tree
 
 mod read;
 
-pub use read::read_tree;
+pub use read::{read_back, read_tree};
 
 /// Files of at most this many bytes live inside the image (composefs's rule).
 pub const INLINE_MAX: usize = composefs::MAX_INLINE_CONTENT;
@@ -78,7 +78,7 @@ pub fn write_image(tree: &Tree) -> Result<Vec<u8>, ErofsError> {
     // The clone recurses as deep as the tree: refuse a deep one first, and
     // clone on the stack the write uses.
     refuse_too_deep(&tree.root)?;
-    with_stack_for(depth_of(&tree.root), || write_image_here(tree.clone()))
+    with_stack_for(tree.root.depth(), || write_image_here(tree.clone()))
 }
 
 /// The error for a directory nested deeper than [`MAX_DEPTH`], found
@@ -114,7 +114,7 @@ fn refuse_too_deep(root: &Dir) -> Result<(), ErofsError> {
 /// its own, whatever its depth.
 pub fn into_image(tree: Tree) -> Result<Vec<u8>, ErofsError> {
     refuse_too_deep(&tree.root)?;
-    let depth = depth_of(&tree.root);
+    let depth = tree.root.depth();
     if tree.leaves.len() >= OWN_THREAD_LEAVES {
         return on_big_stack(move || write_image_here(tree));
     }
@@ -132,21 +132,6 @@ pub fn into_image(tree: Tree) -> Result<Vec<u8>, ErofsError> {
 /// 50 MiB lower this way, as low as with `MALLOC_ARENA_MAX=1`. The thread
 /// costs about 75 µs, nothing next to a write of this size.
 const OWN_THREAD_LEAVES: usize = 1 << 16;
-
-/// How deep directories nest below `root`, found without recursion.
-fn depth_of(root: &Dir) -> usize {
-    let mut deepest = 0;
-    let mut pending = vec![(root, 0usize)];
-    while let Some((dir, depth)) = pending.pop() {
-        deepest = deepest.max(depth);
-        for node in dir.entries.values() {
-            if let Node::Dir(child) = node {
-                pending.push((child, depth + 1));
-            }
-        }
-    }
-    deepest
-}
 
 fn write_image_here(tree: Tree) -> Result<Vec<u8>, ErofsError> {
     // convert_dir converts the root's stat along with its entries.

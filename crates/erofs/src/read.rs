@@ -18,6 +18,42 @@ use zerocopy::FromBytes;
 
 use crate::{check_name, with_stack_for, ErofsError, INLINE_MAX, MAX_DEPTH, SYMLINK_MAX};
 
+/// The tree [`read_tree`] gives back for an image that
+/// [`write_image`](crate::write_image) wrote from `tree`, made without
+/// writing one: compacted, with no sub-second mtimes, mode bits only in
+/// `0o7777`, no layer flags on directories, and each missing content named
+/// as the object the image names it by (its SHA-256).
+pub fn read_back(tree: &Tree) -> Result<Tree, ErofsError> {
+    // The clone recurses as deep as the tree.
+    with_stack_for(tree.root.depth(), || Ok(read_back_here(tree)))
+}
+
+fn read_back_here(tree: &Tree) -> Tree {
+    fn stat(stat: &mut Stat) {
+        stat.mtime_nsec = 0;
+        stat.mode &= 0o7777;
+    }
+    let mut out = tree.clone();
+    out.compact();
+    let mut pending: Vec<&mut Dir> = vec![&mut out.root];
+    while let Some(dir) = pending.pop() {
+        stat(&mut dir.stat);
+        (dir.opaque, dir.implicit, dir.fresh) = (false, false, false);
+        for node in dir.entries.values_mut() {
+            if let Node::Dir(child) = node {
+                pending.push(child);
+            }
+        }
+    }
+    for leaf in &mut out.leaves {
+        stat(&mut leaf.stat);
+        if let Content::File(FileData::Missing { sha256, size }) = leaf.content {
+            leaf.content = Content::File(FileData::Object { digest: sha256, size });
+        }
+    }
+    out
+}
+
 /// Reads an image written by [`write_image`](crate::write_image) back into
 /// the merged tree it was written from.
 ///

@@ -112,7 +112,7 @@ fn depth_limit_holds_on_a_worker_stack() {
             let deepest = chain(MAX_DEPTH);
             let image = write_image(&deepest).unwrap();
             // (Tree's derived `==` recurses, so compare depths.)
-            assert_eq!(depth_of(&read_tree(&image).unwrap().root), MAX_DEPTH);
+            assert_eq!(read_tree(&image).unwrap().root.depth(), MAX_DEPTH);
             for depth in [MAX_DEPTH + 1, 100_000] {
                 let err = write_image(&chain(depth)).unwrap_err();
                 assert!(

@@ -25,6 +25,7 @@ mod info_cache;
 mod ops;
 pub mod remote;
 mod scratch;
+mod tree_cache;
 mod types;
 
 pub use check::{check, keys_by_root, SnapshotReport};

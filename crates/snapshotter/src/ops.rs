@@ -31,6 +31,8 @@ pub struct Snapshotter {
     lock: Mutex<()>,
     /// Infos for Stat and Walk, kept current by `guard`.
     infos: InfoCache,
+    /// The last committed image's tree, for a commit over it.
+    trees: crate::tree_cache::TreeCache,
     scratches: Scratches,
     /// Unpack snapshots' upper dirs being hashed as containerd writes them.
     prehashes: Mutex<HashMap<u64, Prehash>>,
@@ -91,6 +93,7 @@ impl Snapshotter {
             dir,
             lock: Mutex::new(()),
             infos: InfoCache::default(),
+            trees: Default::default(),
             prehashes: Mutex::new(HashMap::new()),
             swept: Mutex::new(None),
             sweep_asked: std::sync::atomic::AtomicBool::new(false),
@@ -426,9 +429,10 @@ impl Snapshotter {
         }
     }
 
-    /// The merged tree of committed snapshot `key`, read back from its
-    /// EROFS image (or from the tree file older stores kept beside it). The
-    /// image must still hash to its name.
+    /// The merged tree of committed snapshot `key`: the one the last
+    /// commit kept if it wrote this image, else read back from its EROFS
+    /// image (or from the tree file older stores kept beside it), which
+    /// must still hash to its name.
     fn load_tree(&self, key: &str, record: &Record) -> Result<Tree, SnapshotError> {
         let bad = |reason: String| SnapshotError::BadRecord {
             key: key.to_owned(),
@@ -441,6 +445,21 @@ impl Snapshotter {
             Err(e) => return Err(SnapshotError::io("read", &old, e)),
         }
         let id = image_id(key, record)?;
+        if let Some(mut tree) = self.trees.take(&id) {
+            lazy::mark_missing(&self.store, &id, &mut tree)?;
+            // Every test build checks the kept tree against the image.
+            #[cfg(debug_assertions)]
+            {
+                let mut read = strata_erofs::read_tree(&self.store.read_image(&id)?)?;
+                lazy::mark_missing(&self.store, &id, &mut read)?;
+                assert!(
+                    tree == read,
+                    "the kept tree of image {} is not what it reads back as",
+                    id.to_hex()
+                );
+            }
+            return Ok(tree);
+        }
         let image = self.store.read_image(&id)?;
         if Digest::of(&image) != id {
             return Err(bad(format!(

@@ -115,6 +115,22 @@ pub struct Dir {
 }
 
 impl Dir {
+    /// How deep directories nest below this one (0 with none), found
+    /// without recursion.
+    pub fn depth(&self) -> usize {
+        let mut deepest = 0;
+        let mut pending = vec![(self, 0usize)];
+        while let Some((dir, depth)) = pending.pop() {
+            deepest = deepest.max(depth);
+            for node in dir.entries.values() {
+                if let Node::Dir(child) = node {
+                    pending.push((child, depth + 1));
+                }
+            }
+        }
+        deepest
+    }
+
     pub fn new(stat: Stat) -> Self {
         Self {
             stat,

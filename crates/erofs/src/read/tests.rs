@@ -14,7 +14,7 @@ use composefs::generic_tree::{Inode, LeafContent, Stat as CfsStat};
 use composefs::tree::{FileSystem, RegularFile};
 use strata_tree::{Content, Digest, Dir, FileData, Leaf, LeafId, Node, Stat, Tree};
 
-use crate::{read_tree, write_image, ErofsError, INLINE_MAX, MAX_DEPTH, SYMLINK_MAX};
+use crate::{read_back, read_tree, write_image, ErofsError, INLINE_MAX, MAX_DEPTH, SYMLINK_MAX};
 
 /// What `read_tree(write_image(tree))` must give: the compacted tree, less
 /// the sub-second mtimes composefs's V2 format does not store.
@@ -32,6 +32,10 @@ fn representable(tree: &Tree) -> Tree {
     dir(&mut tree.root);
     for leaf in &mut tree.leaves {
         leaf.stat.mtime_nsec = 0;
+        // Named in the image by their SHA-256, as objects.
+        if let Content::File(FileData::Missing { sha256, size }) = leaf.content {
+            leaf.content = Content::File(FileData::Object { digest: sha256, size });
+        }
     }
     tree
 }
@@ -40,6 +44,7 @@ fn assert_round_trip(tree: &Tree) -> Vec<u8> {
     let image = write_image(tree).unwrap();
     let back = read_tree(&image).unwrap();
     assert_eq!(back, representable(tree));
+    assert_eq!(read_back(tree).unwrap(), back);
     // Reading is deterministic and writing the result gives the same bytes.
     assert_eq!(write_image(&back).unwrap(), image);
     image
@@ -387,9 +392,13 @@ fn random_content(rng: &mut Rng) -> Content {
             let len = *rng.pick(&[0usize, 1, 2, 63, 64, 65, 100, 511, INLINE_MAX]);
             Content::File(FileData::Inline((0..len).map(|_| rng.next() as u8).collect()))
         }
-        2 | 3 => Content::File(FileData::Object {
+        2 => Content::File(FileData::Object {
             digest: Digest::of(&rng.below(6).to_le_bytes()),
             size: *rng.pick(&[0, 1, 512, 513, 4096, 1 << 40, u64::MAX]),
+        }),
+        3 => Content::File(FileData::Missing {
+            sha256: Digest::of(&rng.below(6).to_le_bytes()),
+            size: *rng.pick(&[513, 4096, 1 << 40]),
         }),
         4 => {
             let len = *rng.pick(&[1usize, 10, 500, SYMLINK_MAX]);

@@ -104,6 +104,7 @@ impl Snapshotter {
         merged.compact();
         let lazy = super::lazy::settle_missing(&self.store, &mut merged, parent_image.as_ref(), std::iter::empty())?;
         let objects = ObjectRef::all_in(&merged);
+        let read_back = crate::tree_cache::TreeCache::prepare(&merged);
         let image = strata_erofs::into_image(merged)?;
         phases.mark("erofs");
         // New files stay in the upper dir until the DB commit; publish
@@ -115,6 +116,8 @@ impl Snapshotter {
         stager.publish()?;
         phases.mark("sync");
         let image = self.store.put_image(&image)?;
+        // Keyed by content: harmless should the commit fail from here.
+        self.trees.keep(image, read_back);
         phases.mark("put image");
         strata_failpoint::hit("commit.after_publish")?;
         let now = Stamp::now();

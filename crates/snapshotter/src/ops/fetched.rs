@@ -144,12 +144,15 @@ impl Snapshotter {
             recipes.iter().map(|(name, _)| *name),
         )?;
         let objects = ObjectRef::all_in(&merged);
+        let read_back = crate::tree_cache::TreeCache::prepare(&merged);
         let image = strata_erofs::into_image(merged)?;
         phases.mark("erofs");
         let referenced: HashSet<Digest> = objects.iter().map(|o| o.digest).collect();
         stager.publish_only(|d| referenced.contains(d))?;
         phases.mark("publish");
         let image_id = self.store.put_image(&image)?;
+        // Keyed by content: harmless should the commit fail from here.
+        self.trees.keep(image_id, read_back);
         phases.mark("put image");
         strata_failpoint::hit("fetched.after_publish")?;
         let txn = database.begin()?;
@@ -183,9 +186,10 @@ impl Snapshotter {
             )?;
             txn.put_lazy_image(&image_id, &lazy)?;
         }
+        phases.mark("rows");
         strata_failpoint::hit("fetched.before_db")?;
         txn.commit()?;
-        phases.mark("db");
+        phases.mark("db commit");
         tracing::debug!(name, missing = lazy.len(), phases = %phases, "committed a fetched layer");
         Ok(name)
     }
