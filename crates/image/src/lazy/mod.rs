@@ -39,8 +39,8 @@ pub use prefetch::{PrefetchConfig, Prefetcher};
 pub use recipe::Recipe;
 
 /// Small contents' ranges are merged across the smallest gaps first,
-/// while the gaps add at most 1/[`GAP_SHARE`] of the layer's compressed
-/// size: each range left costs a request or a multipart part, which cost
+/// while the gaps of all the layer's batches add at most 1/[`GAP_SHARE`]
+/// of its compressed size: each range left costs a request or a multipart part, which cost
 /// more than a gap's bytes (python's zstd:chunked here: 46 ranges and
 /// 3.4 MB for the large layer, fetched in 40 ms, against 91 ranges, 0.9
 /// MB and 92 ms with only gaps under 16 KiB merged).
@@ -392,22 +392,24 @@ fn prefetch_order(toc: &Toc, large: &[Wanted]) -> (Vec<Sha256Digest>, Vec<Sha256
 /// `small` comes in blob order (the plan's), as a batch's calls are read
 /// forwards.
 fn small_batches(small: Vec<Wanted>, layer_size: u64) -> Vec<Batch> {
-    let mut out = Vec::new();
+    let mut groups: Vec<Vec<Wanted>> = Vec::new();
     let mut contents = Vec::new();
     let mut bytes = 0u64;
     for wanted in small {
         let own: u64 = ranges_of(&wanted).map(|r| r.len()).sum();
         if bytes + own > CALL_BYTES && !contents.is_empty() {
-            out.push(batch(std::mem::take(&mut contents), layer_size));
+            groups.push(std::mem::take(&mut contents));
             bytes = 0;
         }
         bytes += own;
         contents.push(wanted);
     }
     if !contents.is_empty() {
-        out.push(batch(contents, layer_size));
+        groups.push(contents);
     }
-    out
+    // The layer's gap budget, shared by its batches.
+    let budget = layer_size / GAP_SHARE / (groups.len().max(1) as u64);
+    groups.into_iter().map(|group| batch(group, budget)).collect()
 }
 
 fn ranges_of(wanted: &Wanted) -> impl Iterator<Item = ByteRange> + '_ {
@@ -415,11 +417,10 @@ fn ranges_of(wanted: &Wanted) -> impl Iterator<Item = ByteRange> + '_ {
 }
 
 /// One batch of small contents; its ranges, merged across the smallest
-/// gaps while the gaps add at most 1/[`GAP_SHARE`] of the layer's
-/// compressed size, in calls of at most [`CALL_BYTES`], each held in
-/// memory while it is read.
-fn batch(contents: Vec<Wanted>, layer_size: u64) -> Batch {
-    let ranges = plan::merge_within(contents.iter().flat_map(ranges_of), layer_size / GAP_SHARE);
+/// gaps while the gaps add at most `budget` bytes, in calls of at most
+/// [`CALL_BYTES`], each held in memory while it is read.
+fn batch(contents: Vec<Wanted>, budget: u64) -> Batch {
+    let ranges = plan::merge_within(contents.iter().flat_map(ranges_of), budget);
     Batch {
         contents,
         calls: plan::calls(ranges),
@@ -521,6 +522,17 @@ mod tests {
             closed <= budget && closed >= budget - budget / 15,
             "{closed} gaps closed"
         );
+    }
+
+    #[test]
+    fn a_layers_batches_share_one_gap_budget() {
+        // 64 KiB each, 1 MiB apart: 32 MiB of contents, two batches, and
+        // far more gaps than 1/16 of the layer pays for in either one.
+        let count = 512;
+        let (calls, ranges, bytes) = reads(spaced(count, 64 << 10, 1 << 20));
+        assert!(calls >= 2, "{calls} calls");
+        assert!(bytes <= count * (64 << 10) + LAYER / GAP_SHARE, "{bytes} bytes");
+        assert!((ranges as u64) < count, "no gap closed");
     }
 
     #[test]
