@@ -55,12 +55,10 @@ pub fn check(store: &Store, policy: &ScratchPolicy) -> Result<SnapshotReport, Sn
     }
 
     let ids: HashSet<String> = records.iter().map(|(_, r)| r.id.to_string()).collect();
-    for name in names_in(&dir)? {
-        if !ids.contains(&name) {
-            report
-                .orphans
-                .push(format!("snapshot dir snapshots/{name} has no DB row"));
-        }
+    for name in dirs_without_rows(store, &dir, &ids)? {
+        report
+            .orphans
+            .push(format!("snapshot dir snapshots/{name} has no DB row"));
     }
     for (key, r) in records.iter().filter(|(_, r)| r.kind == Kind::Committed) {
         if crate::ops::has_upper_leftovers(&dir.join(r.id.to_string())) {
@@ -168,6 +166,25 @@ fn check_record(
     }
 }
 
+/// How long a dir without a row gets to show a row or go before it is
+/// reported: long next to the one transaction between them.
+const IN_FLIGHT_GRACE: std::time::Duration = std::time::Duration::from_millis(200);
+
+/// The snapshot dirs in `dir` that no row of `ids`, read before, names,
+/// and none after a second look. A serve running beside the check makes a
+/// Prepare's dir just before its row, and discards a Remove's dir just
+/// after its row is gone: either is an orphan only for a moment.
+fn dirs_without_rows(store: &Store, dir: &Path, ids: &HashSet<String>) -> Result<Vec<String>, SnapshotError> {
+    let mut unknown: Vec<String> = names_in(dir)?.into_iter().filter(|n| !ids.contains(n)).collect();
+    if unknown.is_empty() {
+        return Ok(unknown);
+    }
+    std::thread::sleep(IN_FLIGHT_GRACE);
+    let now: HashSet<String> = db::all(store)?.iter().map(|(_, r)| r.id.to_string()).collect();
+    unknown.retain(|name| !now.contains(name) && dir.join(name).exists());
+    Ok(unknown)
+}
+
 fn names_in(dir: &Path) -> Result<Vec<String>, SnapshotError> {
     match std::fs::read_dir(dir) {
         Ok(entries) => Ok(entries
@@ -192,4 +209,50 @@ fn loop_devices() -> Vec<(String, PathBuf)> {
             Some((format!("/dev/{name}"), PathBuf::from(backing.trim())))
         })
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::types::Stamp;
+
+    fn active(id: u64) -> Record {
+        Record {
+            id,
+            kind: Kind::Active,
+            parent: None,
+            labels: Default::default(),
+            created: Stamp::now(),
+            updated: Stamp::now(),
+            image: None,
+            usage: None,
+            scratch: None,
+        }
+    }
+
+    #[test]
+    fn a_dir_whose_row_comes_or_that_goes_while_the_check_runs_is_no_orphan() {
+        let tmp = tempfile::tempdir().unwrap();
+        let store = Store::open(tmp.path()).unwrap();
+        db::init(&store).unwrap();
+        let dir = store.root().join("snapshots");
+        for name in ["7", "8", "9"] {
+            std::fs::create_dir_all(dir.join(name)).unwrap();
+        }
+        let ids = HashSet::new();
+        let unknown = std::thread::scope(|scope| {
+            scope.spawn(|| {
+                std::thread::sleep(IN_FLIGHT_GRACE / 4);
+                // A Prepare's row lands; a Remove's dir is discarded.
+                let (infos, lock) = (crate::info_cache::InfoCache::default(), std::sync::Mutex::new(()));
+                let _guard = infos.lock(&lock, &store);
+                let txn = store.begin().unwrap();
+                db::put(&txn, "k", &active(7)).unwrap();
+                txn.commit().unwrap();
+                std::fs::remove_dir(dir.join("8")).unwrap();
+            });
+            dirs_without_rows(&store, &dir, &ids).unwrap()
+        });
+        assert_eq!(unknown, vec!["9".to_owned()]);
+    }
 }
