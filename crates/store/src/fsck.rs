@@ -325,7 +325,7 @@ fn rehash_all(store: &Store, objects: &[Digest]) -> Result<Vec<(Digest, Digest)>
     let next = AtomicUsize::new(0);
     let bad = Mutex::new(Vec::new());
     let error = Mutex::new(None);
-    let workers = std::thread::available_parallelism().map_or(2, |n| n.get()).min(8);
+    let workers = crate::hashing::cores().min(8);
     std::thread::scope(|scope| {
         for _ in 0..workers {
             scope.spawn(|| loop {

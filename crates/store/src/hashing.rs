@@ -84,6 +84,13 @@ pub fn hash_opened<T: Sync, E: From<StoreError> + Send>(
     map_on_threads(items, usize::MAX, 1, || (), |(), item| hash(item))
 }
 
+/// The cores this process may use, read once: the standard library reads
+/// the cgroup's CPU quota on every call, a dozen syscalls per commit.
+pub(crate) fn cores() -> usize {
+    static CORES: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
+    *CORES.get_or_init(|| std::thread::available_parallelism().map_or(1, |n| n.get()))
+}
+
 /// Runs `work` on every item, on up to one thread per core (and at most
 /// `max_threads`), results in the order of `items`. Threads take `batch`
 /// neighbouring items at a time, each with its own `state()`. A thread
@@ -96,10 +103,7 @@ pub(crate) fn map_on_threads<T: Sync, S, R: Send>(
     work: impl Fn(&mut S, &T) -> R + Sync,
 ) -> Vec<R> {
     let batch = batch.max(1);
-    let threads = std::thread::available_parallelism()
-        .map_or(1, |n| n.get())
-        .min(max_threads)
-        .min(items.len().div_ceil(batch));
+    let threads = cores().min(max_threads).min(items.len().div_ceil(batch));
     if threads <= 1 {
         let mut state = state();
         return items.iter().map(|item| work(&mut state, item)).collect();

@@ -33,7 +33,8 @@ pub struct StagedObject {
 /// everything it wrote.
 pub struct ObjectStager {
     store: Store,
-    dir: DirFd,
+    /// Made at the first staged file: most container commits stage none.
+    dir: std::cell::OnceCell<DirFd>,
     dir_name: String,
     pending: Vec<(String, Digest)>,
     /// Files of writers not yet finished; removed if the import fails.
@@ -149,14 +150,13 @@ impl ObjectStager {
             crate::tmp_names::TmpKind::Stage,
             STAGE_COUNTER.fetch_add(1, Ordering::Relaxed),
         );
-        store.inner.tmp.ensure_dir(&dir_name, 0o700)?;
-        let dir = store.inner.tmp.open_dir(&dir_name)?;
-        let device = rustix::fs::fstat(dir.fd())
-            .map_err(|e| StoreError::io("stat", dir.path(), e))?
+        let tmp = &store.inner.tmp;
+        let device = rustix::fs::fstat(tmp.fd())
+            .map_err(|e| StoreError::io("stat", tmp.path(), e))?
             .st_dev;
         Ok(ObjectStager {
             store,
-            dir,
+            dir: std::cell::OnceCell::new(),
             dir_name,
             pending: Vec::new(),
             in_flight: HashSet::new(),
@@ -177,6 +177,17 @@ impl ObjectStager {
             self.seen.insert(*digest);
         }
         Ok(found)
+    }
+
+    /// The stage dir, made on first use.
+    fn stage_dir(&self) -> Result<&DirFd, StoreError> {
+        if let Some(dir) = self.dir.get() {
+            return Ok(dir);
+        }
+        let tmp = &self.store.inner.tmp;
+        tmp.ensure_dir(&self.dir_name, 0o700)?;
+        let opened = tmp.open_dir(&self.dir_name)?;
+        Ok(self.dir.get_or_init(|| opened))
     }
 
     fn next_name(&mut self) -> String {
@@ -200,7 +211,7 @@ impl ObjectStager {
             });
         }
         let name = self.next_name();
-        place(&self.dir, &name)?;
+        place(self.stage_dir()?, &name)?;
         self.seen.insert(digest);
         self.pending.push((name, digest));
         Ok(StagedObject {
@@ -234,7 +245,7 @@ impl ObjectStager {
     /// reading (a partial pull rebuilding a layer's tar stream).
     pub fn open_content(&self, digest: &Digest) -> Result<std::fs::File, StoreError> {
         match self.pending.iter().find(|(_, d)| d == digest) {
-            Some((name, _)) => self.dir.open_read(name),
+            Some((name, _)) => self.stage_dir()?.open_read(name),
             None => self.store.inner.objects.open_read(&digest.object_path()),
         }
     }
@@ -242,7 +253,7 @@ impl ObjectStager {
     /// Starts streaming a content too large to hold in memory.
     pub fn writer(&mut self) -> Result<ObjectWriter, StoreError> {
         let name = self.next_name();
-        let file = self.dir.create_file(&name, 0o444)?;
+        let file = self.stage_dir()?.create_file(&name, 0o444)?;
         self.in_flight.insert(name.clone());
         Ok(ObjectWriter {
             file,
@@ -259,7 +270,7 @@ impl ObjectStager {
         let size = hasher.len();
         let digest = hasher.finish();
         if self.known(&digest)? {
-            self.dir.unlink(&name)?;
+            self.stage_dir()?.unlink(&name)?;
             return Ok(StagedObject {
                 digest,
                 size,
@@ -281,7 +292,7 @@ impl ObjectStager {
     /// while the sync and rename are still to come.
     pub fn open_staged(&self, digest: &Digest) -> Result<std::fs::File, StoreError> {
         match self.pending.iter().find(|(_, d)| d == digest) {
-            Some((name, _)) => self.dir.open_read(name),
+            Some((name, _)) => self.stage_dir()?.open_read(name),
             None => self.store.inner.objects.open_read(&digest.object_path()),
         }
     }
@@ -330,7 +341,7 @@ impl ObjectStager {
     /// rejects (e.g. files a later layer deleted), so they never land.
     pub fn publish_only(mut self, keep: impl Fn(&Digest) -> bool) -> Result<usize, StoreError> {
         for (name, _) in self.pending.iter().filter(|(_, d)| !keep(d)) {
-            self.dir.unlink(name)?;
+            self.stage_dir()?.unlink(name)?;
         }
         self.pending.retain(|(_, d)| keep(d));
         let moved = self.store.inner.moves.take_unsynced();
@@ -339,24 +350,26 @@ impl ObjectStager {
         }
         // Also makes durable the contents adopted in place, and the moves
         // of earlier commits into `objects/`.
-        self.dir.syncfs()?;
+        self.store.inner.tmp.syncfs()?;
         self.store.inner.moves.synced(moved);
         if self.pending.is_empty() {
             return Ok(0);
         }
         let objects = &self.store.inner.objects;
+        let pending = std::mem::take(&mut self.pending);
+        let stage = self.stage_dir()?;
         let mut fanout_ready = [false; 256];
         let mut added = 0;
-        for (name, digest) in std::mem::take(&mut self.pending) {
+        for (name, digest) in pending {
             let fan = digest.0[0] as usize;
             if !fanout_ready[fan] {
                 objects.ensure_dir(&format!("{:02x}", digest.0[0]), 0o755)?;
                 fanout_ready[fan] = true;
             }
-            if self.dir.rename_noreplace(&name, objects, &digest.object_path())? {
+            if stage.rename_noreplace(&name, objects, &digest.object_path())? {
                 added += 1;
             } else {
-                self.dir.unlink(&name)?;
+                stage.unlink(&name)?;
             }
         }
         objects.syncfs()?;
@@ -452,8 +465,9 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 
 impl Drop for ObjectStager {
     fn drop(&mut self) {
+        let Some(dir) = self.dir.get() else { return };
         for name in self.pending.iter().map(|(name, _)| name).chain(&self.in_flight) {
-            let _ = self.dir.unlink(name);
+            let _ = dir.unlink(name);
         }
         let _ = rustix::fs::unlinkat(
             self.store.inner.tmp.fd(),

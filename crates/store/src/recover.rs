@@ -71,7 +71,9 @@ mod tests {
         // pid_max is at most 2^22, so this pid cannot be alive.
         std::fs::create_dir_all(tmp.join("stage-99999999-0")).unwrap();
         std::fs::write(tmp.join("stage-99999999-0/1"), b"partial").unwrap();
-        let live = store.stager().unwrap();
+        // A stager makes its dir at its first staged file.
+        let mut live = store.stager().unwrap();
+        live.add_bytes(b"staged, not yet published").unwrap();
         remove_dead_staging(&DirFd::open(&tmp).unwrap()).unwrap();
         let left: Vec<_> = std::fs::read_dir(&tmp)
             .unwrap()

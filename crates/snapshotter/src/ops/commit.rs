@@ -5,11 +5,13 @@
 //! transaction; [`finish`](Snapshotter::finish_commit) cannot fail: what it
 //! cannot do is journaled, logged and retried.
 //!
-//! An unpack's finish (its files' moves into `objects/` and the upper dir's
-//! removal) runs after the reply, on a thread of its own: containerd's own
-//! bookkeeping between layers hides it. Every later change waits for it
+//! The finish of a commit without a sized scratch (its files' moves into
+//! `objects/` and the upper dir's removal) runs after the reply, on a
+//! thread of its own: containerd's own bookkeeping between layers, or a
+//! build's between steps, hides it. Every later change waits for it
 //! (`Snapshotter::guard`), and the store's shared lock stays held until it
-//! is done, so gc and repair never see it half done.
+//! is done, so gc and repair never see it half done. A sized scratch is
+//! released only once its files have moved, so its commit finishes first.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -57,7 +59,7 @@ impl Snapshotter {
         phases.mark("db");
         // Past the commit point only an abort means anything here.
         let _ = strata_failpoint::hit("commit.after_db");
-        if strata_scratch::is_unpack_key(key) && plan.active.scratch.is_none() {
+        if plan.active.scratch.is_none() {
             self.finish_after_reply(plan, phases, import);
         } else {
             self.finish_commit(plan, &mut phases);
@@ -180,8 +182,8 @@ impl Snapshotter {
         plan.log_committed(phases);
     }
 
-    /// [`finish_commit`](Self::finish_commit) for an unpack (which has no
-    /// scratch) on a thread of its own, holding the store's shared lock;
+    /// [`finish_commit`](Self::finish_commit) for a snapshot without a
+    /// scratch, on a thread of its own, holding the store's shared lock;
     /// [`settle`](Snapshotter::settle) waits for it. If no thread starts,
     /// its moves stay journaled for the next change.
     fn finish_after_reply(&self, plan: CommitPlan, mut phases: Phases, import: SharedGuard) {
