@@ -197,8 +197,8 @@ fn run(
             chunk.truncate(n);
             if !diff.push(chunk) {
                 // The tar side stopped on an error of its own; that error is
-                // the one to report.
-                return Ok(());
+                // the one to report (unless the diff_id's thread failed).
+                return diff.finish().map(|_| ()).map_err(layer_err);
             }
         }
     }
