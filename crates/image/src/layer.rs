@@ -32,12 +32,11 @@ use strata_tree::{split_path, Content, FileData, Leaf, Stat, Tree};
 pub(crate) mod archive;
 mod builder;
 pub(crate) use archive::Header;
-mod file_hash;
 mod toc_check;
 mod xattr;
 use archive::{Archive, ArchiveError};
 use builder::{NewNode, TreeBuilder};
-use toc_check::TocCheck;
+pub(crate) use toc_check::TocCheck;
 
 use crate::decompress::{self, Compression, Expected};
 use crate::{Descriptor, ImportError, Progress};
@@ -133,11 +132,31 @@ pub fn import_layer(
     progress: &Arc<Progress>,
 ) -> Result<LayerImport, ImportError> {
     let budget = EntryBudget::new(limits.max_entries_per_image);
-    import_layer_in(store, desc, diff_id, raw, limits, progress, &budget, None)
+    import_layer_in(store, desc, diff_id, raw, limits, progress, &budget, None)?.settle(store)
 }
 
-/// [`import_layer`], drawing entries from an image-wide budget; `known_toc`
-/// is the layer's TOC where a partial attempt already read and verified it.
+/// A layer read whole whose comparison with its TOC, if it announces one,
+/// is still to come: the comparison reads the layer's contents back, which
+/// a pull does beside the sync of what its layers wrote ([`crate::pull`]).
+pub(crate) struct UncheckedImport {
+    pub import: LayerImport,
+    pub check: Option<TocCheck>,
+}
+
+impl UncheckedImport {
+    /// Concludes the comparison now, recording the index rows it yields.
+    pub(crate) fn settle(self, store: &Store) -> Result<LayerImport, ImportError> {
+        if let Some(check) = self.check {
+            let rows = check.conclude(&self.import.stager.contents())?;
+            store.record_contents(&rows, &[])?;
+        }
+        Ok(self.import)
+    }
+}
+
+/// [`import_layer`], drawing entries from an image-wide budget, and leaving
+/// the comparison with the TOC to the caller; `known_toc` is the layer's
+/// TOC where a partial attempt already read and verified it.
 #[allow(clippy::too_many_arguments)]
 pub(crate) fn import_layer_in(
     store: &Store,
@@ -148,7 +167,7 @@ pub(crate) fn import_layer_in(
     progress: &Arc<Progress>,
     budget: &EntryBudget,
     known_toc: Option<crate::toc::Toc>,
-) -> Result<LayerImport, ImportError> {
+) -> Result<UncheckedImport, ImportError> {
     let started = std::time::Instant::now();
     let compression = Compression::from_media_type(&desc.media_type)?;
     let expected = Expected {
@@ -183,23 +202,17 @@ pub(crate) fn import_layer_in(
     verified?;
     parsed?;
     let read = started.elapsed();
-    let rows = match builder.check.take() {
-        Some(check) => check.conclude(desc)?,
-        None => Vec::new(),
-    };
-    let checked = started.elapsed();
+    let check = builder.check.take();
     let import = builder.finish();
     // Small files live inline in EROFS images: the store keeps them by SHA-256.
-    store.record_contents(&rows, &crate::partial::small_contents(&import.tree))?;
+    store.record_contents(&[], &crate::partial::small_contents(&import.tree))?;
     tracing::debug!(
         layer = %desc.digest,
         seconds = started.elapsed().as_secs_f64(),
         read_s = read.as_secs_f64(),
-        toc_check_s = (checked - read).as_secs_f64(),
-        index_rows = rows.len(),
         "imported a layer whole"
     );
-    Ok(import)
+    Ok(UncheckedImport { import, check })
 }
 
 /// A layer with eStargz's TOC annotation: its `stargz.index.json` and
@@ -474,8 +487,8 @@ impl<'a> LayerBuilder<'a> {
             if let Err(e) = read {
                 return Err(io_err(self, e));
             }
-            self.hash_body(&buf);
             let data = if buf.len() <= INLINE_MAX {
+                self.hash_body(&buf);
                 FileData::Inline(buf.clone())
             } else {
                 let staged = self.stager.add_bytes(&buf)?;
@@ -496,7 +509,6 @@ impl<'a> LayerBuilder<'a> {
                 break;
             }
             writer.write(&chunk[..n])?;
-            self.hash_body(&chunk[..n]);
         }
         let staged = self.stager.finish(writer)?;
         if staged.size != size {

@@ -8,13 +8,13 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use strata_store::{ImageRecord, ObjectRef, Store};
+use strata_store::{ImageRecord, ObjectRef, ObjectStager, Store};
 use strata_tree::{merge_layer, Digest, Stat, Tree};
 
-use crate::layer::EntryBudget;
+use crate::layer::{EntryBudget, TocCheck, UncheckedImport};
 use crate::partial::{import_layer_with, PartialPolicy};
 use crate::source::{resolve, BlobSource};
-use crate::{ImportError, LayerImport, Limits, Platform, Progress};
+use crate::{ImportError, Limits, Platform, Progress};
 
 #[derive(Clone, Debug)]
 pub struct PullOptions {
@@ -67,14 +67,17 @@ pub fn pull(
 
     let mut tree = Tree::new(Stat::default_dir());
     let mut stagers = Vec::with_capacity(imports.len());
-    for import in imports {
+    let mut checks = Vec::with_capacity(imports.len());
+    for UncheckedImport { import, check } in imports {
         merge_layer(&mut tree, import.tree)?;
         stagers.push(import.stager);
+        checks.push(check);
     }
     tree.compact();
     let objects = ObjectRef::all_in(&tree);
     let stats = tree.stats();
     let image = strata_erofs::into_image(tree)?;
+    conclude_checks(store, &stagers, checks)?;
     let referenced: HashSet<Digest> = objects.iter().map(|o| o.digest).collect();
     fail("pull.after_stage")?;
     for stager in stagers {
@@ -92,6 +95,39 @@ pub fn pull(
         objects: objects.len() as u64,
         up_to_date: false,
     })
+}
+
+/// Compares each layer read whole with the TOC it announces (reading its
+/// contents back, on every core) and records the index rows, while what
+/// the layers wrote is flushed to disk: a wait the publish would otherwise
+/// make alone. Nothing is published if a layer contradicts its TOC.
+fn conclude_checks(store: &Store, stagers: &[ObjectStager], checks: Vec<Option<TocCheck>>) -> Result<(), ImportError> {
+    if checks.iter().all(Option::is_none) {
+        return Ok(());
+    }
+    let conclude = move || -> Result<(), ImportError> {
+        let mut rows = Vec::new();
+        for (stager, check) in stagers.iter().zip(checks) {
+            if let Some(check) = check {
+                rows.extend(check.conclude(&stager.contents())?);
+            }
+        }
+        store.record_contents(&rows, &[])?;
+        Ok(())
+    };
+    let (concluded, synced) = std::thread::scope(|scope| {
+        let sync = std::thread::Builder::new()
+            .name("strata-sync".into())
+            .spawn_scoped(scope, || store.sync_written());
+        let concluded = conclude();
+        let synced = match sync {
+            Ok(thread) => thread.join().unwrap_or_else(|_| Ok(())),
+            Err(_) => Ok(()), // the publish syncs anyway
+        };
+        (concluded, synced)
+    });
+    concluded?;
+    Ok(synced?)
 }
 
 /// The image stored as `name`, and its EROFS id, if it is `resolved`'s
@@ -139,11 +175,11 @@ fn import_all(
     resolved: &crate::ResolvedImage,
     options: &PullOptions,
     progress: &Arc<Progress>,
-) -> Result<Vec<LayerImport>, ImportError> {
+) -> Result<Vec<UncheckedImport>, ImportError> {
     let layers = &resolved.manifest.layers;
     let next = AtomicUsize::new(0);
     let failed = AtomicBool::new(false);
-    let results: Mutex<Vec<Option<Result<LayerImport, ImportError>>>> =
+    let results: Mutex<Vec<Option<Result<UncheckedImport, ImportError>>>> =
         Mutex::new((0..layers.len()).map(|_| None).collect());
     let workers = options.parallel_layers.clamp(1, layers.len().max(1));
     let budget = EntryBudget::new(options.limits.max_entries_per_image);

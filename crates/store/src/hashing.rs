@@ -84,6 +84,31 @@ pub fn hash_opened<T: Sync, E: From<StoreError> + Send>(
     map_on_threads(items, usize::MAX, 1, || (), |(), item| hash(item))
 }
 
+/// The SHA-256 and size of each content in `digests` (the plain digest a
+/// TOC names a file by, not the fs-verity one), read back through
+/// `contents` on up to one thread per core; in the order of `digests`.
+pub fn sha256_of_contents(
+    contents: &crate::StagedContents<'_>,
+    digests: &[Digest],
+) -> Vec<Result<([u8; 32], u64), StoreError>> {
+    use sha2::Digest as _;
+    let sum = |buf: &mut Vec<u8>, digest: &Digest| -> Result<([u8; 32], u64), StoreError> {
+        let mut file = contents.open(digest)?;
+        let mut sha = sha2::Sha256::new();
+        let mut size = 0u64;
+        loop {
+            let n = std::io::Read::read(&mut file, buf)
+                .map_err(|e| StoreError::io("read", std::path::Path::new(&digest.object_path()), e))?;
+            if n == 0 {
+                return Ok((sha.finalize().into(), size));
+            }
+            sha.update(&buf[..n]);
+            size += n as u64;
+        }
+    };
+    map_on_threads(digests, usize::MAX, 16, || vec![0u8; 256 * 1024], sum)
+}
+
 /// The cores this process may use, read once: the standard library reads
 /// the cgroup's CPU quota on every call, a dozen syscalls per commit.
 pub(crate) fn cores() -> usize {

@@ -46,10 +46,10 @@ pub use db::{ImageRecord, ObjectRef};
 pub use error::StoreError;
 pub use fsck::{FsckProblem, FsckReport};
 pub use gc::GcReport;
-pub use hashing::{hash_file, hash_files, hash_opened};
+pub use hashing::{hash_file, hash_files, hash_opened, sha256_of_contents};
 pub use lazy_rows::MAX_LAZY_NEEDS;
 pub use lock::{ExclusiveGuard, ImportSlot, NoServe, ServePresence, SharedGuard};
-pub use objects::{AdoptSource, HashedBytes, ObjectStager, StagedObject};
+pub use objects::{AdoptSource, HashedBytes, ObjectStager, StagedContents, StagedObject};
 pub use prehash::{Prehash, Prehashed};
 pub use records::{Counter, RecordTable, StoreTxn};
 
@@ -284,13 +284,19 @@ impl Store {
         ObjectStager::new(self.clone())
     }
 
-    /// Writes an EROFS image durably and returns its id (its own digest).
+    /// Flushes everything written to the store's filesystem so far
+    /// (syncfs): a later publish then waits only for what came after.
+    pub fn sync_written(&self) -> Result<(), StoreError> {
+        self.inner.tmp.syncfs()
+    }
+
     /// Takes the directory `path` (on the store's filesystem) out of the
     /// way at once and deletes it in the background.
     pub fn discard(&self, path: &Path) -> Result<(), StoreError> {
         self.inner.trash.discard(&self.inner.tmp, path)
     }
 
+    /// Writes an EROFS image durably and returns its id (its own digest).
     pub fn put_image(&self, bytes: &[u8]) -> Result<strata_tree::Digest, StoreError> {
         images::put(self, bytes)
     }

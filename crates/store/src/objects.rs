@@ -2,7 +2,7 @@
 //! `objects/XX/REST` only at [`ObjectStager::publish`], after one filesystem
 //! sync. A content already in the store is never written a second time.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::io::Write;
 use std::os::fd::BorrowedFd;
 use std::path::{Path, PathBuf};
@@ -36,7 +36,8 @@ pub struct ObjectStager {
     /// Made at the first staged file: most container commits stage none.
     dir: std::cell::OnceCell<DirFd>,
     dir_name: String,
-    pending: Vec<(String, Digest)>,
+    /// Staged new contents and their names in the stage dir.
+    pending: HashMap<Digest, String>,
     /// Files of writers not yet finished; removed if the import fails.
     in_flight: HashSet<String>,
     seen: HashSet<Digest>,
@@ -158,7 +159,7 @@ impl ObjectStager {
             store,
             dir: std::cell::OnceCell::new(),
             dir_name,
-            pending: Vec::new(),
+            pending: HashMap::new(),
             in_flight: HashSet::new(),
             seen: HashSet::new(),
             next_file: 0,
@@ -213,7 +214,7 @@ impl ObjectStager {
         let name = self.next_name();
         place(self.stage_dir()?, &name)?;
         self.seen.insert(digest);
-        self.pending.push((name, digest));
+        self.pending.insert(digest, name);
         Ok(StagedObject {
             digest,
             size,
@@ -239,15 +240,6 @@ impl ObjectStager {
             file.write_all(data)
                 .map_err(|e| StoreError::io("write object", dir.path().join(name), e))
         })
-    }
-
-    /// Opens a content this stager staged, or else the store's object, for
-    /// reading (a partial pull rebuilding a layer's tar stream).
-    pub fn open_content(&self, digest: &Digest) -> Result<std::fs::File, StoreError> {
-        match self.pending.iter().find(|(_, d)| d == digest) {
-            Some((name, _)) => self.stage_dir()?.open_read(name),
-            None => self.store.inner.objects.open_read(&digest.object_path()),
-        }
     }
 
     /// Starts streaming a content too large to hold in memory.
@@ -278,7 +270,7 @@ impl ObjectStager {
             });
         }
         self.seen.insert(digest);
-        self.pending.push((name, digest));
+        self.pending.insert(digest, name);
         Ok(StagedObject {
             digest,
             size,
@@ -291,9 +283,15 @@ impl ObjectStager {
     /// (the very inode that becomes the object), so its bytes can be used
     /// while the sync and rename are still to come.
     pub fn open_staged(&self, digest: &Digest) -> Result<std::fs::File, StoreError> {
-        match self.pending.iter().find(|(_, d)| d == digest) {
-            Some((name, _)) => self.stage_dir()?.open_read(name),
-            None => self.store.inner.objects.open_read(&digest.object_path()),
+        self.contents().open(digest)
+    }
+
+    /// [`open_staged`](Self::open_staged) for several threads at once.
+    pub fn contents(&self) -> StagedContents<'_> {
+        StagedContents {
+            stage: self.dir.get(),
+            pending: &self.pending,
+            objects: &self.store.inner.objects,
         }
     }
 
@@ -340,10 +338,10 @@ impl ObjectStager {
     /// Like [`publish`](Self::publish), but drops staged contents `keep`
     /// rejects (e.g. files a later layer deleted), so they never land.
     pub fn publish_only(mut self, keep: impl Fn(&Digest) -> bool) -> Result<usize, StoreError> {
-        for (name, _) in self.pending.iter().filter(|(_, d)| !keep(d)) {
+        for (_, name) in self.pending.iter().filter(|(d, _)| !keep(d)) {
             self.stage_dir()?.unlink(name)?;
         }
-        self.pending.retain(|(_, d)| keep(d));
+        self.pending.retain(|d, _| keep(d));
         let moved = self.store.inner.moves.take_unsynced();
         if self.pending.is_empty() && self.deferred_count == 0 && moved.is_empty() {
             return Ok(0);
@@ -360,7 +358,7 @@ impl ObjectStager {
         let stage = self.stage_dir()?;
         let mut fanout_ready = [false; 256];
         let mut added = 0;
-        for (name, digest) in pending {
+        for (digest, name) in pending {
             let fan = digest.0[0] as usize;
             if !fanout_ready[fan] {
                 objects.ensure_dir(&format!("{:02x}", digest.0[0]), 0o755)?;
@@ -463,10 +461,27 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
+/// The contents a stager staged, and the store's objects, to open by
+/// digest (see [`ObjectStager::open_staged`]).
+pub struct StagedContents<'s> {
+    stage: Option<&'s DirFd>,
+    pending: &'s HashMap<Digest, String>,
+    objects: &'s DirFd,
+}
+
+impl StagedContents<'_> {
+    pub fn open(&self, digest: &Digest) -> Result<std::fs::File, StoreError> {
+        match (self.pending.get(digest), self.stage) {
+            (Some(name), Some(stage)) => stage.open_read(name),
+            _ => self.objects.open_read(&digest.object_path()),
+        }
+    }
+}
+
 impl Drop for ObjectStager {
     fn drop(&mut self) {
         let Some(dir) = self.dir.get() else { return };
-        for name in self.pending.iter().map(|(name, _)| name).chain(&self.in_flight) {
+        for name in self.pending.values().chain(&self.in_flight) {
             let _ = dir.unlink(name);
         }
         let _ = rustix::fs::unlinkat(

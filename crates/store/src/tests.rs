@@ -201,3 +201,31 @@ fn sha256_index_follows_gc() {
     );
     assert!(store.fsck(false).unwrap().is_clean());
 }
+
+/// The SHA-256 of contents read back through a stager: its own staged
+/// files, the store's objects, and an error for a content neither holds.
+#[test]
+fn sha256_of_contents_reads_staged_and_stored_contents() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path()).unwrap();
+    let sha = |bytes: &[u8]| -> [u8; 32] { <sha2::Sha256 as sha2::Digest>::digest(bytes).into() };
+    add_image(&store, "a", &[b"stored content"]);
+    let mut stager = store.stager().unwrap();
+    let big: Vec<u8> = (0..3_000_000u32).map(|i| (i % 253) as u8).collect();
+    let staged: Vec<Vec<u8>> = (0..40u8)
+        .map(|i| vec![i; usize::from(i) * 100 + 1])
+        .chain([big])
+        .collect();
+    for bytes in &staged {
+        assert!(stager.add_bytes(bytes).unwrap().new);
+    }
+    let mut contents: Vec<&[u8]> = staged.iter().map(Vec::as_slice).collect();
+    contents.push(b"stored content");
+    let mut digests: Vec<Digest> = contents.iter().map(|c| Digest::of(c)).collect();
+    digests.push(Digest::of(b"in neither"));
+    let sums = crate::sha256_of_contents(&stager.contents(), &digests);
+    for (bytes, sum) in contents.iter().zip(&sums) {
+        assert_eq!(*sum.as_ref().unwrap(), (sha(bytes), bytes.len() as u64));
+    }
+    assert!(sums.last().unwrap().is_err());
+}

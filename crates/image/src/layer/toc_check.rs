@@ -1,7 +1,12 @@
 //! A whole read of a layer that announces a TOC (eStargz, zstd:chunked):
-//! the tar is compared with the TOC ([`crate::toc::crosscheck`]) while it is
-//! imported, and the SHA-256 of each of its files is recorded for later
-//! partial pulls. Plain layers take none of this.
+//! the tar is compared with the TOC ([`crate::toc::crosscheck`]), and the
+//! SHA-256 of each of its files is recorded for later partial pulls. Plain
+//! layers take none of this.
+//!
+//! The import keeps each entry's facts; a file stored as an object is
+//! hashed when the check concludes, read back from the page cache on every
+//! core, so a pull can run that beside the sync of what it wrote (the
+//! import itself keeps both cores busy). Other files are hashed as read.
 //!
 //! The TOC is taken from the blob as it streams, so nothing is read twice:
 //! eStargz's JSON is the tar's own `stargz.index.json` entry, and
@@ -16,11 +21,11 @@ use std::collections::BTreeMap;
 use std::io::{self, Read};
 use std::sync::{Arc, Mutex};
 
-use strata_store::ObjectRef;
-use strata_tree::split_path;
+use sha2::{Digest as _, Sha256};
+use strata_store::{ObjectRef, StagedContents};
+use strata_tree::{split_path, Digest};
 
 use super::archive::Archive;
-use super::file_hash::FileHasher;
 use super::{is_estargz, Body, Header, LayerBuilder};
 use crate::toc::crosscheck::{crosscheck, TarEntry, TarKind};
 use crate::toc::{estargz, zstd_chunked, ByteRange, RangeReader, Sha256Digest, Toc, TocError, TocLimits};
@@ -48,13 +53,23 @@ pub(crate) struct TocCheck {
     known: Option<Toc>,
     /// eStargz: the body of the root's `stargz.index.json`.
     json: Option<Vec<u8>>,
-    /// Hashes the regular files; `hashing` while one is being read.
-    hasher: Option<FileHasher>,
-    hashing: bool,
-    /// Each regular file's entry in `entries` and its object, in tar order
-    /// (the hasher's sums come in the same order).
-    files: Vec<(usize, Option<ObjectRef>)>,
+    /// The regular file being read: its bytes so far, where they are hashed
+    /// as read.
+    reading: Option<(Sha256, u64)>,
+    /// Each regular file's entry in `entries` and where its content is.
+    files: Vec<(usize, FileBody)>,
     kept: Arc<Mutex<Kept>>,
+    layer: String,
+    blob_size: u64,
+}
+
+/// Where a regular file's content is, for its SHA-256.
+enum FileBody {
+    /// In an object: read back when the check concludes.
+    Object(ObjectRef),
+    /// Nowhere else (inline in the image, or an entry the import skips):
+    /// hashed as it was read.
+    Hashed(Sha256Digest, u64),
 }
 
 impl TocCheck {
@@ -74,7 +89,7 @@ impl TocCheck {
         let announced = match announced {
             Ok(announced) => announced,
             Err(e) => {
-                warn_unchecked(desc, &e);
+                warn_unchecked(&desc.digest, &e);
                 return None;
             }
         };
@@ -94,13 +109,14 @@ impl TocCheck {
             entries: Vec::new(),
             known: None,
             json: None,
-            hasher: Some(FileHasher::spawn()),
-            hashing: false,
+            reading: None,
             files: Vec::new(),
             kept: Arc::new(Mutex::new(Kept {
                 wanted,
                 ..Kept::default()
             })),
+            layer: desc.digest.clone(),
+            blob_size: desc.size,
         })
     }
 
@@ -122,39 +138,64 @@ impl TocCheck {
         })
     }
 
-    /// After the whole blob is read and verified: the TOC read from what
-    /// was kept and compared with the tar. The index rows of the layer's
-    /// files, unless the two contradict each other.
-    pub(crate) fn conclude(mut self, desc: &Descriptor) -> Result<Vec<IndexRow>, ImportError> {
-        let sums = self.hasher.take().map(FileHasher::finish).unwrap_or_default();
-        // A sum given to another file's object would poison the index.
-        assert_eq!(sums.len(), self.files.len(), "one sum per regular file");
+    /// After the whole blob is read and verified: each object's SHA-256,
+    /// read back through `contents` (the layer's stager); the TOC read from
+    /// what was kept and compared with the tar. The index rows of the
+    /// layer's files, unless the two contradict each other.
+    pub(crate) fn conclude(mut self, contents: &StagedContents<'_>) -> Result<Vec<IndexRow>, ImportError> {
+        let started = std::time::Instant::now();
+        let mut digests: Vec<Digest> = self
+            .files
+            .iter()
+            .filter_map(|(_, body)| match body {
+                FileBody::Object(object) => Some(object.digest),
+                FileBody::Hashed(..) => None,
+            })
+            .collect();
+        digests.sort_unstable();
+        digests.dedup();
+        let mut sums = std::collections::HashMap::with_capacity(digests.len());
+        for (digest, sum) in digests.iter().zip(strata_store::sha256_of_contents(contents, &digests)) {
+            let (sha256, size) = sum?;
+            sums.insert(*digest, (Sha256Digest(sha256), size));
+        }
         let mut rows = Vec::new();
-        for (&(at, object), &(sha256, size)) in self.files.iter().zip(&sums) {
-            self.entries[at].kind = TarKind::File { size, sha256 };
-            if let Some(object) = object {
-                rows.push((sha256.0, object));
-            }
+        for (at, body) in &self.files {
+            let (sha256, size) = match body {
+                FileBody::Object(object) => {
+                    let sum = sums[&object.digest];
+                    rows.push((sum.0 .0, *object));
+                    sum
+                }
+                FileBody::Hashed(sha256, size) => (*sha256, *size),
+            };
+            self.entries[*at].kind = TarKind::File { size, sha256 };
         }
         let toc = match self.known.take() {
             Some(toc) => Ok(toc),
             None => {
                 let kept = self.kept.lock().unwrap_or_else(|e| e.into_inner());
-                self.read_toc(&kept, desc.size)
+                self.read_toc(&kept, self.blob_size)
             }
         };
         let toc = match toc {
             Ok(toc) => toc,
             Err(e) => {
-                warn_unchecked(desc, &e);
+                warn_unchecked(&self.layer, &e);
                 return Ok(rows);
             }
         };
         crosscheck(&toc, &self.entries).map_err(|c| ImportError::TocContradictsTar {
-            layer: desc.digest.clone(),
+            layer: self.layer.clone(),
             path: c.path,
             detail: c.detail,
         })?;
+        tracing::debug!(
+            layer = %self.layer,
+            contents = digests.len(),
+            seconds = started.elapsed().as_secs_f64(),
+            "compared a layer read whole with its TOC"
+        );
         Ok(rows)
     }
 
@@ -177,9 +218,9 @@ impl TocCheck {
     }
 }
 
-fn warn_unchecked(desc: &Descriptor, error: &TocError) {
+fn warn_unchecked(layer: &str, error: &TocError) {
     tracing::warn!(
-        layer = %desc.digest,
+        layer,
         %error,
         "the layer's TOC cannot be read from its blob; its tar is imported without comparing the two"
     );
@@ -200,7 +241,7 @@ impl LayerBuilder<'_> {
         let facts = self.facts(&header, path);
         // A contiguous file ('7') is a regular file, as add_entry takes it.
         let regular = matches!(header.typeflag, b'0' | b'7');
-        self.check_mut().hashing = regular;
+        self.check_mut().reading = regular.then(|| (Sha256::new(), 0));
         let objects = self.objects.len();
         self.add_entry(header, Body::Tar(archive))?;
         if regular {
@@ -217,23 +258,24 @@ impl LayerBuilder<'_> {
             }
             let object = self.objects.get(objects).copied();
             let check = self.check_mut();
-            check.hashing = false;
-            check.hasher.as_mut().expect("until conclude").end_file();
-            check.files.push((check.entries.len(), object));
+            let (sha, size) = check.reading.take().expect("set above");
+            let body = match object {
+                // Its whole body went into the object.
+                Some(object) if size == 0 => FileBody::Object(object),
+                _ => FileBody::Hashed(Sha256Digest(sha.finalize().into()), size),
+            };
+            check.files.push((check.entries.len(), body));
         }
         self.check_mut().entries.push(facts);
         Ok(())
     }
 
-    /// Feeds a regular file's bytes, as they are read, to the check's hash.
+    /// Feeds bytes of the regular file being read, where they are not
+    /// stored as an object, to its SHA-256.
     pub(super) fn hash_body(&mut self, bytes: &[u8]) {
-        if let Some(hasher) = self
-            .check
-            .as_mut()
-            .filter(|c| c.hashing)
-            .and_then(|c| c.hasher.as_mut())
-        {
-            hasher.update(bytes);
+        if let Some((sha, size)) = self.check.as_mut().and_then(|c| c.reading.as_mut()) {
+            sha.update(bytes);
+            *size += bytes.len() as u64;
         }
     }
 

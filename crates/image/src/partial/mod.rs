@@ -26,7 +26,7 @@ use std::sync::{Arc, Mutex};
 
 use strata_store::Store;
 
-use crate::layer::{import_layer_in, EntryBudget};
+use crate::layer::{import_layer_in, EntryBudget, UncheckedImport};
 use crate::source::BlobRanges;
 use crate::toc::zstd_chunked::TarSplit;
 use crate::toc::{self, ByteRange, Sha256Digest, Toc, TocError, TocLimits};
@@ -124,10 +124,11 @@ pub fn import_layer_from(
 ) -> Result<LayerImport, ImportError> {
     let budget = EntryBudget::new(limits.max_entries_per_image);
     let fresh = indexes_nothing(store)?;
-    import_layer_with(store, source, desc, diff_id, limits, progress, &budget, policy, fresh)
+    import_layer_with(store, source, desc, diff_id, limits, progress, &budget, policy, fresh)?.settle(store)
 }
 
-/// [`import_layer_from`], drawing entries from an image-wide budget.
+/// [`import_layer_from`], drawing entries from an image-wide budget; a
+/// layer read whole is left for the caller to compare with its TOC.
 /// `fresh`: the store indexed no content when the pull began (see
 /// [`indexes_nothing`]; taken once per pull, so that layers which start
 /// after another finished are treated alike).
@@ -142,11 +143,16 @@ pub(crate) fn import_layer_with(
     budget: &EntryBudget,
     policy: PartialPolicy,
     fresh: bool,
-) -> Result<LayerImport, ImportError> {
+) -> Result<UncheckedImport, ImportError> {
     let mut known_toc = None;
     if policy.mode != PartialPulls::Off {
         match partial(store, source, desc, diff_id, limits, progress, budget, policy, fresh) {
-            Ok(Attempt::Imported(import)) => return Ok(*import),
+            Ok(Attempt::Imported(import)) => {
+                return Ok(UncheckedImport {
+                    import: *import,
+                    check: None,
+                })
+            }
             Ok(Attempt::Whole(toc)) => known_toc = toc,
             Err(e) if e.falls_back() => {
                 tracing::warn!(
@@ -300,7 +306,7 @@ fn partial(
         let reader = BlobRanges { source, desc };
         let ndjson =
             toc::zstd_chunked::read_tar_split(&reader, desc.size, &tar_split, &TocLimits::from_layer_limits(limits))?;
-        verify::check_diff_id(&ndjson, &toc, &fetched.contents, &|d| stager.open_content(d), diff_id)?;
+        verify::check_diff_id(&ndjson, &toc, &fetched.contents, &|d| stager.open_staged(d), diff_id)?;
     }
     let import = tree::build(&toc, &desc.digest, &fetched.contents, stager, limits, progress, budget)?;
     let built = started.elapsed();
