@@ -492,6 +492,10 @@ impl<'a> LayerBuilder<'a> {
                 FileData::Inline(buf.clone())
             } else {
                 let staged = self.stager.add_bytes(&buf)?;
+                if !staged.new {
+                    // Its object may be cold on disk: hashed here instead.
+                    self.hash_body(&buf);
+                }
                 self.note(staged);
                 FileData::Object {
                     digest: staged.digest,

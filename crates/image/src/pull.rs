@@ -11,7 +11,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use strata_store::{ImageRecord, ObjectRef, ObjectStager, Store};
 use strata_tree::{merge_layer, Digest, Stat, Tree};
 
-use crate::layer::{EntryBudget, TocCheck, UncheckedImport};
+use crate::layer::{EntryBudget, UncheckedImport};
 use crate::partial::{import_layer_with, PartialPolicy};
 use crate::source::{resolve, BlobSource};
 use crate::{ImportError, Limits, Platform, Progress};
@@ -64,7 +64,49 @@ pub fn pull(
     Progress::add(&progress.bytes_total, layers.iter().map(|l| l.size).sum());
 
     let imports = import_all(store, source, &resolved, options, progress)?;
+    // What the layers wrote is flushed to disk while the image is built and
+    // their TOC checks run: the publish then waits for little.
+    let Built {
+        image,
+        objects,
+        stats,
+        stagers,
+        index_rows,
+    } = beside_sync(store, || build(imports))?;
+    let referenced: HashSet<Digest> = objects.iter().map(|o| o.digest).collect();
+    fail("pull.after_stage")?;
+    for stager in stagers {
+        stager.publish_only(|d| referenced.contains(d))?;
+    }
+    fail("pull.after_publish")?;
+    let erofs = store.put_image(&image)?;
+    fail("pull.before_db")?;
 
+    let record = image_record(&options.name, &resolved, &erofs, &stats);
+    store.commit_image_indexed(&record, &objects, &index_rows)?;
+    Ok(PullOutcome {
+        record,
+        image_bytes: image.len() as u64,
+        objects: objects.len() as u64,
+        up_to_date: false,
+    })
+}
+
+/// A pull's image, built from its layers' imports.
+struct Built {
+    image: Vec<u8>,
+    objects: Vec<ObjectRef>,
+    stats: strata_tree::TreeStats,
+    stagers: Vec<ObjectStager>,
+    /// The SHA-256 index rows of the layers read whole with a TOC.
+    index_rows: Vec<([u8; 32], ObjectRef)>,
+}
+
+/// Merges the layers, writes the EROFS image, and compares each layer read
+/// whole with the TOC it announces (reading its contents back, on every
+/// core), which yields its index rows. Nothing is published if a layer
+/// contradicts its TOC.
+fn build(imports: Vec<UncheckedImport>) -> Result<Built, ImportError> {
     let mut tree = Tree::new(Stat::default_dir());
     let mut stagers = Vec::with_capacity(imports.len());
     let mut checks = Vec::with_capacity(imports.len());
@@ -77,57 +119,47 @@ pub fn pull(
     let objects = ObjectRef::all_in(&tree);
     let stats = tree.stats();
     let image = strata_erofs::into_image(tree)?;
-    conclude_checks(store, &stagers, checks)?;
-    let referenced: HashSet<Digest> = objects.iter().map(|o| o.digest).collect();
-    fail("pull.after_stage")?;
-    for stager in stagers {
-        stager.publish_only(|d| referenced.contains(d))?;
+    let mut index_rows = Vec::new();
+    for (stager, check) in stagers.iter().zip(checks) {
+        if let Some(check) = check {
+            index_rows.extend(check.conclude(&stager.contents())?);
+        }
     }
-    fail("pull.after_publish")?;
-    let erofs = store.put_image(&image)?;
-    fail("pull.before_db")?;
-
-    let record = image_record(&options.name, &resolved, &erofs, &stats);
-    store.commit_image(&record, &objects)?;
-    Ok(PullOutcome {
-        record,
-        image_bytes: image.len() as u64,
-        objects: objects.len() as u64,
-        up_to_date: false,
+    Ok(Built {
+        image,
+        objects,
+        stats,
+        stagers,
+        index_rows,
     })
 }
 
-/// Compares each layer read whole with the TOC it announces (reading its
-/// contents back, on every core) and records the index rows, while what
-/// the layers wrote is flushed to disk: a wait the publish would otherwise
-/// make alone. Nothing is published if a layer contradicts its TOC.
-fn conclude_checks(store: &Store, stagers: &[ObjectStager], checks: Vec<Option<TocCheck>>) -> Result<(), ImportError> {
-    if checks.iter().all(Option::is_none) {
-        return Ok(());
-    }
-    let conclude = move || -> Result<(), ImportError> {
-        let mut rows = Vec::new();
-        for (stager, check) in stagers.iter().zip(checks) {
-            if let Some(check) = check {
-                rows.extend(check.conclude(&stager.contents())?);
-            }
-        }
-        store.record_contents(&rows, &[])?;
-        Ok(())
-    };
-    let (concluded, synced) = std::thread::scope(|scope| {
+/// Runs `work` while a thread flushes what was written to the store's
+/// filesystem so far.
+fn beside_sync<T>(store: &Store, work: impl FnOnce() -> Result<T, ImportError>) -> Result<T, ImportError> {
+    let started = std::time::Instant::now();
+    std::thread::scope(|scope| {
         let sync = std::thread::Builder::new()
             .name("strata-sync".into())
-            .spawn_scoped(scope, || store.sync_written());
-        let concluded = conclude();
-        let synced = match sync {
-            Ok(thread) => thread.join().unwrap_or_else(|_| Ok(())),
-            Err(_) => Ok(()), // the publish syncs anyway
+            .spawn_scoped(scope, || {
+                let synced = store.sync_written();
+                (synced, started.elapsed())
+            });
+        let done = work();
+        let worked = started.elapsed();
+        let (synced, sync_s) = match sync {
+            Ok(thread) => thread.join().unwrap_or((Ok(()), Default::default())),
+            Err(_) => (Ok(()), Default::default()), // the publish syncs anyway
         };
-        (concluded, synced)
-    });
-    concluded?;
-    Ok(synced?)
+        tracing::debug!(
+            work_s = worked.as_secs_f64(),
+            sync_s = sync_s.as_secs_f64(),
+            "built the image beside the sync"
+        );
+        let done = done?;
+        synced?;
+        Ok(done)
+    })
 }
 
 /// The image stored as `name`, and its EROFS id, if it is `resolved`'s

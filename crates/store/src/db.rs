@@ -204,10 +204,18 @@ impl Db {
         Ok(removed)
     }
 
-    pub fn commit_image(&self, record: &ImageRecord, objects: &[ObjectRef]) -> Result<(), StoreError> {
+    pub fn commit_image(
+        &self,
+        record: &ImageRecord,
+        objects: &[ObjectRef],
+        index_rows: &[([u8; 32], ObjectRef)],
+    ) -> Result<(), StoreError> {
         let id = record.erofs_id()?;
         let json = serde_json::to_vec(record).expect("records serialize");
         let txn = self.db.begin_write()?;
+        if !index_rows.is_empty() {
+            crate::sha_index::put_in(&txn, index_rows)?;
+        }
         {
             txn.open_table(IMAGE_OBJECTS)?
                 .insert(id.0.as_slice(), pack(objects).as_slice())?;

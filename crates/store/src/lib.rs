@@ -309,7 +309,18 @@ impl Store {
     /// Records an image under its name, atomically with its object refs.
     /// Replaces any earlier image of that name.
     pub fn commit_image(&self, record: &ImageRecord, objects: &[ObjectRef]) -> Result<(), StoreError> {
-        self.inner.db.commit_image(record, objects)
+        self.inner.db.commit_image(record, objects, &[])
+    }
+
+    /// [`commit_image`](Self::commit_image), with SHA-256 index rows (see
+    /// [`record_sha256`](Self::record_sha256)) in the same commit.
+    pub fn commit_image_indexed(
+        &self,
+        record: &ImageRecord,
+        objects: &[ObjectRef],
+        index_rows: &[([u8; 32], ObjectRef)],
+    ) -> Result<(), StoreError> {
+        self.inner.db.commit_image(record, objects, index_rows)
     }
 
     pub fn image(&self, name: &str) -> Result<Option<ImageRecord>, StoreError> {

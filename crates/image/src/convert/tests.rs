@@ -423,3 +423,63 @@ fn a_contiguous_file_is_hashed_and_indexed_on_a_whole_read() {
         assert_eq!(store.sha256_index_len().unwrap(), 1, "{}", format.name());
     }
 }
+
+/// A whole read of a converted layer indexes every file by the SHA-256 of
+/// its bytes, however its content was stored: inline, a new object held in
+/// memory, one streamed, and repeats of both (known by then, so hashed as
+/// read or read back).
+#[test]
+fn a_whole_read_indexes_every_content_however_it_was_stored() {
+    let mid: Vec<u8> = (0..70_000u32).map(|i| (i % 251) as u8).collect();
+    let large: Vec<u8> = (0..1_500_000u32).map(|i| (i % 241) as u8).collect();
+    let files: [(&str, &[u8]); 5] = [
+        ("small", b"a small file, inline"),
+        ("mid", &mid),
+        ("mid-again", &mid),
+        ("large", &large),
+        ("large-again", &large),
+    ];
+    let mut builder = tar::Builder::new(Vec::new());
+    for (name, data) in files {
+        let mut header = tar::Header::new_gnu();
+        header.set_mode(0o644);
+        header.set_mtime(1_704_067_200);
+        header.set_size(data.len() as u64);
+        builder.append_data(&mut header, name, data).unwrap();
+    }
+    let tar = builder.into_inner().unwrap();
+    for format in [Format::Estargz, Format::ZstdChunked] {
+        let converted = convert_tar(format, &tar, 1 << 20);
+        let dir = tempfile::tempdir().unwrap();
+        let store = strata_store::Store::open(dir.path()).unwrap();
+        let desc = Descriptor {
+            media_type: format.media_type().into(),
+            digest: Sha256Digest::of(&converted.blob).to_string(),
+            size: converted.blob.len() as u64,
+            platform: None,
+            annotations: converted.annotations.clone(),
+        };
+        let import = crate::layer::import_layer(
+            &store,
+            &desc,
+            Some(&converted.diff_id.to_string()),
+            Box::new(std::io::Cursor::new(converted.blob.clone())),
+            &Limits::default(),
+            &Arc::new(Progress::default()),
+        )
+        .unwrap_or_else(|e| panic!("{}: {e}", format.name()));
+        import.stager.publish().unwrap();
+        for (name, data) in [files[1], files[3]] {
+            let found = store.objects_by_sha256(&[Sha256Digest::of(data).0]).unwrap();
+            let object = found[0].unwrap_or_else(|| panic!("{}: {name} is not indexed", format.name()));
+            assert_eq!(
+                object.digest,
+                strata_tree::Digest::of(data),
+                "{}: {name}",
+                format.name()
+            );
+            assert_eq!(object.size, data.len() as u64);
+        }
+        assert_eq!(store.sha256_index_len().unwrap(), 2, "{}", format.name());
+    }
+}

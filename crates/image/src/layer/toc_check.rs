@@ -53,23 +53,35 @@ pub(crate) struct TocCheck {
     known: Option<Toc>,
     /// eStargz: the body of the root's `stargz.index.json`.
     json: Option<Vec<u8>>,
-    /// The regular file being read: its bytes so far, where they are hashed
-    /// as read.
-    reading: Option<(Sha256, u64)>,
-    /// Each regular file's entry in `entries` and where its content is.
-    files: Vec<(usize, FileBody)>,
+    /// The regular file being read, hashed as read where its content is
+    /// not left to be read back.
+    reading: Option<Hashing>,
+    /// The regular files, in tar order.
+    files: Vec<TarFile>,
     kept: Arc<Mutex<Kept>>,
     layer: String,
     blob_size: u64,
 }
 
-/// Where a regular file's content is, for its SHA-256.
-enum FileBody {
-    /// In an object: read back when the check concludes.
-    Object(ObjectRef),
-    /// Nowhere else (inline in the image, or an entry the import skips):
-    /// hashed as it was read.
-    Hashed(Sha256Digest, u64),
+/// A regular file of the layer, for its SHA-256 and index row.
+struct TarFile {
+    /// Its entry in `entries`.
+    at: usize,
+    /// The object holding its content, if any.
+    object: Option<ObjectRef>,
+    /// Its SHA-256 and size where it was hashed as read: a content held
+    /// inline, one the store already had (its object may be cold on disk),
+    /// an entry the import skips. Others are read back from their objects.
+    hashed: Option<(Sha256Digest, u64)>,
+}
+
+/// The SHA-256 of the regular file being read.
+#[derive(Default)]
+struct Hashing {
+    sha: Sha256,
+    size: u64,
+    /// Whether any of its bytes were fed (an empty content's are).
+    fed: bool,
 }
 
 impl TocCheck {
@@ -147,10 +159,8 @@ impl TocCheck {
         let mut digests: Vec<Digest> = self
             .files
             .iter()
-            .filter_map(|(_, body)| match body {
-                FileBody::Object(object) => Some(object.digest),
-                FileBody::Hashed(..) => None,
-            })
+            .filter(|file| file.hashed.is_none())
+            .filter_map(|file| file.object.map(|o| o.digest))
             .collect();
         digests.sort_unstable();
         digests.dedup();
@@ -160,16 +170,16 @@ impl TocCheck {
             sums.insert(*digest, (Sha256Digest(sha256), size));
         }
         let mut rows = Vec::new();
-        for (at, body) in &self.files {
-            let (sha256, size) = match body {
-                FileBody::Object(object) => {
-                    let sum = sums[&object.digest];
-                    rows.push((sum.0 .0, *object));
-                    sum
-                }
-                FileBody::Hashed(sha256, size) => (*sha256, *size),
+        for file in &self.files {
+            let (sha256, size) = match (file.hashed, file.object) {
+                (Some(sum), _) => sum,
+                (None, Some(object)) => sums[&object.digest],
+                (None, None) => unreachable!("a file without an object is hashed as read"),
             };
-            self.entries[*at].kind = TarKind::File { size, sha256 };
+            if let Some(object) = file.object {
+                rows.push((sha256.0, object));
+            }
+            self.entries[file.at].kind = TarKind::File { size, sha256 };
         }
         let toc = match self.known.take() {
             Some(toc) => Ok(toc),
@@ -241,7 +251,7 @@ impl LayerBuilder<'_> {
         let facts = self.facts(&header, path);
         // A contiguous file ('7') is a regular file, as add_entry takes it.
         let regular = matches!(header.typeflag, b'0' | b'7');
-        self.check_mut().reading = regular.then(|| (Sha256::new(), 0));
+        self.check_mut().reading = regular.then(Hashing::default);
         let objects = self.objects.len();
         self.add_entry(header, Body::Tar(archive))?;
         if regular {
@@ -258,24 +268,26 @@ impl LayerBuilder<'_> {
             }
             let object = self.objects.get(objects).copied();
             let check = self.check_mut();
-            let (sha, size) = check.reading.take().expect("set above");
-            let body = match object {
-                // Its whole body went into the object.
-                Some(object) if size == 0 => FileBody::Object(object),
-                _ => FileBody::Hashed(Sha256Digest(sha.finalize().into()), size),
-            };
-            check.files.push((check.entries.len(), body));
+            let hashing = check.reading.take().expect("set above");
+            let hashed =
+                (hashing.fed || object.is_none()).then(|| (Sha256Digest(hashing.sha.finalize().into()), hashing.size));
+            check.files.push(TarFile {
+                at: check.entries.len(),
+                object,
+                hashed,
+            });
         }
         self.check_mut().entries.push(facts);
         Ok(())
     }
 
-    /// Feeds bytes of the regular file being read, where they are not
-    /// stored as an object, to its SHA-256.
+    /// Feeds bytes of the regular file being read to its SHA-256: the
+    /// whole content, or none of it (then it is read back from its object).
     pub(super) fn hash_body(&mut self, bytes: &[u8]) {
-        if let Some((sha, size)) = self.check.as_mut().and_then(|c| c.reading.as_mut()) {
-            sha.update(bytes);
-            *size += bytes.len() as u64;
+        if let Some(hashing) = self.check.as_mut().and_then(|c| c.reading.as_mut()) {
+            hashing.sha.update(bytes);
+            hashing.size += bytes.len() as u64;
+            hashing.fed = true;
         }
     }
 
