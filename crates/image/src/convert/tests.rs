@@ -400,28 +400,42 @@ fn a_contiguous_file_is_hashed_and_indexed_on_a_whole_read() {
     builder.append_data(&mut header, "contiguous.bin", &data[..]).unwrap();
     let tar = builder.into_inner().unwrap();
     for format in [Format::Estargz, Format::ZstdChunked] {
-        let converted = convert_tar(format, &tar, 1 << 20);
-        let dir = tempfile::tempdir().unwrap();
-        let store = strata_store::Store::open(dir.path()).unwrap();
-        let desc = Descriptor {
-            media_type: format.media_type().into(),
-            digest: Sha256Digest::of(&converted.blob).to_string(),
-            size: converted.blob.len() as u64,
-            platform: None,
-            annotations: converted.annotations.clone(),
-        };
-        let import = crate::layer::import_layer(
-            &store,
-            &desc,
-            Some(&converted.diff_id.to_string()),
-            Box::new(std::io::Cursor::new(converted.blob.clone())),
-            &Limits::default(),
-            &Arc::new(Progress::default()),
-        );
+        let (_dir, store, import) = import_whole(format, &tar);
         assert!(import.is_ok(), "{}: {:?}", format.name(), import.err());
         // The row (the object itself is published with the image).
         assert_eq!(store.sha256_index_len().unwrap(), 1, "{}", format.name());
     }
+}
+
+/// `tar` converted to `format` and read whole into a new store, as a pull
+/// with no partial attempt does.
+fn import_whole(
+    format: Format,
+    tar: &[u8],
+) -> (
+    tempfile::TempDir,
+    strata_store::Store,
+    Result<crate::LayerImport, crate::ImportError>,
+) {
+    let converted = convert_tar(format, tar, 1 << 20);
+    let dir = tempfile::tempdir().unwrap();
+    let store = strata_store::Store::open(dir.path()).unwrap();
+    let desc = Descriptor {
+        media_type: format.media_type().into(),
+        digest: Sha256Digest::of(&converted.blob).to_string(),
+        size: converted.blob.len() as u64,
+        platform: None,
+        annotations: converted.annotations.clone(),
+    };
+    let import = crate::layer::import_layer(
+        &store,
+        &desc,
+        Some(&converted.diff_id.to_string()),
+        Box::new(std::io::Cursor::new(converted.blob)),
+        &Limits::default(),
+        &Arc::new(Progress::default()),
+    );
+    (dir, store, import)
 }
 
 /// A whole read of a converted layer indexes every file by the SHA-256 of
@@ -449,25 +463,8 @@ fn a_whole_read_indexes_every_content_however_it_was_stored() {
     }
     let tar = builder.into_inner().unwrap();
     for format in [Format::Estargz, Format::ZstdChunked] {
-        let converted = convert_tar(format, &tar, 1 << 20);
-        let dir = tempfile::tempdir().unwrap();
-        let store = strata_store::Store::open(dir.path()).unwrap();
-        let desc = Descriptor {
-            media_type: format.media_type().into(),
-            digest: Sha256Digest::of(&converted.blob).to_string(),
-            size: converted.blob.len() as u64,
-            platform: None,
-            annotations: converted.annotations.clone(),
-        };
-        let import = crate::layer::import_layer(
-            &store,
-            &desc,
-            Some(&converted.diff_id.to_string()),
-            Box::new(std::io::Cursor::new(converted.blob.clone())),
-            &Limits::default(),
-            &Arc::new(Progress::default()),
-        )
-        .unwrap_or_else(|e| panic!("{}: {e}", format.name()));
+        let (_dir, store, import) = import_whole(format, &tar);
+        let import = import.unwrap_or_else(|e| panic!("{}: {e}", format.name()));
         import.stager.publish().unwrap();
         for (name, data) in [files[1], files[3]] {
             let found = store.objects_by_sha256(&[Sha256Digest::of(data).0]).unwrap();
