@@ -25,7 +25,8 @@ static STAGE_COUNTER: AtomicU64 = AtomicU64::new(0);
 pub struct StagedObject {
     pub digest: Digest,
     pub size: u64,
-    /// False when the store (or this stager) already had the content.
+    /// False when the store (or this stager) already had the content; an
+    /// adoption in place (see [`ObjectStager::adopt`]) asks only the stager.
     pub new: bool,
 }
 
@@ -297,15 +298,20 @@ impl ObjectStager {
 
     /// Takes a regular file that already exists below a directory the
     /// caller does not trust (a snapshot's upper dir) and was hashed where
-    /// it lies. On the store's filesystem a new content is left in place and
-    /// only listed: the caller moves it into `objects/` with
+    /// it lies. On the store's filesystem it is left in place and only
+    /// listed: the caller moves it into `objects/` with
     /// [`Store::adopt_in_place`] after its own commit point, so a failed or
-    /// killed commit loses nothing (that move hashes it again). From another
-    /// filesystem (a sized scratch), or too deep to be named by one path, it
-    /// is copied into the stage and hashed as it is copied: bytes that no
-    /// longer match `digest` are an error. A known content is left where it is.
+    /// killed commit loses nothing (that move hashes it again). The store
+    /// is not searched first: that move never replaces an object, so a
+    /// content the store holds stays as it is and the file goes with its
+    /// directory (a lookup here cost as much as the move, before the reply).
+    /// From another filesystem (a sized scratch), or too deep to be named by
+    /// one path, it is copied into the stage and hashed as it is copied:
+    /// bytes that no longer match `digest` are an error. A content this
+    /// stager already has, or that a copy finds in the store, is left where
+    /// it is (`new` false).
     pub fn adopt(&mut self, source: &AdoptSource<'_>, digest: Digest, size: u64) -> Result<StagedObject, StoreError> {
-        if self.known(&digest)? {
+        if self.seen.contains(&digest) {
             return Ok(StagedObject {
                 digest,
                 size,

@@ -114,6 +114,13 @@ fn version_mismatch_is_refused() {
 /// One commit's worth of adoption, as the snapshotter does it: hash where
 /// the file lies, adopt, publish, journal in a transaction, move.
 fn adopt_commit(store: &Store, upper: &std::path::Path, name: &str, data: &[u8]) -> (std::path::PathBuf, Digest) {
+    let (path, digest, moved) = adopt_file(store, upper, name, data);
+    assert_eq!(moved, 1);
+    (path, digest)
+}
+
+/// [`adopt_commit`], returning how many objects the move added.
+fn adopt_file(store: &Store, upper: &std::path::Path, name: &str, data: &[u8]) -> (std::path::PathBuf, Digest, usize) {
     let path = upper.join(name);
     std::fs::write(&path, data).unwrap();
     let (digest, size) = crate::hash_file(&path).unwrap();
@@ -133,8 +140,35 @@ fn adopt_commit(store: &Store, upper: &std::path::Path, name: &str, data: &[u8])
     let txn = store.begin().unwrap();
     txn.journal_adoptions(&adopted).unwrap();
     txn.commit().unwrap();
-    assert_eq!(store.adopt_in_place(&adopted, crate::Recheck::Rehash).unwrap(), 1);
-    (path, digest)
+    let moved = store.adopt_in_place(&adopted, crate::Recheck::Rehash).unwrap();
+    (path, digest, moved)
+}
+
+/// The stager does not search the store before it lists a file to move:
+/// the move finds the object already there and leaves both alone.
+#[test]
+fn an_adopted_file_never_replaces_the_object_it_duplicates() {
+    use std::os::unix::fs::MetadataExt;
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(&dir.path().join("store")).unwrap();
+    let upper = dir.path().join("store/upper");
+    std::fs::create_dir(&upper).unwrap();
+    let (_, digest) = adopt_commit(&store, &upper, "a", &[7u8; 5000]);
+    let object = dir.path().join("store/objects").join(digest.object_path());
+    let inode = std::fs::metadata(&object).unwrap().ino();
+
+    let (copy, again, moved) = adopt_file(&store, &upper, "b", &[7u8; 5000]);
+    assert_eq!((again, moved), (digest, 0));
+    assert!(copy.exists(), "the duplicate stays where it was written");
+    assert_eq!(
+        std::fs::metadata(&object).unwrap().ino(),
+        inode,
+        "the object was not replaced"
+    );
+    drop(store);
+    let store = Store::open(&dir.path().join("store")).unwrap();
+    assert!(store.inner.db.pending().unwrap().is_empty());
+    assert!(store.fsck(false).unwrap().is_clean());
 }
 
 #[test]
