@@ -105,8 +105,9 @@ impl Store {
             }
             Err(e) => return Err(StoreError::io("stat", path, e)),
         }
-        // A content already present makes the rename fail with EEXIST (the
-        // stager looked before it deferred the file).
+        // A content already present makes the rename fail with EEXIST: the
+        // stager lists a file without looking in the store, so this is
+        // where a duplicate is found, and left to go with its upper dir.
         match rustix::fs::renameat_with(parent, name, objects.fd(), digest.object_path(), RenameFlags::NOREPLACE) {
             Ok(()) => {}
             // Already there, or moved by another process finishing it.
