@@ -648,8 +648,9 @@ fn hostile_tocs_fall_back_to_a_verified_whole_pull() {
         (
             "a range that holds another file's bytes",
             Box::new(|entries| {
-                // Two files swap places in the list and ranges: offsets
-                // still rise, nothing overlaps, each names the other's bytes.
+                // Two files swap ranges: nothing overlaps, each names the
+                // other's bytes. (Their entries stay in the tar's order,
+                // which a whole read holds the TOC to.)
                 let files = plain_files(entries);
                 let (a, b) = files
                     .windows(2)
@@ -661,7 +662,6 @@ fn hostile_tocs_fall_back_to_a_verified_whole_pull() {
                     entries[a][key] = entries[b][key].clone();
                     entries[b][key] = va;
                 }
-                entries.swap(a, b);
             }),
             Box::new(keep),
             &["hash to", "chunk at", "the TOC says"],
@@ -743,15 +743,18 @@ fn hostile_tocs_fall_back_to_a_verified_whole_pull() {
     store.fsck_clean();
 }
 
-/// A TOC that agrees with itself but not with the tar: two files' names
-/// swapped. `toc` takes it (the manifest vouches for the TOC; see
-/// docs/partial-pulls.md), giving each path the other's bytes; `verified`
-/// finds that the tar-split disagrees and pulls the layer whole, where the
-/// tar contradicts the TOC: the pull fails.
+/// A TOC that lies about its layer while its digest and the layer's
+/// tar-split stay right: two plain files' names swapped, or one made
+/// setuid. `toc` takes it (the manifest vouches for the TOC; see
+/// docs/partial-pulls.md). `verified` finds that the tar-split disagrees
+/// (the swap), or that the tar its diff_id covers does (the mode), and
+/// pulls the layer whole, where the tar contradicts the TOC: the pull
+/// fails.
 #[test]
 fn verified_refuses_a_toc_that_contradicts_the_tar() {
     let _user = FixtureUser;
-    let swap = |entries: &mut Vec<Value>| {
+    type Lie = fn(&mut Vec<Value>);
+    let swap: Lie = |entries| {
         let files = plain_files(entries);
         let (a, b) = files
             .windows(2)
@@ -762,29 +765,38 @@ fn verified_refuses_a_toc_that_contradicts_the_tar() {
         entries[a]["name"] = entries[b]["name"].clone();
         entries[b]["name"] = name;
     };
-    let store = store_with(PARTIAL);
-    let layout = hostile_layout(store.dir.path(), swap, keep);
-    let reference = format!("oci:{}:hostile", layout.display());
-    let out = store.run(&["pull", &reference]);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    assert!(!String::from_utf8_lossy(&out.stderr).contains("pulling the layer whole"));
-    store.fsck_clean();
+    let setuid: Lie = |entries| {
+        let file = plain_files(entries)[0];
+        entries[file]["mode"] = 0o4755.into();
+    };
+    for (lie, why) in [
+        (swap, "the diff_id cannot be checked"),
+        (setuid, "the tar the diff_id covers contradicts the TOC"),
+    ] {
+        let store = store_with(PARTIAL);
+        let layout = hostile_layout(store.dir.path(), lie, keep);
+        let reference = format!("oci:{}:hostile", layout.display());
+        let out = store.run(&["pull", &reference]);
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        assert!(!String::from_utf8_lossy(&out.stderr).contains("pulling the layer whole"));
+        store.fsck_clean();
 
-    let store = store_with(VERIFIED);
-    let layout = hostile_layout(store.dir.path(), swap, keep);
-    let reference = format!("oci:{}:hostile", layout.display());
-    let out = store.run(&["pull", &reference]);
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    // The diff_id check fails; the whole read it falls back to finds the
-    // tar contradicting the TOC and refuses the image.
-    assert!(!out.status.success(), "{stderr}");
-    assert!(
-        stderr.contains("pulling the layer whole") && stderr.contains("diff_id"),
-        "{stderr}"
-    );
-    assert!(stderr.contains("contradicts its TOC"), "{stderr}");
-    assert!(store.images().is_empty(), "{stderr}");
-    store.fsck_clean();
+        let store = store_with(VERIFIED);
+        let layout = hostile_layout(store.dir.path(), lie, keep);
+        let reference = format!("oci:{}:hostile", layout.display());
+        let out = store.run(&["pull", &reference]);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        // The check fails; the whole read it falls back to finds the tar
+        // contradicting the TOC and refuses the image.
+        assert!(!out.status.success(), "{why}: {stderr}");
+        assert!(
+            stderr.contains("pulling the layer whole") && stderr.contains(why),
+            "{why}: {stderr}"
+        );
+        assert!(stderr.contains("contradicts its TOC"), "{why}: {stderr}");
+        assert!(store.images().is_empty(), "{why}: {stderr}");
+        store.fsck_clean();
+    }
 }
 
 /// Files the TOC reads name, by path, with their sizes: a check that the

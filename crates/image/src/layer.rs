@@ -36,7 +36,7 @@ mod toc_check;
 mod xattr;
 use archive::{Archive, ArchiveError};
 use builder::{NewNode, TreeBuilder};
-pub(crate) use toc_check::TocCheck;
+pub(crate) use toc_check::{tar_entry, TocCheck};
 
 use crate::decompress::{self, Compression, Expected};
 use crate::{Descriptor, ImportError, Progress};

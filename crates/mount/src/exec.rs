@@ -19,6 +19,9 @@ pub trait Mounter {
     fn is_mountpoint(&self, path: &Path) -> bool;
     /// How many overlays use `lower` as a lower layer.
     fn overlay_users(&self, lower: &Path) -> usize;
+    /// Whether a mount writes into `dir`: an overlay with it as upper dir,
+    /// or a mount of `dir` itself.
+    fn writes_into(&self, dir: &Path) -> bool;
 }
 
 /// The kernel, used through the rungs of its [`Ladder`].
@@ -51,6 +54,11 @@ impl Mounter for Kernel {
     fn overlay_users(&self, lower: &Path) -> usize {
         // Unreadable: count one user, so the image mount stays.
         std::fs::read_to_string("/proc/self/mountinfo").map_or(1, |text| count_overlay_users(&text, lower))
+    }
+
+    fn writes_into(&self, dir: &Path) -> bool {
+        // Unreadable: in use, the careful answer.
+        std::fs::read_to_string("/proc/self/mountinfo").map_or(true, |text| mount_writes_into(&text, dir))
     }
 }
 
@@ -206,27 +214,84 @@ pub fn lock_image_mounts(mnt_dir: &Path) -> Result<ImageMountLock, MountError> {
     Ok(ImageMountLock(fd))
 }
 
+/// One line of `/proc/self/mountinfo`, its fields still escaped.
+struct MountLine<'a> {
+    /// `major:minor` of the filesystem.
+    device: &'a str,
+    /// The directory of that filesystem the mount shows.
+    root: &'a str,
+    mount_point: &'a str,
+    fstype: &'a str,
+    super_options: &'a str,
+}
+
+fn mount_lines(mountinfo: &str) -> impl Iterator<Item = MountLine<'_>> {
+    mountinfo.lines().filter_map(|line| {
+        let (head, tail) = line.split_once(" - ")?;
+        let mut head = head.split(' ').skip(2);
+        let (device, root, mount_point) = (head.next()?, head.next()?, head.next()?);
+        let mut tail = tail.split(' ');
+        let fstype = tail.next()?;
+        let super_options = tail.nth(1)?;
+        Some(MountLine {
+            device,
+            root,
+            mount_point,
+            fstype,
+            super_options,
+        })
+    })
+}
+
+/// The values of an overlay's `keys` options, unescaped.
+fn overlay_values<'a>(line: &'a MountLine<'_>, keys: &'a [&str]) -> impl Iterator<Item = String> + 'a {
+    line.super_options
+        .split(',')
+        .filter(move |_| line.fstype == "overlay")
+        .filter_map(move |option| {
+            let (key, value) = option.split_once('=')?;
+            keys.contains(&key).then(|| unescape(value))
+        })
+}
+
 /// How many overlays in `mountinfo` name `lower` as a lower layer.
 pub fn count_overlay_users(mountinfo: &str, lower: &Path) -> usize {
     let lower = lower.to_string_lossy();
-    mountinfo
-        .lines()
-        .filter_map(|line| {
-            let (_, rest) = line.split_once(" - ")?;
-            let mut fields = rest.split(' ');
-            (fields.next()? == "overlay").then_some(())?;
-            fields.nth(1)
-        })
-        .filter(|options| {
-            options.split(',').any(|option| {
-                let Some((key, value)) = option.split_once('=') else {
-                    return false;
-                };
-                matches!(key, "lowerdir" | "lowerdir+")
-                    && unescape(value).split(':').any(|layer| layer == lower.as_ref())
-            })
+    mount_lines(mountinfo)
+        .filter(|line| {
+            overlay_values(line, &["lowerdir", "lowerdir+"])
+                .any(|value| value.split(':').any(|layer| layer == lower.as_ref()))
         })
         .count()
+}
+
+/// Whether a mount in `mountinfo` writes into `dir` (absolute, without
+/// symlinks): an overlay whose upper dir it is, or a mount showing `dir`
+/// itself (a bind mount), found as a mount of the filesystem `dir` is on
+/// whose root is `dir`.
+pub fn mount_writes_into(mountinfo: &str, dir: &Path) -> bool {
+    let shown = dir.to_string_lossy();
+    let lines: Vec<MountLine<'_>> = mount_lines(mountinfo).collect();
+    if lines
+        .iter()
+        .any(|line| overlay_values(line, &["upperdir"]).any(|upper| upper == shown.as_ref()))
+    {
+        return true;
+    }
+    // The mount `dir` is seen through: the deepest mount point above it
+    // (the last mounted there).
+    let Some((holder, below)) = lines
+        .iter()
+        .rev()
+        .filter_map(|line| Some((line, dir.strip_prefix(unescape(line.mount_point)).ok()?)))
+        .min_by_key(|(_, below)| below.components().count())
+    else {
+        return false;
+    };
+    let root = Path::new(&unescape(holder.root)).join(below);
+    lines.iter().any(|line| {
+        line.device == holder.device && Path::new(&unescape(line.root)) == root && !std::ptr::eq(line, holder)
+    })
 }
 
 /// Undoes mountinfo's `\ooo` escapes (and overlay's `\` before `:`).
@@ -338,6 +403,30 @@ mod tests {
         fn overlay_users(&self, _: &Path) -> usize {
             0
         }
+        fn writes_into(&self, _: &Path) -> bool {
+            false
+        }
+    }
+
+    #[test]
+    fn finds_mounts_writing_into_a_dir() {
+        let text = "22 1 8:1 / / rw - ext4 /dev/sda1 rw\n\
+                    30 22 7:0 / /var/s rw - ext4 /dev/loop0 rw\n\
+                    44 22 0:39 / /run/c1 rw - overlay overlay lowerdir+=/var/s/mnt/ab,upperdir=/var/s/snapshots/5/fs,workdir=/var/s/snapshots/5/work\n\
+                    45 22 7:0 /snapshots/7/fs /run/c2 rw - ext4 /dev/loop0 rw\n\
+                    46 22 7:0 /snapshots/8/fs/sub /run/c3 rw - ext4 /dev/loop0 rw\n\
+                    47 22 7:1 /snapshots/9/fs /run/c4 rw - ext4 /dev/loop1 rw\n";
+        let writes = |dir: &str| mount_writes_into(text, Path::new(dir));
+        assert!(writes("/var/s/snapshots/5/fs"), "an overlay's upper dir");
+        assert!(writes("/var/s/snapshots/7/fs"), "bound elsewhere");
+        assert!(!writes("/var/s/snapshots/8/fs"), "only a dir below it is bound");
+        assert!(
+            !writes("/var/s/snapshots/9/fs"),
+            "another filesystem's dir of that name"
+        );
+        assert!(!writes("/var/s/snapshots/6/fs"));
+        // The filesystem's own mount is no bind of a dir in it.
+        assert!(!writes("/var/s"));
     }
 
     #[test]

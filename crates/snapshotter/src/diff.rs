@@ -83,6 +83,26 @@ struct Walk<'a> {
     /// Lower path of the directory being read (differs from `rel` below a
     /// renamed directory).
     names: Vec<Vec<u8>>,
+    /// Entries renamed directories may still copy from the lower tree; set
+    /// at the first one (see [`copy_budget`]).
+    copy_budget: Option<u64>,
+}
+
+/// Entries the copies of renamed lower directories may make in all: the
+/// lower tree twice over, and some. Renames side by side copy each lower
+/// entry once at most; only renames nested in renames copy entries again,
+/// each level anew, which without a bound would let a few thousand nested
+/// renames copy a large lower tree thousands of times in memory.
+fn copy_budget(lower: &Tree) -> u64 {
+    let (mut dirs, mut stack) = (0u64, vec![&lower.root]);
+    while let Some(dir) = stack.pop() {
+        dirs += 1;
+        stack.extend(dir.entries.values().filter_map(|node| match node {
+            Node::Dir(d) => Some(&**d),
+            _ => None,
+        }));
+    }
+    (dirs + lower.leaves.len() as u64).saturating_mul(2) + (1 << 16)
 }
 
 /// Reads `upper` into a layer tree, staging large file bodies in `stager`,
@@ -109,6 +129,7 @@ pub(crate) fn layer_from_upper(
         counted: HashSet::new(),
         rel: Vec::new(),
         names: Vec::new(),
+        copy_budget: None,
     };
     walk.count(&raw);
     let started = std::time::Instant::now();
@@ -413,7 +434,14 @@ impl Walk<'_> {
                         reason: "renamed directory whose origin is not a directory of the parent snapshot".into(),
                     });
                 };
-                let copy = lower::copy_lower_dir(self.lower, lower, &mut self.layer);
+                let budget = self.copy_budget.get_or_insert_with(|| copy_budget(self.lower));
+                let Some(copy) = lower::copy_lower_dir(self.lower, lower, &mut self.layer, budget) else {
+                    self.names.pop();
+                    return Err(SnapshotError::Unsupported {
+                        path: shown.display().to_string(),
+                        reason: "renamed directories nested in renamed directories copy more entries than the parent snapshot holds twice over".into(),
+                    });
+                };
                 Some((copy, std::mem::replace(&mut self.names, origin)))
             }
             None => None,

@@ -51,6 +51,9 @@ impl Mounter for Recorder {
     fn overlay_users(&self, _: &Path) -> usize {
         0
     }
+    fn writes_into(&self, _: &Path) -> bool {
+        false
+    }
 }
 
 /// A committed one-file layer, then an active snapshot over it: its Mounts

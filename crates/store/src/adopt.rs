@@ -98,7 +98,7 @@ impl Store {
         // its writer is done).
         match rustix::fs::statat(parent, name, AtFlags::SYMLINK_NOFOLLOW) {
             Ok(stat) if FileType::from_raw_mode(stat.st_mode) == FileType::RegularFile => {}
-            Err(Errno::NOENT) => return Ok(None),
+            Err(Errno::NOENT) => return self.finish_moved(digest).map(|()| None),
             Ok(_) => {
                 tracing::warn!(path = %path.display(), "no longer a regular file; not adopted");
                 return Ok(None);
@@ -127,6 +127,23 @@ impl Store {
             Ok(Some(*digest))
         } else {
             self.take_out(digest).map(|()| None)
+        }
+    }
+
+    /// For a listed file no longer where it was: a move that renamed it
+    /// may have been killed before its recheck, which makes an object
+    /// read-only as it ends. An object of its name still writable is
+    /// hashed again now, and taken out unless its bytes are its name's.
+    fn finish_moved(&self, digest: &Digest) -> Result<(), StoreError> {
+        let objects = &self.inner.objects;
+        match rustix::fs::statat(objects.fd(), digest.object_path(), AtFlags::SYMLINK_NOFOLLOW) {
+            Ok(stat) if stat.st_mode & 0o222 != 0 => {}
+            _ => return Ok(()),
+        }
+        if self.keep_unchanged(digest)? {
+            Ok(())
+        } else {
+            self.take_out(digest)
         }
     }
 

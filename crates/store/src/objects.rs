@@ -48,8 +48,10 @@ pub struct ObjectStager {
     /// How many were ever deferred: publish must sync them even after the
     /// caller has taken the list.
     deferred_count: usize,
-    /// The filesystem of `tmp/` and `objects/`: files on it are adopted in place.
+    /// The filesystem of `tmp/` and `objects/`: files on it are adopted in
+    /// place, unless `copy_always`.
     device: u64,
+    copy_always: bool,
 }
 
 /// Bytes with their fs-verity digest, which only hashing them can make.
@@ -167,7 +169,15 @@ impl ObjectStager {
             deferred: Vec::new(),
             deferred_count: 0,
             device,
+            copy_always: false,
         })
+    }
+
+    /// Copies every file [`adopt`](Self::adopt) takes, as from another
+    /// filesystem: for files a writer may still reach (a snapshot mounted
+    /// while it is committed), whose inodes must never become objects.
+    pub fn copy_always(&mut self) {
+        self.copy_always = true;
     }
 
     fn known(&mut self, digest: &Digest) -> Result<bool, StoreError> {
@@ -305,8 +315,9 @@ impl ObjectStager {
     /// is not searched first: that move never replaces an object, so a
     /// content the store holds stays as it is and the file goes with its
     /// directory (a lookup here cost as much as the move, before the reply).
-    /// From another filesystem (a sized scratch), or too deep to be named by
-    /// one path, it is copied into the stage and hashed as it is copied:
+    /// From another filesystem (a sized scratch), too deep to be named by
+    /// one path, or for a [`copy_always`](Self::copy_always) stager, it is
+    /// copied into the stage and hashed as it is copied:
     /// bytes that no longer match `digest` are an error. A content this
     /// stager already has, or that a copy finds in the store, is left where
     /// it is (`new` false).
@@ -320,7 +331,7 @@ impl ObjectStager {
         }
         let path = source.dir_path.join(source.rel);
         let nameable = path.as_os_str().len() < PATH_NAMEABLE && path.starts_with(self.store.root());
-        if source.dev == self.device && nameable {
+        if source.dev == self.device && nameable && !self.copy_always {
             self.seen.insert(digest);
             self.deferred.push((path, digest));
             self.deferred_count += 1;

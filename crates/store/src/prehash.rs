@@ -10,6 +10,12 @@
 //! event that can change the inode's content: a later close after writing
 //! hashes it again, a bare modification (a truncate) drops it. The writer is
 //! trusted not to write through a shared mapping after closing its fd.
+//! Jobs find files by name when they run, so a name may point elsewhere by
+//! then; the digest of the inode last hashed under a name is dropped when
+//! that name is removed, renamed or replaced. Its inode may be freed then,
+//! and its number taken by another file whose own events were spent on a
+//! name pointing elsewhere. A directory renamed inside the tree moves names
+//! the watch cannot follow: every digest is dropped.
 //! Files the watch may have missed (the first entries of a directory made
 //! before its watch was added) are simply absent: the caller hashes those
 //! itself. If the kernel drops events (queue overflow) or a watch cannot be
@@ -72,6 +78,8 @@ impl Prehashed {
 enum Job {
     Hash(PathBuf),
     Forget(PathBuf),
+    /// The name was removed, renamed or made anew.
+    Unnamed(PathBuf),
     /// Events were lost: nothing hashed so far can be trusted.
     Lost,
 }
@@ -88,6 +96,8 @@ const WATCH: WatchFlags = WatchFlags::CLOSE_WRITE
     .union(WatchFlags::MODIFY)
     .union(WatchFlags::CREATE)
     .union(WatchFlags::MOVED_TO)
+    .union(WatchFlags::MOVED_FROM)
+    .union(WatchFlags::DELETE)
     .union(WatchFlags::ONLYDIR);
 
 /// Lowers the calling thread to the lowest priority: the work here only
@@ -274,12 +284,19 @@ impl Watches {
             };
             let path = dir.join(OsStr::from_bytes(name.to_bytes()));
             if flags.contains(ReadFlags::ISDIR) {
+                if flags.contains(ReadFlags::MOVED_FROM) {
+                    found.push(Found::Lost);
+                    break;
+                }
                 if flags.intersects(ReadFlags::CREATE | ReadFlags::MOVED_TO) {
                     found.push(Found::Dir(path));
                 }
             } else if flags.intersects(ReadFlags::CLOSE_WRITE | ReadFlags::MOVED_TO) {
                 last_modified = None;
                 found.push(Found::File(path));
+            } else if flags.intersects(ReadFlags::DELETE | ReadFlags::MOVED_FROM | ReadFlags::CREATE) {
+                last_modified = None;
+                found.push(Found::Unnamed(path));
             } else if flags.contains(ReadFlags::MODIFY) && last_modified.as_ref() != Some(&path) {
                 last_modified = Some(path.clone());
                 found.push(Found::Modified(path));
@@ -294,6 +311,7 @@ impl Watches {
                 Found::Dir(path) => self.add_tree(path),
                 Found::File(path) => self.send(Job::Hash(path)),
                 Found::Modified(path) => self.send(Job::Forget(path)),
+                Found::Unnamed(path) => self.send(Job::Unnamed(path)),
             }
         }
     }
@@ -352,6 +370,7 @@ enum Found {
     Dir(PathBuf),
     File(PathBuf),
     Modified(PathBuf),
+    Unnamed(PathBuf),
 }
 
 /// Runs jobs in order until the watcher hangs up; a later job for an inode
@@ -359,22 +378,33 @@ enum Found {
 /// only loses its old digest.
 fn hash_jobs(root: &OwnedFd, queued: &Receiver<Job>, finishing: &AtomicBool, abort: &AtomicBool) -> Prehashed {
     let mut out = Prehashed::default();
+    // The inode each name was last hashed as.
+    let mut named: HashMap<PathBuf, (u64, u64)> = HashMap::new();
     let mut lost = false;
     let mut flush = EarlyFlush::start(root);
     for job in queued {
         if abort.load(Ordering::Relaxed) {
             return Prehashed::default();
         }
-        match job {
+        let rel = match &job {
             Job::Lost => {
                 lost = true;
                 out.digests.clear();
+                continue;
             }
-            _ if lost => {}
+            _ if lost => continue,
+            Job::Hash(rel) | Job::Forget(rel) | Job::Unnamed(rel) => rel,
+        };
+        if let Some(inode) = named.remove(rel) {
+            out.digests.remove(&inode);
+        }
+        match job {
             Job::Hash(rel) if !finishing.load(Ordering::Relaxed) => {
-                let hashed = hash_one(root, &rel, &mut out);
-                if let Some(flush) = &mut flush {
-                    flush.add(hashed);
+                if let Some((inode, bytes)) = hash_one(root, &rel, &mut out) {
+                    named.insert(rel, inode);
+                    if let Some(flush) = &mut flush {
+                        flush.add(bytes);
+                    }
                 }
             }
             Job::Hash(rel) | Job::Forget(rel) => {
@@ -382,6 +412,7 @@ fn hash_jobs(root: &OwnedFd, queued: &Receiver<Job>, finishing: &AtomicBool, abo
                     out.digests.remove(&(stat.st_dev, stat.st_ino));
                 }
             }
+            Job::Unnamed(_) | Job::Lost => {}
         }
     }
     out.early_flushes = flush.map_or(0, EarlyFlush::finish);
@@ -391,17 +422,16 @@ fn hash_jobs(root: &OwnedFd, queued: &Receiver<Job>, finishing: &AtomicBool, abo
 /// Hashes one regular file below `root`. Anything else there (a symlink,
 /// a device, a fifo, or nothing) is left alone: opening a device could
 /// have side effects, so the file is looked at through an `O_PATH` handle
-/// first. Returns the bytes hashed.
-fn hash_one(root: &OwnedFd, rel: &Path, out: &mut Prehashed) -> u64 {
+/// first. Returns the inode hashed and its bytes.
+fn hash_one(root: &OwnedFd, rel: &Path, out: &mut Prehashed) -> Option<((u64, u64), u64)> {
     let Ok(strata_sys::Opened::File(mut file, stat)) = strata_sys::open_regular(root.as_fd(), rel) else {
-        return 0;
+        return None;
     };
-    let Ok(hashed) = hash_open_file(&mut file, rel) else {
-        return 0;
-    };
-    out.digests.insert((stat.st_dev, stat.st_ino), hashed);
+    let hashed = hash_open_file(&mut file, rel).ok()?;
+    let inode = (stat.st_dev, stat.st_ino);
+    out.digests.insert(inode, hashed);
     let _ = strata_sys::start_writeback(file.as_fd());
-    hashed.1
+    Some((inode, hashed.1))
 }
 
 /// Bytes hashed between two early `syncfs` calls.

@@ -121,6 +121,19 @@ fn adopt_commit(store: &Store, upper: &std::path::Path, name: &str, data: &[u8])
 
 /// [`adopt_commit`], returning how many objects the move added.
 fn adopt_file(store: &Store, upper: &std::path::Path, name: &str, data: &[u8]) -> (std::path::PathBuf, Digest, usize) {
+    let (path, digest, adopted) = journal_file(store, upper, name, data);
+    let moved = store.adopt_in_place(&adopted, crate::Recheck::Rehash).unwrap();
+    (path, digest, moved)
+}
+
+/// Writes, hashes and stages a file, then journals its move as a commit
+/// does, without making it.
+fn journal_file(
+    store: &Store,
+    upper: &std::path::Path,
+    name: &str,
+    data: &[u8],
+) -> (std::path::PathBuf, Digest, Vec<(std::path::PathBuf, Digest)>) {
     let path = upper.join(name);
     std::fs::write(&path, data).unwrap();
     let (digest, size) = crate::hash_file(&path).unwrap();
@@ -140,8 +153,37 @@ fn adopt_file(store: &Store, upper: &std::path::Path, name: &str, data: &[u8]) -
     let txn = store.begin().unwrap();
     txn.journal_adoptions(&adopted).unwrap();
     txn.commit().unwrap();
-    let moved = store.adopt_in_place(&adopted, crate::Recheck::Rehash).unwrap();
-    (path, digest, moved)
+    (path, digest, adopted)
+}
+
+/// A kill between a move's rename and its recheck leaves an object not yet
+/// made read-only, and its listed file gone: the restart hashes it again,
+/// keeping it if its bytes are its name's and taking it out if not.
+#[test]
+fn a_move_killed_before_its_recheck_is_checked_at_the_restart() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(&dir.path().join("store")).unwrap();
+    let upper = dir.path().join("store/upper");
+    std::fs::create_dir(&upper).unwrap();
+    let objects = dir.path().join("store/objects");
+    let mut moved = Vec::new();
+    for (name, data) in [("kept", [3u8; 5000]), ("changed", [4u8; 5000])] {
+        let (path, digest, _) = journal_file(&store, &upper, name, &data);
+        // The rename, and then the kill.
+        let object = objects.join(digest.object_path());
+        std::fs::create_dir_all(object.parent().unwrap()).unwrap();
+        std::fs::rename(&path, &object).unwrap();
+        moved.push(object);
+    }
+    std::fs::write(&moved[1], [5u8; 5000]).unwrap();
+    drop(store);
+    let store = Store::open(&dir.path().join("store")).unwrap();
+    assert!(store.inner.db.pending().unwrap().is_empty());
+    let mode = std::fs::metadata(&moved[0]).unwrap().permissions().mode();
+    assert_eq!(mode & 0o777, 0o444, "rechecked and made read-only");
+    assert!(!moved[1].exists(), "bytes not its name's: taken out");
+    assert!(store.fsck(false).unwrap().is_clean());
 }
 
 /// The stager does not search the store before it lists a file to move:

@@ -307,39 +307,44 @@ impl LayerBuilder<'_> {
         }
     }
 
-    /// The entry as the comparison sees it; a regular file's content is
-    /// filled in once its body is read. Values add_entry refuses do not
-    /// get this far.
+    /// The entry as the comparison sees it (see [`tar_entry`]).
     fn facts(&self, header: &Header, path: Option<Vec<Vec<u8>>>) -> TarEntry {
-        let joined = |names: Vec<Vec<u8>>| names.join(&b'/');
-        let number = |n: i64| u32::try_from(n).unwrap_or(u32::MAX);
-        let (major, minor) = (number(header.dev_major), number(header.dev_minor));
-        let kind = match header.typeflag {
-            b'5' => TarKind::Dir,
-            b'2' => TarKind::Symlink(header.link.clone()),
-            b'1' => TarKind::Hardlink(
-                split_path(&header.link, self.limits.max_depth)
-                    .map(joined)
-                    .unwrap_or_else(|_| header.link.clone()),
-            ),
-            b'3' => TarKind::CharDevice { major, minor },
-            b'4' => TarKind::BlockDevice { major, minor },
-            b'6' => TarKind::Fifo,
-            // Regular files: filled in once read.
-            _ => TarKind::File {
-                size: 0,
-                sha256: Sha256Digest::empty(),
-            },
-        };
-        let xattrs: BTreeMap<Vec<u8>, Vec<u8>> = header.xattrs.iter().cloned().collect();
-        TarEntry {
-            path: path.map_or_else(|| header.path.clone(), joined),
-            kind,
-            mode: number(header.mode & 0o7777),
-            uid: number(header.uid),
-            gid: number(header.gid),
-            xattrs,
-        }
+        tar_entry(header, path, self.limits.max_depth)
+    }
+}
+
+/// A tar entry as the comparison sees it, `path` its names where they
+/// split; a regular file's content is filled in once its body is read.
+/// Values the import refuses do not get as far as a comparison.
+pub(crate) fn tar_entry(header: &Header, path: Option<Vec<Vec<u8>>>, max_depth: usize) -> TarEntry {
+    let joined = |names: Vec<Vec<u8>>| names.join(&b'/');
+    let number = |n: i64| u32::try_from(n).unwrap_or(u32::MAX);
+    let (major, minor) = (number(header.dev_major), number(header.dev_minor));
+    let kind = match header.typeflag {
+        b'5' => TarKind::Dir,
+        b'2' => TarKind::Symlink(header.link.clone()),
+        b'1' => TarKind::Hardlink(
+            split_path(&header.link, max_depth)
+                .map(joined)
+                .unwrap_or_else(|_| header.link.clone()),
+        ),
+        b'3' => TarKind::CharDevice { major, minor },
+        b'4' => TarKind::BlockDevice { major, minor },
+        b'6' => TarKind::Fifo,
+        // Regular files: filled in once read.
+        _ => TarKind::File {
+            size: 0,
+            sha256: Sha256Digest::empty(),
+        },
+    };
+    let xattrs: BTreeMap<Vec<u8>, Vec<u8>> = header.xattrs.iter().cloned().collect();
+    TarEntry {
+        path: path.map_or_else(|| header.path.clone(), joined),
+        kind,
+        mode: number(header.mode & 0o7777),
+        uid: number(header.uid),
+        gid: number(header.gid),
+        xattrs,
     }
 }
 

@@ -69,6 +69,8 @@ pub enum PartialError {
     DiffId { reason: String },
     #[error("the tar-split and the files rebuild a stream of {actual}, the config's diff_id is {expected}")]
     DiffIdMismatch { expected: String, actual: String },
+    #[error("the tar the diff_id covers contradicts the TOC at {path:?}: {detail}")]
+    Contradicts { path: String, detail: String },
     #[error("the store: {0}")]
     Store(Box<strata_store::StoreError>),
     #[error("{0}")]
@@ -306,7 +308,11 @@ fn partial(
         let reader = BlobRanges { source, desc };
         let ndjson =
             toc::zstd_chunked::read_tar_split(&reader, desc.size, &tar_split, &TocLimits::from_layer_limits(limits))?;
-        verify::check_diff_id(&ndjson, &toc, &fetched.contents, &|d| stager.open_staged(d), diff_id)?;
+        let contents = verify::Contents {
+            got: &fetched.contents,
+            open_object: &|d| stager.open_staged(d),
+        };
+        verify::check_diff_id(&ndjson, &toc, &contents, diff_id, &TocLimits::from_layer_limits(limits))?;
     }
     let import = tree::build(&toc, &desc.digest, &fetched.contents, stager, limits, progress, budget)?;
     let built = started.elapsed();

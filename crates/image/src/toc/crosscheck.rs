@@ -11,13 +11,15 @@
 //!   fifo); a regular file's size and SHA-256, a symlink's target, a hard
 //!   link's (normalised) target and a device's numbers are equal;
 //! - mode (permissions, setuid, setgid, sticky), uid, gid and the xattrs
-//!   are equal: the tree a partial pull makes takes them from the TOC.
+//!   are equal: the tree a partial pull makes takes them from the TOC;
+//! - the entries come in the same order: a whiteout removes only what
+//!   came before it, and a hard link takes its target as it is then.
 //!
 //! Not compared: mtimes (eStargz records them rounded to the second, so a
-//! faithful TOC may differ from its tar by a fraction of one), owner names
-//! (strata keeps numeric ids) and the order of different paths. In an
-//! eStargz layer the format's own root entries (`stargz.index.json`, the
-//! landmarks) are left out on both sides: both pulls hide them.
+//! faithful TOC may differ from its tar by a fraction of one) and owner
+//! names (strata keeps numeric ids). In an eStargz layer the format's own
+//! root entries (`stargz.index.json`, the landmarks) are left out on both
+//! sides: both pulls hide them.
 
 use std::collections::{BTreeMap, HashMap};
 
@@ -84,6 +86,8 @@ pub fn crosscheck(toc: &Toc, tar: &[TarEntry]) -> Result<(), Contradiction> {
     }
     let mut next: HashMap<&[u8], usize> = HashMap::new();
     let mut paired = vec![false; toc.entries.len()];
+    // The TOC entry the previous tar entry paired with.
+    let mut previous: Option<usize> = None;
     for entry in tar.iter().filter(|e| !is_format_entry(toc.format, &e.path)) {
         let contradiction = |detail: String| Contradiction {
             path: String::from_utf8_lossy(&entry.path).into_owned(),
@@ -107,6 +111,13 @@ pub fn crosscheck(toc: &Toc, tar: &[TarEntry]) -> Result<(), Contradiction> {
         if let Some(detail) = compare(&toc.entries[index], entry) {
             return Err(contradiction(detail));
         }
+        if let Some(before) = previous.filter(|&before| before > index) {
+            return Err(contradiction(format!(
+                "the tar has it after {:?}, the TOC before",
+                toc.entries[before].path
+            )));
+        }
+        previous = Some(index);
     }
     match toc
         .entries

@@ -67,6 +67,10 @@ pub enum TocError {
     UnsupportedVersion(i64),
     #[error("TOC has more than {limit} entries (TocLimits::max_entries)")]
     TooManyEntries { limit: u64 },
+    #[error(
+        "reading every chunk the TOC lists would decompress {work} bytes (inner offsets included), over the limit of {limit} (TocLimits::max_inflate_bytes)"
+    )]
+    TooMuchInflating { work: u64, limit: u64 },
     #[error("TOC entry {index} ({name:?}): {problem}")]
     Entry {
         index: usize,

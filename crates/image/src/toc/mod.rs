@@ -95,6 +95,12 @@ pub struct TocLimits {
     pub max_depth: usize,
     /// Bytes in an entry's name and in a link's target.
     pub max_path_bytes: usize,
+    /// Bytes decompressed to read every chunk once: an eStargz chunk that
+    /// shares its gzip member (`innerOffset`) is reached by decompressing
+    /// the member from its start. A whole pull's own bound on a layer's
+    /// uncompressed bytes, so a partial or lazy read never inflates more
+    /// than a whole pull may.
+    pub max_inflate_bytes: u64,
 }
 
 impl TocLimits {
@@ -107,6 +113,7 @@ impl TocLimits {
             max_entries: limits.max_entries,
             max_depth: limits.max_depth,
             max_path_bytes: limits.max_path_bytes,
+            max_inflate_bytes: limits.max_layer_bytes,
         }
     }
 }

@@ -66,6 +66,13 @@ pub(super) fn validate(raw: &RawToc, frame: Frame, limits: &TocLimits) -> Result
         TocFormat::ZstdChunked => placed.zstd_ranges(),
     }
     .map_err(|(span, problem)| error(raw_index[spans[span].entry], problem))?;
+    let work = inflate_work(&spans);
+    if work > limits.max_inflate_bytes {
+        return Err(TocError::TooMuchInflating {
+            work,
+            limit: limits.max_inflate_bytes,
+        });
+    }
     for (span, range) in spans.iter().zip(ranges) {
         if let EntryKind::File(content) = &mut entries[span.entry].kind {
             content.chunks[span.chunk].compressed = range;
@@ -379,6 +386,15 @@ impl Builder<'_> {
             _ => Ok(()),
         }
     }
+}
+
+/// The bytes decompressed to read each chunk once, each from the start of
+/// its compressed range: the chunk, and before it its inner offset.
+fn inflate_work(spans: &[Span]) -> u64 {
+    spans
+        .iter()
+        .map(|span| span.inner_offset.saturating_add(span.size))
+        .fold(0u64, u64::saturating_add)
 }
 
 /// Every chunk's start, to be given its end.

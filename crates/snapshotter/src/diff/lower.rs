@@ -8,8 +8,14 @@ use strata_tree::{Dir, LeafId, Node, Tree};
 
 /// Copies `lower` (a directory of `from`) into `into`, keeping hard links
 /// within it (`ids` maps `from`'s leaves to those pushed into `into`).
-pub(super) fn copy_lower_dir(from: &Tree, lower: &Dir, into: &mut Tree) -> Dir {
+/// Each directory and leaf made takes one from `budget`; `None` once it is
+/// spent (renames nested inside renames copy the same entries again).
+pub(super) fn copy_lower_dir(from: &Tree, lower: &Dir, into: &mut Tree, budget: &mut u64) -> Option<Dir> {
     let mut ids: HashMap<LeafId, LeafId> = HashMap::new();
+    let mut spend = || {
+        *budget = budget.checked_sub(1)?;
+        Some(())
+    };
     // Each frame: the source dir's entries still to copy, the copy so far,
     // and the name it gets in its parent.
     let mut stack = vec![(lower.entries.iter(), Dir::new(lower.stat.clone()), Vec::new())];
@@ -17,10 +23,19 @@ pub(super) fn copy_lower_dir(from: &Tree, lower: &Dir, into: &mut Tree) -> Dir {
     while let Some((entries, copy, _)) = stack.last_mut() {
         match entries.next() {
             Some((name, Node::Dir(d))) => {
+                spend()?;
                 stack.push((d.entries.iter(), Dir::new(d.stat.clone()), name.clone()));
             }
             Some((name, Node::Leaf(id))) => {
-                let new = *ids.entry(*id).or_insert_with(|| into.push_leaf(from.leaf(*id).clone()));
+                let new = match ids.get(id) {
+                    Some(new) => *new,
+                    None => {
+                        spend()?;
+                        let new = into.push_leaf(from.leaf(*id).clone());
+                        ids.insert(*id, new);
+                        new
+                    }
+                };
                 copy.entries.insert(name.clone(), Node::Leaf(new));
             }
             Some((_, Node::Whiteout)) => {}
@@ -35,7 +50,7 @@ pub(super) fn copy_lower_dir(from: &Tree, lower: &Dir, into: &mut Tree) -> Dir {
             }
         }
     }
-    copied.unwrap_or_default()
+    Some(copied.unwrap_or_default())
 }
 
 /// Applies an upper directory over a copy of its lower one, as overlayfs
@@ -112,6 +127,26 @@ mod tests {
         n
     }
 
+    /// Each directory and new leaf takes one from the budget; a hard link
+    /// within the copy takes none. A spent budget copies nothing more.
+    #[test]
+    fn copies_spend_a_budget() {
+        let mut from = Tree::new(Stat::default_dir());
+        let mut lower = chain(&mut from, 3);
+        let Node::Leaf(file) = chain(&mut from, 0).entries[&b"f"[..]] else {
+            panic!("a leaf")
+        };
+        lower.entries.insert(b"a".to_vec(), Node::Leaf(file));
+        lower.entries.insert(b"b".to_vec(), Node::Leaf(file));
+        // Three directories below `lower`, and two leaves.
+        let mut into = Tree::new(Stat::default_dir());
+        let mut budget = 5;
+        assert!(copy_lower_dir(&from, &lower, &mut into, &mut budget).is_some());
+        assert_eq!(budget, 0);
+        let mut budget = 4;
+        assert!(copy_lower_dir(&from, &lower, &mut into, &mut budget).is_none());
+    }
+
     #[test]
     fn deep_copies_and_merges_fit_a_small_stack() {
         std::thread::Builder::new()
@@ -120,7 +155,8 @@ mod tests {
                 let mut from = Tree::new(Stat::default_dir());
                 let lower = chain(&mut from, 20_000);
                 let mut into = Tree::new(Stat::default_dir());
-                let mut copy = copy_lower_dir(&from, &lower, &mut into);
+                let mut budget = u64::MAX;
+                let mut copy = copy_lower_dir(&from, &lower, &mut into, &mut budget).unwrap();
                 assert_eq!(depth(&copy), 20_000);
                 let mut upper = chain(&mut into, 20_000);
                 upper.entries.insert(b"new".to_vec(), Node::Whiteout);

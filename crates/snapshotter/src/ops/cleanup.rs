@@ -46,8 +46,13 @@ impl Snapshotter {
     pub fn cleanup(&self) -> Result<(), SnapshotError> {
         {
             let _g = self.guard();
+            // A commit's moves still journaled take their files from its
+            // scratch, which no row names any more: moved first, or kept.
+            self.retry_adoptions();
             self.remove_unknown_dirs()?;
-            self.reconcile_scratch(true)?;
+            if !self.adoptions_left.load(std::sync::atomic::Ordering::SeqCst) {
+                self.reconcile_scratch(true)?;
+            }
             self.release_unused_images()?;
         }
         // Held across gc, so Cleanups take turns; a failed commit only

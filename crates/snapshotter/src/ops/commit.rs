@@ -100,6 +100,16 @@ impl Snapshotter {
         phases.mark("load parent");
         let prehash = self.take_prehash(active.id);
         let mut stager = self.store.stager()?;
+        // A writer may still reach a mounted upper dir's files (through an
+        // open fd, or the overlay's cached names): moved into `objects/`,
+        // such an inode would let it change a shared object.
+        if self.mounter.writes_into(&fs) {
+            tracing::info!(
+                key,
+                "committed while mounted: its new files are copied into the store, not moved"
+            );
+            stager.copy_always();
+        }
         let (layer, usage) = diff::layer_from_upper(&fs, &merged, &mut stager, prehash)?;
         phases.mark("hash");
         strata_tree::merge_layer(&mut merged, layer)?;

@@ -165,3 +165,58 @@ fn a_small_unpack_leaves_the_flush_to_commit() {
     let got = watch.finish_queued();
     assert_eq!((got.len(), got.early_flushes), (1, 0));
 }
+
+/// Jobs find files by name when they run. A name hashed once, then
+/// removed, may leave its inode free for a file whose own events were
+/// spent on a name that points elsewhere by then: the digest goes with the
+/// name. (Here the inode keeps a second name, `y`, to be looked up.)
+#[test]
+fn a_removed_name_takes_its_digest_with_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = rustix::fs::open(
+        dir.path(),
+        OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC,
+        Mode::empty(),
+    )
+    .unwrap();
+    std::fs::write(dir.path().join("p"), vec![1u8; 5000]).unwrap();
+    let y = dir.path().join("y");
+    std::fs::hard_link(dir.path().join("p"), &y).unwrap();
+    let run = |jobs: Vec<Job>| {
+        let (send, queued) = channel();
+        for job in jobs {
+            send.send(job).unwrap();
+        }
+        drop(send);
+        hash_jobs(&root, &queued, &AtomicBool::new(false), &AtomicBool::new(false))
+    };
+    let hash_p = || Job::Hash("p".into());
+    assert_eq!(run(vec![hash_p()]).get(&meta(&y)), Some(digest_of(&y)));
+    assert_eq!(run(vec![hash_p(), Job::Unnamed("p".into())]).get(&meta(&y)), None);
+    assert_eq!(run(vec![hash_p(), Job::Forget("p".into())]).get(&meta(&y)), None);
+    // Another name's removal leaves it.
+    let got = run(vec![hash_p(), Job::Unnamed("q".into())]);
+    assert_eq!(got.get(&meta(&y)), Some(digest_of(&y)));
+}
+
+/// Through the watch: a name unlinked, and a directory renamed (which
+/// moves names the watch cannot follow), leave no digest behind.
+#[test]
+fn unlinked_names_and_renamed_directories_leave_no_digest() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path();
+    let watch = Prehash::watch(root).unwrap();
+    std::fs::write(root.join("p"), vec![1u8; 5000]).unwrap();
+    std::fs::hard_link(root.join("p"), root.join("y")).unwrap();
+    std::fs::remove_file(root.join("p")).unwrap();
+    let got = watch.finish_queued();
+    assert_eq!(got.get(&meta(&root.join("y"))), None);
+
+    let watch = Prehash::watch(root).unwrap();
+    std::fs::create_dir(root.join("a")).unwrap();
+    std::fs::write(root.join("a/f"), vec![3u8; 5000]).unwrap();
+    std::fs::write(root.join("kept"), vec![4u8; 5000]).unwrap();
+    std::fs::rename(root.join("a"), root.join("b")).unwrap();
+    let got = watch.finish_queued();
+    assert!(got.is_empty(), "{} digests", got.len());
+}

@@ -448,3 +448,28 @@ fn accepted_details() {
     assert!(empty.chunks.is_empty());
     assert_eq!(toc.entries[0].mtime_sec, 0);
 }
+
+/// eStargz files sharing a gzip member are each reached by decompressing
+/// the member from its start: a TOC whose inner offsets would make reading
+/// its chunks inflate more than a whole pull may is refused.
+#[test]
+fn inflating_every_chunk_is_bounded() {
+    let data = "x".repeat(100);
+    let shared = |inner: u64, name: &str| json!({"name": name, "type": "reg", "size": 100, "digest": digest(&data), "offset": 10, "innerOffset": inner});
+    let entries = json!({"version": 1, "entries": [shared(0, "a"), shared(100, "b"), shared(200, "c")]});
+    // 100 + (100 + 100) + (200 + 100) bytes.
+    let limits = |max_inflate_bytes| TocLimits {
+        max_inflate_bytes,
+        ..Default::default()
+    };
+    check_json(TocFormat::Estargz, &entries.to_string(), &limits(600)).unwrap();
+    let err = check_json(TocFormat::Estargz, &entries.to_string(), &limits(599)).unwrap_err();
+    assert!(
+        matches!(err, TocError::TooMuchInflating { work: 600, limit: 599 }),
+        "{err}"
+    );
+    // A far inner offset costs as much as the bytes before it.
+    let far = json!({"version": 1, "entries": [shared(0, "a"), shared(1 << 40, "b")]});
+    let err = check_json(TocFormat::Estargz, &far.to_string(), &TocLimits::default()).unwrap_err();
+    assert!(matches!(err, TocError::TooMuchInflating { .. }), "{err}");
+}
