@@ -15,6 +15,7 @@ fuzz_target!(|data: &[u8]| {
         max_entries: 10_000,
         max_depth: 64,
         max_path_bytes: 4096,
+        max_inflate_bytes: 1 << 30,
     };
     let digest = Sha256Digest::of(data);
     for format in [TocFormat::Estargz, TocFormat::ZstdChunked] {
