@@ -57,8 +57,11 @@ impl Mounter for Kernel {
     }
 
     fn writes_into(&self, dir: &Path) -> bool {
+        // mountinfo names real paths: a store reached through a symlink
+        // must be compared as it resolves.
+        let dir = std::fs::canonicalize(dir).unwrap_or_else(|_| dir.to_owned());
         // Unreadable: in use, the careful answer.
-        std::fs::read_to_string("/proc/self/mountinfo").map_or(true, |text| mount_writes_into(&text, dir))
+        std::fs::read_to_string("/proc/self/mountinfo").map_or(true, |text| mount_writes_into(&text, &dir))
     }
 }
 
